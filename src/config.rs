@@ -1,0 +1,92 @@
+//! Settings shared by every transport and the peer task, with defaults that suit most users.
+
+use crate::codec::Endian;
+
+/// Limits and queue sizes for one connection.
+///
+/// One `Config` serves every transport; settings a transport has no use for are ignored
+/// (descriptor limits on TCP, for example).
+///
+/// ```
+/// let config = peerwire::Config {
+///     max_body_len_read: 64 << 20,
+///     max_body_len_write: 64 << 20,
+///     ..Default::default()
+/// };
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+	/// The byte order of headers and frame lengths; both sides must agree.
+	///
+	/// Default: little endian, the protocol's order.
+	pub endian: Endian,
+
+	/// The largest body accepted from the remote. A frame announcing more is refused before
+	/// anything is reserved for it, and the connection is closed with
+	/// [`ErrorKind::BodyTooLarge`](crate::ErrorKind::BodyTooLarge).
+	///
+	/// Memory for a large body is reserved as its bytes arrive, not when its length is read,
+	/// so a hostile length costs nothing until the bytes are actually sent.
+	///
+	/// Default: 16 MiB.
+	pub max_body_len_read: usize,
+
+	/// The largest body this side sends. Sending a larger one fails for that message only.
+	///
+	/// Default: 16 MiB.
+	pub max_body_len_write: usize,
+
+	/// The most descriptors accepted in one received message (seqpacket transport only).
+	///
+	/// Default: 16.
+	pub max_fds_read: usize,
+
+	/// The most descriptors this side sends in one message (seqpacket transport only).
+	///
+	/// Default: 16.
+	pub max_fds_write: usize,
+
+	/// How many messages the handles may queue for the peer task to write before a send waits.
+	///
+	/// Default: 128.
+	pub write_queue: usize,
+
+	/// How many incoming requests and stream messages wait for the [`PeerReadHandle`] before
+	/// the peer stops reading from the socket (backpressure on the remote).
+	///
+	/// [`PeerReadHandle`]: crate::PeerReadHandle
+	///
+	/// Default: 128.
+	pub incoming_queue: usize,
+
+	/// How many updates (and the response) wait for one request handle before the peer stops
+	/// reading from the socket. Read your updates, or they stall the connection.
+	///
+	/// Default: 32.
+	pub request_queue: usize,
+
+	/// The most requests open at once in each direction.
+	///
+	/// Sending one more fails with [`ErrorKind::TooManyRequests`](crate::ErrorKind::TooManyRequests);
+	/// a remote request past the limit gets an error response and the connection stays up.
+	///
+	/// Default: 65,536.
+	pub max_open_requests: usize,
+}
+
+impl Default for Config {
+	fn default() -> Self {
+		Self {
+			endian: Endian::Little,
+			max_body_len_read: 16 << 20,
+			max_body_len_write: 16 << 20,
+			max_fds_read: 16,
+			max_fds_write: 16,
+			write_queue: 128,
+			incoming_queue: 128,
+			request_queue: 32,
+			max_open_requests: 1 << 16,
+		}
+	}
+}

@@ -1,0 +1,90 @@
+//! peerwire: binary-framed RPC between peers, wire-compatible with the Fizyr RPC protocol.
+//!
+//! One connection carries many open requests at once, in both directions. Each request can
+//! carry updates from either side while it is open (progress reports, streamed results,
+//! cancellation hints) and ends with a response; one-way stream messages travel beside them.
+//! A background [`Peer`] task owns the connection; applications hold handles and await what
+//! they expect next, in straight-line code:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), peerwire::Error> {
+//! use peerwire::{Config, ReceivedMessage, TcpListener, TcpPeer};
+//!
+//! let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await?;
+//! let address = listener.local_addr()?;
+//!
+//! // A server that reports progress, then echoes the request body.
+//! tokio::spawn(async move {
+//!     let (mut peer, _info) = listener.accept().await?;
+//!     while let ReceivedMessage::Request(request, body) = peer.recv_message().await? {
+//!         request.send_update(1, "working").await?;
+//!         request.send_response(0, body).await?;
+//!     }
+//!     Ok::<_, peerwire::Error>(())
+//! });
+//!
+//! let (peer, _info) = TcpPeer::connect(address, &Config::default()).await?;
+//! let mut request = peer.send_request(7, "hello").await?;
+//! let update = request.recv_update().await?.expect("an update before the response");
+//! assert_eq!(&update.body[..], b"working");
+//! let response = request.recv_response().await?;
+//! assert_eq!(&response.body[..], b"hello");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layers
+//!
+//! - [`message`]: what a message is ([`Message`], [`MessageHeader`], [`MessageType`]).
+//! - [`codec`]: pure encoding and decoding of frames over byte buffers, no I/O.
+//! - [`transport`]: the [`Transport`] trait and its implementations.
+//! - [`Peer`] drives a transport; [`PeerHandle`] and the request handles are what you hold.
+//! - [`Listener`] accepts connections for any transport.
+//!
+//! # Features
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `tcp` | yes | [`TcpPeer`], [`TcpListener`], [`TcpTransport`](transport::tcp::TcpTransport) |
+//! | `unix-stream` | yes | [`UnixStreamPeer`], [`UnixStreamListener`], [`UnixStreamTransport`](transport::unix_stream::UnixStreamTransport) |
+//!
+//! The generic [`StreamTransport`] works over any tokio `AsyncRead` + `AsyncWrite` with no
+//! feature at all.
+//!
+//! # Failure
+//!
+//! Input from the network is never trusted: a malformed frame, an oversized length or an unknown
+//! message type ends that one connection with an [`ErrorKind::Protocol`] or
+//! [`ErrorKind::BodyTooLarge`] error, and every handle of it fails promptly with
+//! [`ErrorKind::ConnectionClosed`]. Queues between the handles and the peer task are bounded
+//! (see [`Config`]), so a slow reader pushes back on the remote instead of growing memory.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+mod config;
+mod error;
+mod handle;
+mod listener;
+pub mod message;
+mod peer;
+pub mod tracker;
+pub mod transport;
+
+pub use config::Config;
+pub use error::{Error, ErrorKind, ProtocolViolation};
+pub use handle::{
+	PeerHandle, PeerReadHandle, PeerWriteHandle, ReceivedMessage, ReceivedRequestHandle, ReceivedRequestWriteHandle,
+	SentRequestHandle, SentRequestWriteHandle,
+};
+pub use listener::{Acceptor, Listener};
+pub use message::{Body, Message, MessageHeader, MessageType};
+pub use peer::Peer;
+pub use transport::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
+
+#[cfg(feature = "tcp")]
+pub use transport::tcp::{TcpListener, TcpPeer};
+#[cfg(all(unix, feature = "unix-stream"))]
+pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer};

@@ -1,0 +1,410 @@
+//! The background task of one connection: it owns the transport, writes what the handles queue,
+//! reads what the remote sends and routes each message to the handle it belongs to.
+
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::PollSender;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::{Error, ProtocolViolation};
+use crate::handle::{Link, PeerHandle, ReceivedMessage, ReceivedRequestHandle};
+use crate::message::{Body, Message, MessageType};
+use crate::tracker::{OpenError, ReceivedTable, SentTable};
+use crate::transport::{ConnectionInfo, Transport, TransportRead, TransportWrite};
+
+/// Error responses the peer writes on its own (duplicate ids, the open-request limit) may pile up
+/// to this many before it stops reading until they are flushed: a remote that floods bad
+/// requests and never reads cannot grow our write buffer without limit.
+const MAX_AUTO_REPLIES: usize = 1024;
+/// Messages read in one go before the peer looks at its other work again.
+const READ_BATCH: usize = 64;
+/// Rounds of work before the peer yields to the runtime even if more is ready.
+const ROUNDS_BEFORE_YIELD: usize = 32;
+
+/// What handles ask of the peer task.
+pub(crate) enum Command<B> {
+	/// Write a message. `metered` says whether it holds a write-queue permit to give back.
+	Send { message: Message<B>, metered: bool },
+	/// Flush what is queued, then close the connection.
+	Close,
+}
+
+/// The open requests of both directions, behind the lock that handles and the peer share.
+pub(crate) struct Tracker<B> {
+	pub(crate) sent: SentTable<mpsc::Sender<Message<B>>>,
+	pub(crate) received: ReceivedTable<mpsc::Sender<Message<B>>>,
+	/// Set once the peer has stopped: nothing new may be opened.
+	pub(crate) closed: bool,
+}
+
+/// State shared by the peer task and every handle of one connection.
+pub(crate) struct Shared<B> {
+	tracker: Mutex<Tracker<B>>,
+	/// Why the connection ended; set before any handle can observe the end.
+	close_reason: OnceLock<Error>,
+	/// One permit per message the handles may queue (the write queue's bound).
+	pub(crate) write_permits: Semaphore,
+	pub(crate) info: ConnectionInfo,
+	pub(crate) max_body_len_write: usize,
+	pub(crate) max_fds_write: usize,
+	pub(crate) request_queue: usize,
+	max_open_requests: usize,
+}
+
+impl<B> Shared<B> {
+	pub(crate) fn tracker(&self) -> MutexGuard<'_, Tracker<B>> {
+		// A panic while holding this lock cannot leave the tables half-updated (every update
+		// is a single call), so a poisoned lock is safe to keep using.
+		self.tracker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
+
+	pub(crate) fn max_open_requests(&self) -> usize {
+		self.max_open_requests
+	}
+
+	/// The error for an operation on a connection that has ended.
+	pub(crate) fn closed_error(&self) -> Error {
+		self.close_reason.get().cloned().unwrap_or_else(Error::closed_locally)
+	}
+}
+
+/// A message the peer could not hand over yet because the receiving queue was full.
+enum Pending<B: Body> {
+	Incoming(PollSender<ReceivedMessage<B>>, ReceivedMessage<B>),
+	Request(PollSender<Message<B>>, Message<B>),
+}
+
+/// The background task of one connection.
+///
+/// Most users never touch a `Peer`: [`TcpPeer::connect`](crate::TcpPeer), the listeners and
+/// [`Peer::spawn`] start it and hand out a [`PeerHandle`]. Use [`Peer::new`] and [`Peer::run`]
+/// to run it on a task (or runtime) of your own choosing.
+///
+/// The peer stops when the remote closes the connection, on the first I/O or protocol error,
+/// after [`PeerHandle::close`], or when every handle (peer handles and request handles) is gone.
+/// Whatever the reason, every open request handle and every pending receive then fails with
+/// [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed).
+pub struct Peer<T: Transport> {
+	reader: T::Reader,
+	writer: T::Writer,
+	commands: mpsc::UnboundedReceiver<Command<T::Body>>,
+	/// For the handles of requests the remote opens; weak so that the peer alone does not keep
+	/// itself alive.
+	link: WeakLink<T::Body>,
+	incoming: mpsc::Sender<ReceivedMessage<T::Body>>,
+	shared: Arc<Shared<T::Body>>,
+	pending: Option<Pending<T::Body>>,
+	/// Set after a local close: drain the queue, flush, shut down.
+	closing: bool,
+	/// The command queue is closed and empty: once the writer is flushed, shut down.
+	commands_done: bool,
+	auto_replies: usize,
+}
+
+struct WeakLink<B> {
+	commands: mpsc::WeakUnboundedSender<Command<B>>,
+	shared: Arc<Shared<B>>,
+}
+
+impl<T: Transport> Peer<T> {
+	/// Create the peer task for `transport` and the handle to talk through it.
+	///
+	/// Nothing happens until [`Peer::run`] is awaited.
+	pub fn new(transport: T, config: &Config) -> (Self, PeerHandle<T::Body>) {
+		let info = transport.info();
+		let (reader, writer) = transport.split();
+		let (command_tx, commands) = mpsc::unbounded_channel();
+		let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
+		let shared = Arc::new(Shared {
+			tracker: Mutex::new(Tracker {
+				sent: SentTable::new(config.max_open_requests),
+				received: ReceivedTable::new(config.max_open_requests),
+				closed: false,
+			}),
+			close_reason: OnceLock::new(),
+			write_permits: Semaphore::new(config.write_queue.max(1)),
+			info,
+			max_body_len_write: config.max_body_len_write,
+			max_fds_write: config.max_fds_write,
+			request_queue: config.request_queue.max(1),
+			max_open_requests: config.max_open_requests,
+		});
+		let link = Link::new(command_tx, shared.clone());
+		let weak = WeakLink { commands: link.downgrade(), shared: shared.clone() };
+		let peer = Self {
+			reader,
+			writer,
+			commands,
+			link: weak,
+			incoming,
+			shared,
+			pending: None,
+			closing: false,
+			commands_done: false,
+			auto_replies: 0,
+		};
+		(peer, PeerHandle::new(incoming_rx, link))
+	}
+
+	/// Spawn the peer task on the current tokio runtime and return its handle.
+	///
+	/// An error that ends the connection is logged (`tracing`) and reported to every handle.
+	pub fn spawn(transport: T, config: &Config) -> PeerHandle<T::Body> {
+		let span = tracing::debug_span!("peer", remote = ?transport.info().remote_address);
+		let (peer, handle) = Self::new(transport, config);
+		tokio::spawn(
+			async move {
+				if let Err(error) = peer.run().await {
+					tracing::warn!("connection closed: {error}");
+				}
+			}
+			.instrument(span),
+		);
+		handle
+	}
+
+	/// What is known about the remote.
+	pub fn info(&self) -> &ConnectionInfo {
+		&self.shared.info
+	}
+
+	/// Drive the connection until it ends.
+	///
+	/// Returns `Ok` when it ended in an orderly way (closed by either side or all handles
+	/// dropped), and the error that ended it otherwise.
+	pub async fn run(mut self) -> Result<(), Error> {
+		let result = poll_fn(|cx| self.poll_drive(cx)).await;
+		let reason = match &result {
+			Ok(()) => Error::closed_locally(),
+			Err(error) => Error::closed_by(error.clone()),
+		};
+		// Set before `self` is dropped, which is when the handles learn of the end.
+		let _ = self.shared.close_reason.set(reason);
+		match result {
+			Err(error) if error.is_closed_by_remote() => Ok(()),
+			other => other,
+		}
+	}
+
+	fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+		for _ in 0..ROUNDS_BEFORE_YIELD {
+			let mut progress = false;
+
+			// Take what the handles queued, as much as the writer wants for one batch.
+			while self.writer.wants_more() && !self.commands_done {
+				match self.commands.poll_recv(cx) {
+					Poll::Ready(Some(Command::Send { message, metered })) => {
+						if metered {
+							self.shared.write_permits.add_permits(1);
+						}
+						self.write(message);
+						progress = true;
+					},
+					Poll::Ready(Some(Command::Close)) => {
+						tracing::debug!("closing on request");
+						// Refuse new messages; what was queued before still drains below.
+						self.closing = true;
+						self.commands.close();
+						self.shared.write_permits.close();
+						progress = true;
+					},
+					Poll::Ready(None) => {
+						// Every handle is gone, or a close has drained the queue.
+						self.closing = true;
+						self.commands_done = true;
+						break;
+					},
+					Poll::Pending => break,
+				}
+			}
+
+			if self.writer.has_queued() {
+				if let Poll::Ready(result) = self.writer.poll_flush(cx) {
+					result?;
+					self.auto_replies = 0;
+					progress = true;
+				}
+			}
+
+			if self.commands_done && !self.writer.has_queued() {
+				return self.writer.poll_shutdown(cx);
+			}
+
+			let reserved = match &mut self.pending {
+				Some(Pending::Incoming(sender, _)) => sender.poll_reserve(cx).map(|result| result.is_ok()),
+				Some(Pending::Request(sender, _)) => sender.poll_reserve(cx).map(|result| result.is_ok()),
+				None => Poll::Pending,
+			};
+			if let Poll::Ready(reserved) = reserved {
+				progress = true;
+				// A failed reservation means the receiver is gone: the message has no one to go
+				// to (a request handle among it answers itself when dropped).
+				match self.pending.take() {
+					Some(Pending::Incoming(mut sender, item)) if reserved => drop(sender.send_item(item)),
+					Some(Pending::Request(mut sender, item)) if reserved => drop(sender.send_item(item)),
+					_ => tracing::debug!("receiver gone: dropped a delayed message"),
+				}
+			}
+
+			if self.pending.is_none() && !self.closing {
+				for _ in 0..READ_BATCH {
+					if self.auto_replies >= MAX_AUTO_REPLIES {
+						break;
+					}
+					match self.reader.poll_read_message(cx) {
+						Poll::Ready(Ok(Some(message))) => {
+							self.dispatch(message);
+							progress = true;
+							if self.pending.is_some() {
+								break;
+							}
+						},
+						Poll::Ready(Ok(None)) => return Poll::Ready(Err(Error::closed_by_remote())),
+						Poll::Ready(Err(error)) => {
+							if let Some(violation) = error.protocol_violation() {
+								tracing::warn!("protocol violation by the remote: {violation}");
+							}
+							return Poll::Ready(Err(error));
+						},
+						Poll::Pending => break,
+					}
+				}
+			}
+
+			if !progress {
+				return Poll::Pending;
+			}
+		}
+		// Plenty more to do: let other tasks run first.
+		cx.waker().wake_by_ref();
+		Poll::Pending
+	}
+
+	/// Queue a message for the writer; a message the transport refuses is dropped with an error
+	/// log (handles check the limits before queuing, so this is a configuration mismatch).
+	fn write(&mut self, message: Message<T::Body>) {
+		let header = message.header;
+		if let Err(error) = self.writer.start_send(message) {
+			tracing::error!(?header, "transport refused a message: {error}");
+			if header.message_type == MessageType::Request {
+				// Fail the request's handle rather than leave it waiting for a response.
+				self.shared.tracker().sent.remove(header.request_id);
+			}
+		}
+	}
+
+	/// An error response the peer sends on its own.
+	fn auto_reply(&mut self, request_id: u32, text: &str) {
+		self.auto_replies += 1;
+		self.write(Message::error_response(request_id, text));
+	}
+
+	/// Route one message from the remote to the handle it belongs to.
+	fn dispatch(&mut self, message: Message<T::Body>) {
+		let header = message.header;
+		let id = header.request_id;
+		match header.message_type {
+			MessageType::Request => self.open_received(message),
+			MessageType::Stream => self.deliver_incoming(ReceivedMessage::Stream(message)),
+			MessageType::Response => {
+				let sender = self.shared.tracker().sent.remove(id);
+				match sender {
+					Some(sender) => self.deliver(sender, message),
+					None => tracing::debug!(request_id = id, "dropped a response for a request that is not open"),
+				}
+			},
+			MessageType::ResponderUpdate => {
+				let sender = self.shared.tracker().sent.get(id).cloned();
+				match sender {
+					Some(sender) => self.deliver(sender, message),
+					None => tracing::debug!(request_id = id, "dropped an update for a request that is not open"),
+				}
+			},
+			MessageType::RequesterUpdate => {
+				let sender = self.shared.tracker().received.get(id).cloned();
+				match sender {
+					Some(sender) => self.deliver(sender, message),
+					None => tracing::debug!(request_id = id, "dropped an update for a request that is not open"),
+				}
+			},
+		}
+	}
+
+	fn open_received(&mut self, message: Message<T::Body>) {
+		let id = message.header.request_id;
+		let Some(link) = self.link.upgrade() else {
+			// Every handle is gone; the peer is about to stop.
+			self.auto_reply(id, "peer is shutting down");
+			return;
+		};
+		let (sender, receiver) = mpsc::channel(self.shared.request_queue);
+		let opened = self.shared.tracker().received.insert(id, sender);
+		match opened {
+			Ok(serial) => {
+				let request = ReceivedRequestHandle::new(link, message.header, serial, receiver);
+				self.deliver_incoming(ReceivedMessage::Request(request, message.body));
+			},
+			Err(OpenError::Duplicate) => {
+				let violation = ProtocolViolation::DuplicateRequestId { request_id: id };
+				tracing::warn!("protocol violation by the remote: {violation}");
+				self.auto_reply(id, &violation.to_string());
+			},
+			Err(OpenError::Full) => {
+				tracing::warn!(request_id = id, "refused a request: too many open requests");
+				self.auto_reply(id, "too many open requests");
+			},
+		}
+	}
+
+	fn deliver_incoming(&mut self, item: ReceivedMessage<T::Body>) {
+		match self.incoming.try_send(item) {
+			Ok(()) => {},
+			Err(mpsc::error::TrySendError::Full(item)) => {
+				self.pending = Some(Pending::Incoming(PollSender::new(self.incoming.clone()), item));
+			},
+			// The read handle is gone. A request handle dropped here answers itself with an
+			// error response; a stream message has no one to go to.
+			Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!("no read handle: dropped an incoming message"),
+		}
+	}
+
+	fn deliver(&mut self, sender: mpsc::Sender<Message<T::Body>>, message: Message<T::Body>) {
+		match sender.try_send(message) {
+			Ok(()) => {},
+			Err(mpsc::error::TrySendError::Full(message)) => {
+				self.pending = Some(Pending::Request(PollSender::new(sender), message));
+			},
+			Err(mpsc::error::TrySendError::Closed(message)) => {
+				tracing::debug!(header = ?message.header, "request handle dropped: dropped its message");
+			},
+		}
+	}
+}
+
+impl<T: Transport> Drop for Peer<T> {
+	fn drop(&mut self) {
+		// Reached at the end of `run`, or when a peer is dropped without running. The reason is
+		// set first so that every handle woken below reports it.
+		let _ = self.shared.close_reason.set(Error::closed_locally());
+		self.shared.write_permits.close();
+		self.commands.close();
+		let (sent, received) = {
+			let mut tracker = self.shared.tracker();
+			tracker.closed = true;
+			(tracker.sent.drain(), tracker.received.drain().collect::<Vec<_>>())
+		};
+		// Dropping the senders wakes every request handle; done outside the lock.
+		drop((sent, received));
+	}
+}
+
+impl<B: Body> WeakLink<B> {
+	fn upgrade(&self) -> Option<Link<B>> {
+		Some(Link::new(self.commands.upgrade()?, self.shared.clone()))
+	}
+}
+

@@ -1,0 +1,122 @@
+//! The transport abstraction: whatever moves whole messages between two peers.
+//!
+//! A [`Transport`] splits into a [`TransportRead`] and a [`TransportWrite`] half, which the
+//! [`Peer`](crate::Peer) task drives. Both halves are poll-based so that one task can read and
+//! write at once without spawning, and so that a transport can batch: the writer takes many
+//! queued messages with [`TransportWrite::start_send`] and puts them on the wire in one
+//! [`TransportWrite::poll_flush`].
+
+use std::task::{Context, Poll};
+
+use crate::error::Error;
+use crate::message::{Body, Message};
+
+pub mod stream;
+#[cfg(feature = "tcp")]
+pub mod tcp;
+#[cfg(all(unix, feature = "unix-stream"))]
+pub mod unix_stream;
+
+pub use stream::{StreamReader, StreamTransport, StreamWriter};
+
+/// A connection that carries messages with bodies of type [`Transport::Body`].
+pub trait Transport: Send + 'static {
+	/// The body type of the messages this transport carries.
+	type Body: Body;
+	/// The read half.
+	type Reader: TransportRead<Body = Self::Body>;
+	/// The write half.
+	type Writer: TransportWrite<Body = Self::Body>;
+
+	/// What is known about the other side of the connection.
+	fn info(&self) -> ConnectionInfo;
+
+	/// Split into the read and write halves.
+	fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+/// The read half of a transport.
+pub trait TransportRead: Send + Unpin + 'static {
+	/// The body type of the messages read.
+	type Body: Body;
+
+	/// Read the next message.
+	///
+	/// `Ok(None)` means the remote closed the connection cleanly between messages. An error is
+	/// final: the transport must not be read again. Must be cancel-safe: a `Pending` return
+	/// loses nothing.
+	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<Self::Body>>, Error>>;
+}
+
+/// The write half of a transport.
+pub trait TransportWrite: Send + Unpin + 'static {
+	/// The body type of the messages written.
+	type Body: Body;
+
+	/// Queue a message to be written by the next [`poll_flush`](Self::poll_flush). No I/O.
+	///
+	/// Fails, for this message only, if it breaks a limit of the transport.
+	fn start_send(&mut self, message: Message<Self::Body>) -> Result<(), Error>;
+
+	/// Whether the writer would rather take more messages than be flushed first. The peer stops
+	/// taking messages from its queue while this is false, which is how a slow socket pushes back.
+	fn wants_more(&self) -> bool;
+
+	/// Whether queued messages are waiting to be written.
+	fn has_queued(&self) -> bool;
+
+	/// Write everything queued. An error is final.
+	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;
+
+	/// Flush, then close the write direction.
+	fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;
+}
+
+/// What a peer knows about the other side of its connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+	/// The remote address, where the transport has one.
+	pub remote_address: Option<RemoteAddress>,
+	/// The credentials of the process on the other end of a Unix socket, as the kernel saw
+	/// them when the connection was made.
+	pub credentials: Option<Credentials>,
+}
+
+/// The address of the other side of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteAddress {
+	/// A TCP peer.
+	Tcp(std::net::SocketAddr),
+	/// A Unix socket peer; the path it is bound to, if any (clients usually have none).
+	Unix(Option<std::path::PathBuf>),
+}
+
+impl std::fmt::Display for RemoteAddress {
+	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+		match self {
+			RemoteAddress::Tcp(address) => write!(f, "tcp://{address}"),
+			RemoteAddress::Unix(Some(path)) => write!(f, "unix://{}", path.display()),
+			RemoteAddress::Unix(None) => write!(f, "unix://(unnamed)"),
+		}
+	}
+}
+
+/// The credentials of a Unix-socket peer process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+	/// User id.
+	pub uid: u32,
+	/// Group id.
+	pub gid: u32,
+	/// Process id, where the platform reports it.
+	pub pid: Option<i32>,
+}
+
+#[cfg(all(unix, feature = "unix-stream"))]
+impl From<tokio::net::unix::UCred> for Credentials {
+	fn from(cred: tokio::net::unix::UCred) -> Self {
+		Self { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() }
+	}
+}

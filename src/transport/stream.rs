@@ -1,0 +1,325 @@
+//! The byte-stream transport: length-prefixed frames over any `AsyncRead` + `AsyncWrite`.
+//!
+//! Backs TCP and Unix stream sockets. Reads go into one reusable buffer and every complete frame
+//! in it is decoded before the next read, so one syscall can yield many messages. Writes gather
+//! queued frames: small ones are copied into one staging buffer, large bodies are written from
+//! where they lie (no copy), all with one vectored write when several are waiting.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{ConnectionInfo, Transport, TransportRead, TransportWrite};
+use crate::codec::StreamCodec;
+use crate::config::Config;
+use crate::error::{Error, ProtocolViolation};
+use crate::message::Message;
+
+/// The spare room kept in the read buffer for one read: enough for many small frames.
+const READ_CHUNK: usize = 64 * 1024;
+/// A large frame is read into room reserved at most this far ahead of what has arrived, doubling
+/// from there: a hostile length costs memory only in proportion to the bytes actually sent.
+const RESERVE_AHEAD: usize = 1 << 20;
+/// Bodies up to this size are copied into the staging buffer; larger ones are written in place.
+const COPY_THRESHOLD: usize = 4 * 1024;
+/// Stop taking messages for a batch once this much is queued.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// The most slices handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// A transport over a byte stream, from its read and write halves.
+///
+/// Usually reached through [`TcpPeer`](crate::TcpPeer), [`UnixStreamPeer`](crate::UnixStreamPeer)
+/// and the listeners; construct one directly to run peerwire over any other byte stream
+/// (for example `tokio::io::duplex` in tests).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use peerwire::{Config, Peer, StreamTransport};
+///
+/// let (a, b) = tokio::io::duplex(64 * 1024);
+/// let (a_read, a_write) = tokio::io::split(a);
+/// let (b_read, b_write) = tokio::io::split(b);
+/// let config = Config::default();
+/// let client = Peer::spawn(StreamTransport::new(a_read, a_write, &config), &config);
+/// let mut server = Peer::spawn(StreamTransport::new(b_read, b_write, &config), &config);
+///
+/// client.send_stream(1, "hi").await.unwrap();
+/// let message = server.recv_message().await.unwrap();
+/// assert_eq!(&message.into_stream().unwrap().body[..], b"hi");
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct StreamTransport<R, W> {
+	reader: StreamReader<R>,
+	writer: StreamWriter<W>,
+	info: ConnectionInfo,
+}
+
+impl<R, W> StreamTransport<R, W>
+where
+	R: AsyncRead + Send + Unpin + 'static,
+	W: AsyncWrite + Send + Unpin + 'static,
+{
+	/// A transport over the two halves of a byte stream.
+	pub fn new(read: R, write: W, config: &Config) -> Self {
+		Self::with_info(read, write, config, ConnectionInfo::default())
+	}
+
+	/// A transport that also reports what is known about the remote.
+	pub fn with_info(read: R, write: W, config: &Config, info: ConnectionInfo) -> Self {
+		let codec = StreamCodec::new(config.endian, config.max_body_len_read, config.max_body_len_write);
+		Self { reader: StreamReader::new(read, codec), writer: StreamWriter::new(write, codec), info }
+	}
+}
+
+impl<R, W> Transport for StreamTransport<R, W>
+where
+	R: AsyncRead + Send + Unpin + 'static,
+	W: AsyncWrite + Send + Unpin + 'static,
+{
+	type Body = Bytes;
+	type Reader = StreamReader<R>;
+	type Writer = StreamWriter<W>;
+
+	fn info(&self) -> ConnectionInfo {
+		self.info.clone()
+	}
+
+	fn split(self) -> (Self::Reader, Self::Writer) {
+		(self.reader, self.writer)
+	}
+}
+
+/// The read half of a [`StreamTransport`].
+#[derive(Debug)]
+pub struct StreamReader<R> {
+	inner: R,
+	codec: StreamCodec,
+	buffer: BytesMut,
+	eof: bool,
+}
+
+impl<R: AsyncRead + Send + Unpin + 'static> StreamReader<R> {
+	fn new(inner: R, codec: StreamCodec) -> Self {
+		Self { inner, codec, buffer: BytesMut::new(), eof: false }
+	}
+
+	/// Make room for the next read, sized for what the frame at the front still needs.
+	fn reserve(&mut self) -> Result<(), Error> {
+		let frame_len = self.codec.check_frame(&self.buffer)?.unwrap_or(0);
+		let needed = frame_len.saturating_sub(self.buffer.len());
+		let spare = self.buffer.capacity() - self.buffer.len();
+		if spare >= needed.max(1).min(READ_CHUNK) && spare >= 1024 {
+			return Ok(());
+		}
+		let ahead = RESERVE_AHEAD.max(self.buffer.len());
+		self.buffer.reserve(needed.clamp(READ_CHUNK, ahead));
+		Ok(())
+	}
+}
+
+impl<R: AsyncRead + Send + Unpin + 'static> TransportRead for StreamReader<R> {
+	type Body = Bytes;
+
+	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<Bytes>>, Error>> {
+		loop {
+			if let Some(message) = self.codec.decode(&mut self.buffer)? {
+				return Poll::Ready(Ok(Some(message)));
+			}
+			if self.eof {
+				if self.buffer.is_empty() {
+					return Poll::Ready(Ok(None));
+				}
+				let buffered = self.buffer.len();
+				return Poll::Ready(Err(ProtocolViolation::TruncatedFrame { buffered }.into()));
+			}
+			self.reserve()?;
+			let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buffer))?;
+			if read == 0 {
+				self.eof = true;
+			}
+		}
+	}
+}
+
+/// The write half of a [`StreamTransport`].
+#[derive(Debug)]
+pub struct StreamWriter<W> {
+	inner: W,
+	codec: StreamCodec,
+	/// Chunks queued ahead of `staging`, in wire order.
+	chunks: VecDeque<Bytes>,
+	/// Small frames (prefix and body) copied together; written after `chunks`.
+	staging: BytesMut,
+	queued: usize,
+}
+
+impl<W: AsyncWrite + Send + Unpin + 'static> StreamWriter<W> {
+	fn new(inner: W, codec: StreamCodec) -> Self {
+		Self { inner, codec, chunks: VecDeque::new(), staging: BytesMut::new(), queued: 0 }
+	}
+
+	/// Drop `written` bytes from the front of the queue.
+	fn consume(&mut self, mut written: usize) {
+		self.queued -= written;
+		while written > 0 {
+			let Some(front) = self.chunks.front_mut() else {
+				self.staging.advance(written);
+				return;
+			};
+			if written < front.len() {
+				front.advance(written);
+				return;
+			}
+			written -= front.len();
+			self.chunks.pop_front();
+		}
+	}
+
+	fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+		while self.queued > 0 {
+			let written = if self.chunks.is_empty() {
+				ready!(Pin::new(&mut self.inner).poll_write(cx, &self.staging))?
+			} else {
+				let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+				let mut count = 0;
+				for chunk in self.chunks.iter().take(MAX_IOVECS - 1) {
+					slices[count] = IoSlice::new(chunk);
+					count += 1;
+				}
+				if count < MAX_IOVECS && !self.staging.is_empty() {
+					slices[count] = IoSlice::new(&self.staging);
+					count += 1;
+				}
+				ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..count]))?
+			};
+			if written == 0 {
+				return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
+			}
+			self.consume(written);
+		}
+		// Fully written: let the staging buffer reuse its allocation from the start.
+		self.staging.clear();
+		Poll::Ready(Ok(()))
+	}
+}
+
+impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> {
+	type Body = Bytes;
+
+	fn start_send(&mut self, message: Message<Bytes>) -> Result<(), Error> {
+		let prefix = self.codec.encode_prefix(&message.header, message.body.len())?;
+		self.staging.extend_from_slice(&prefix);
+		if message.body.len() <= COPY_THRESHOLD {
+			self.staging.extend_from_slice(&message.body);
+		} else {
+			// Keep the wire order: what is staged goes before the body, which is not copied.
+			self.chunks.push_back(self.staging.split().freeze());
+			self.chunks.push_back(message.body.clone());
+		}
+		self.queued += prefix.len() + message.body.len();
+		Ok(())
+	}
+
+	fn wants_more(&self) -> bool {
+		self.queued < WRITE_HIGH_WATER
+	}
+
+	fn has_queued(&self) -> bool {
+		self.queued > 0
+	}
+
+	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+		ready!(self.poll_write_queued(cx))?;
+		Poll::Ready(ready!(Pin::new(&mut self.inner).poll_flush(cx)).map_err(Error::from))
+	}
+
+	fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+		ready!(self.poll_write_queued(cx))?;
+		Poll::Ready(ready!(Pin::new(&mut self.inner).poll_shutdown(cx)).map_err(Error::from))
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use std::future::poll_fn;
+
+	/// A writer that takes at most `limit` bytes per call, to exercise partial writes.
+	struct Trickle {
+		written: Vec<u8>,
+		limit: usize,
+	}
+
+	impl AsyncWrite for Trickle {
+		fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+			let n = buf.len().min(self.limit);
+			self.written.extend_from_slice(&buf[..n]);
+			Poll::Ready(Ok(n))
+		}
+		fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+			Poll::Ready(Ok(()))
+		}
+		fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+			Poll::Ready(Ok(()))
+		}
+	}
+
+	#[tokio::test]
+	async fn partial_writes_of_mixed_sizes_keep_every_byte_in_order() {
+		let codec = StreamCodec::new(Default::default(), 1 << 20, 1 << 20);
+		let messages: Vec<Message<Bytes>> = (0..50u32)
+			.map(|i| {
+				let len = if i % 3 == 0 { 10_000 + i as usize } else { i as usize };
+				Message::stream(i, 1, Bytes::from(vec![i as u8; len]))
+			})
+			.collect();
+		for limit in [1, 7, 4096, usize::MAX] {
+			let mut writer = StreamWriter::new(Trickle { written: Vec::new(), limit }, codec);
+			for message in &messages {
+				writer.start_send(message.clone()).unwrap();
+			}
+			poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+			assert!(!writer.has_queued());
+
+			let mut wire = BytesMut::from(&writer.inner.written[..]);
+			for message in &messages {
+				assert_eq!(codec.decode(&mut wire).unwrap().as_ref(), Some(message));
+			}
+			assert!(wire.is_empty());
+		}
+	}
+
+	#[tokio::test]
+	async fn eof_inside_a_frame_is_a_truncated_frame() {
+		let codec = StreamCodec::new(Default::default(), 1024, 1024);
+		let mut wire = BytesMut::new();
+		codec.encode(&Message::stream(0, 0, "abcdef"), &mut wire).unwrap();
+		let cut = &wire[..wire.len() - 2];
+		let mut reader = StreamReader::new(std::io::Cursor::new(cut.to_vec()), codec);
+		let error = poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap_err();
+		assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::TruncatedFrame { buffered: 20 }));
+
+		let mut reader = StreamReader::new(std::io::Cursor::new(wire.to_vec()), codec);
+		assert!(poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().is_some());
+		assert!(poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().is_none());
+	}
+
+	#[tokio::test]
+	async fn a_hostile_length_reserves_memory_only_as_bytes_arrive() {
+		let codec = StreamCodec::new(Default::default(), 1 << 30, 1 << 30);
+		// Announce a 512 MiB body, send 100 bytes of it, then end.
+		let mut wire = ((512 << 20) as u32 + 12).to_le_bytes().to_vec();
+		wire.extend_from_slice(&[0; 112]);
+		let mut reader = StreamReader::new(std::io::Cursor::new(wire), codec);
+		let error = poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap_err();
+		assert!(matches!(error.protocol_violation(), Some(ProtocolViolation::TruncatedFrame { .. })));
+		assert!(reader.buffer.capacity() <= 2 * RESERVE_AHEAD, "reserved {}", reader.buffer.capacity());
+	}
+}

@@ -1,0 +1,62 @@
+//! TCP: the stream transport over `tokio::net::TcpStream`.
+
+use std::task::{Context, Poll, ready};
+
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use super::{ConnectionInfo, RemoteAddress, StreamTransport, Transport};
+use crate::config::Config;
+use crate::error::Error;
+use crate::handle::PeerHandle;
+use crate::listener::{Acceptor, Listener};
+use crate::peer::Peer;
+
+/// The transport of a TCP connection.
+pub type TcpTransport = StreamTransport<OwnedReadHalf, OwnedWriteHalf>;
+/// A peer on a TCP connection.
+pub type TcpPeer = Peer<TcpTransport>;
+/// A listener for TCP connections.
+pub type TcpListener = Listener<tokio::net::TcpListener>;
+
+impl TcpTransport {
+	/// Wrap a connected TCP stream. Turns Nagle's algorithm off: the transport batches writes
+	/// itself, and small requests must not wait for an acknowledgement.
+	pub fn from_tcp(stream: TcpStream, config: &Config) -> std::io::Result<Self> {
+		stream.set_nodelay(true)?;
+		let info = ConnectionInfo { remote_address: Some(RemoteAddress::Tcp(stream.peer_addr()?)), credentials: None };
+		let (read, write) = stream.into_split();
+		Ok(Self::with_info(read, write, config, info))
+	}
+}
+
+impl Peer<TcpTransport> {
+	/// Connect to a TCP address and spawn the peer task.
+	pub async fn connect(address: impl ToSocketAddrs, config: &Config) -> Result<(PeerHandle, ConnectionInfo), Error> {
+		let stream = TcpStream::connect(address).await?;
+		let transport = TcpTransport::from_tcp(stream, config)?;
+		let info = transport.info();
+		Ok((Peer::spawn(transport, config), info))
+	}
+}
+
+impl Acceptor for tokio::net::TcpListener {
+	type Transport = TcpTransport;
+
+	fn poll_accept(&mut self, cx: &mut Context<'_>, config: &Config) -> Poll<std::io::Result<TcpTransport>> {
+		let (stream, _) = ready!(tokio::net::TcpListener::poll_accept(self, cx))?;
+		Poll::Ready(TcpTransport::from_tcp(stream, config))
+	}
+}
+
+impl Listener<tokio::net::TcpListener> {
+	/// Bind a TCP listener.
+	pub async fn bind(address: impl ToSocketAddrs, config: Config) -> Result<Self, Error> {
+		Ok(Self::new(tokio::net::TcpListener::bind(address).await?, config))
+	}
+
+	/// The local address, for example to learn the port after binding port 0.
+	pub fn local_addr(&self) -> Result<std::net::SocketAddr, Error> {
+		Ok(self.get_ref().local_addr()?)
+	}
+}

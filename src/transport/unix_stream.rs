@@ -1,0 +1,98 @@
+//! Unix stream sockets: the stream transport over `tokio::net::UnixStream`.
+
+use std::path::{Path, PathBuf};
+use std::task::{Context, Poll, ready};
+
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
+use crate::config::Config;
+use crate::error::Error;
+use crate::handle::PeerHandle;
+use crate::listener::{Acceptor, Listener};
+use crate::peer::Peer;
+
+/// The transport of a Unix stream connection.
+pub type UnixStreamTransport = StreamTransport<OwnedReadHalf, OwnedWriteHalf>;
+/// A peer on a Unix stream connection.
+pub type UnixStreamPeer = Peer<UnixStreamTransport>;
+/// A listener for Unix stream connections.
+pub type UnixStreamListener = Listener<tokio::net::UnixListener>;
+
+impl UnixStreamTransport {
+	/// Wrap a connected Unix stream, recording the remote's credentials.
+	pub fn from_unix(stream: UnixStream, config: &Config) -> std::io::Result<Self> {
+		let info = ConnectionInfo {
+			remote_address: Some(RemoteAddress::Unix(stream.peer_addr()?.as_pathname().map(Path::to_path_buf))),
+			credentials: Some(Credentials::from(stream.peer_cred()?)),
+		};
+		let (read, write) = stream.into_split();
+		Ok(Self::with_info(read, write, config, info))
+	}
+
+	/// A connected pair inside one process (or for a parent and the child it forks).
+	pub fn pair(config: &Config) -> std::io::Result<(Self, Self)> {
+		let (a, b) = UnixStream::pair()?;
+		Ok((Self::from_unix(a, config)?, Self::from_unix(b, config)?))
+	}
+}
+
+impl Peer<UnixStreamTransport> {
+	/// Connect to a Unix socket path and spawn the peer task.
+	pub async fn connect(path: impl AsRef<Path>, config: &Config) -> Result<(PeerHandle, ConnectionInfo), Error> {
+		let stream = UnixStream::connect(path).await?;
+		let transport = UnixStreamTransport::from_unix(stream, config)?;
+		let info = transport.info();
+		Ok((Peer::spawn(transport, config), info))
+	}
+}
+
+impl Acceptor for tokio::net::UnixListener {
+	type Transport = UnixStreamTransport;
+
+	fn poll_accept(&mut self, cx: &mut Context<'_>, config: &Config) -> Poll<std::io::Result<UnixStreamTransport>> {
+		let (stream, _) = ready!(tokio::net::UnixListener::poll_accept(self, cx))?;
+		Poll::Ready(UnixStreamTransport::from_unix(stream, config))
+	}
+}
+
+impl Listener<tokio::net::UnixListener> {
+	/// Bind a Unix stream listener at `path`.
+	///
+	/// A stale socket file left by a process that is gone is removed first. If another process
+	/// is still accepting on `path`, binding fails with `AddrInUse` instead of stealing it.
+	pub async fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
+		let path = path.as_ref();
+		remove_stale_socket(path).await?;
+		Ok(Self::new(tokio::net::UnixListener::bind(path)?, config))
+	}
+
+	/// The path this listener is bound to.
+	pub fn local_path(&self) -> Result<Option<PathBuf>, Error> {
+		Ok(self.get_ref().local_addr()?.as_pathname().map(Path::to_path_buf))
+	}
+}
+
+/// Remove a socket file at `path` if nothing listens on it any more.
+pub(crate) async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+	use std::os::unix::fs::FileTypeExt;
+	let Ok(metadata) = std::fs::symlink_metadata(path) else {
+		return Ok(());
+	};
+	if !metadata.file_type().is_socket() {
+		// Not ours to remove: let bind report the conflict.
+		return Ok(());
+	}
+	match UnixStream::connect(path).await {
+		Ok(_) => Err(std::io::Error::new(
+			std::io::ErrorKind::AddrInUse,
+			format!("{} is in use by a running server", path.display()),
+		)),
+		Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+			tracing::debug!(path = %path.display(), "removing stale socket file");
+			std::fs::remove_file(path)
+		},
+		Err(_) => Ok(()),
+	}
+}
