@@ -78,6 +78,8 @@ impl<B: Body> Link<B> {
 
 	/// Ask the peer to flush what is queued and close the connection.
 	pub(crate) fn close(&self) {
+		// Refuse new sends at once; the peer drains what is already queued.
+		self.shared.write_permits.close();
 		let _ = self.commands.send(Command::Close);
 	}
 }

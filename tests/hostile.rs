@@ -1,0 +1,117 @@
+//! A remote that breaks the rules: stray messages, duplicate ids, garbage. The connection
+//! survives what the protocol says it should survive, and fails cleanly on the rest.
+
+mod common;
+
+use common::{RawRemote, within};
+use peerwire::{Config, ErrorKind, Message, MessageType, ProtocolViolation, TcpListener, TcpPeer};
+
+#[tokio::test]
+async fn a_stray_response_and_update_leave_the_connection_working() {
+	let (peer, mut remote) = RawRemote::connect(Config::default()).await;
+	remote.send(Message::response(999, 0, "nobody asked")).await;
+	remote.send(Message::responder_update(998, 0, "nobody asked")).await;
+	remote.send(Message::requester_update(997, 0, "nothing open")).await;
+
+	let mut request = peer.send_request(4, "real").await.unwrap();
+	let sent = remote.recv().await.unwrap();
+	assert_eq!(sent.header.message_type, MessageType::Request);
+	remote.send(Message::response(sent.header.request_id, 0, "real answer")).await;
+	assert_eq!(within(request.recv_response()).await.unwrap().body, "real answer");
+}
+
+#[tokio::test]
+async fn a_duplicate_request_id_is_refused_and_the_first_request_stays_open() {
+	let (mut peer, mut remote) = RawRemote::connect(Config::default()).await;
+	remote.send(Message::request(5, 1, "first")).await;
+	let (first, _) = within(peer.recv_message()).await.unwrap().into_request().unwrap();
+
+	remote.send(Message::request(5, 1, "again")).await;
+	let refusal = remote.recv().await.unwrap();
+	assert_eq!(refusal.header.request_id, 5);
+	assert!(refusal.error_text().unwrap().contains("already open"), "{refusal:?}");
+
+	// The first request is still open and answerable, and new requests still work.
+	first.send_response(0, "first answer").await.unwrap();
+	assert_eq!(remote.recv().await.unwrap().body, "first answer");
+	remote.send(Message::request(5, 1, "reused after close")).await;
+	let (again, body) = within(peer.recv_message()).await.unwrap().into_request().unwrap();
+	assert_eq!(body, "reused after close");
+	again.send_response(0, "ok").await.unwrap();
+	assert_eq!(remote.recv().await.unwrap().body, "ok");
+}
+
+/// Send `bytes` after one valid message; the peer must close with `check` holding for the error.
+async fn garbage_closes_the_connection(bytes: &[u8], check: impl Fn(&peerwire::Error)) {
+	let config = Config { max_body_len_read: 1024, ..Config::default() };
+	let (mut peer, mut remote) = RawRemote::connect(config).await;
+	let mut request = peer.send_request(1, "").await.unwrap();
+	let _ = remote.recv().await.unwrap();
+	remote.send(Message::stream(0, 1, "valid")).await;
+	assert_eq!(within(peer.recv_message()).await.unwrap().into_stream().unwrap().body, "valid");
+
+	remote.send_bytes(bytes).await;
+	let error = within(request.recv_response()).await.unwrap_err();
+	assert_eq!(error.kind(), ErrorKind::ConnectionClosed);
+	check(&error);
+	assert!(within(peer.recv_message()).await.unwrap_err().is_connection_closed());
+	// The peer hung up on its side.
+	assert!(remote.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn a_frame_length_below_the_header_is_a_protocol_error() {
+	garbage_closes_the_connection(&[11, 0, 0, 0], |error| {
+		assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::FrameTooShort { length: 11 }));
+	})
+	.await;
+}
+
+#[tokio::test]
+async fn an_unknown_message_type_is_a_protocol_error() {
+	garbage_closes_the_connection(&[12, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], |error| {
+		assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::UnknownMessageType { value: 7 }));
+	})
+	.await;
+}
+
+#[tokio::test]
+async fn an_oversized_length_is_refused_before_the_body_arrives() {
+	// Announces 1 GiB, sends none of it: refused from the length alone.
+	garbage_closes_the_connection(&((1u32 << 30) + 12).to_le_bytes(), |error| {
+		let cause = std::error::Error::source(error).expect("the cause is kept");
+		assert!(cause.to_string().contains("exceeds the limit"), "{cause}");
+	})
+	.await;
+}
+
+#[tokio::test]
+async fn garbage_on_one_connection_leaves_the_others_on_the_listener_alone() {
+	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let address = listener.local_addr().unwrap();
+	let server = tokio::spawn(async move {
+		loop {
+			let Ok((mut peer, _)) = listener.accept().await else { return };
+			tokio::spawn(async move {
+				while let Ok(message) = peer.recv_message().await {
+					if let Some((request, body)) = message.into_request() {
+						let _ = request.send_response(0, body).await;
+					}
+				}
+			});
+		}
+	});
+
+	let (good, _) = TcpPeer::connect(address, &Config::default()).await.unwrap();
+	let mut bad = tokio::net::TcpStream::connect(address).await.unwrap();
+	tokio::io::AsyncWriteExt::write_all(&mut bad, b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+	// The bad connection is dropped by the server...
+	let mut sink = Vec::new();
+	within(tokio::io::AsyncReadExt::read_to_end(&mut bad, &mut sink)).await.unwrap();
+	// ...and the good one keeps working.
+	for i in 0..10 {
+		let mut request = good.send_request(1, format!("{i}")).await.unwrap();
+		assert_eq!(within(request.recv_response()).await.unwrap().body, format!("{i}"));
+	}
+	server.abort();
+}
