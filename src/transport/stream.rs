@@ -115,7 +115,7 @@ impl<R: AsyncRead + Send + Unpin + 'static> StreamReader<R> {
 		let frame_len = self.codec.check_frame(&self.buffer)?.unwrap_or(0);
 		let needed = frame_len.saturating_sub(self.buffer.len());
 		let spare = self.buffer.capacity() - self.buffer.len();
-		if spare >= needed.max(1).min(READ_CHUNK) && spare >= 1024 {
+		if spare >= needed.clamp(1024, READ_CHUNK) {
 			return Ok(());
 		}
 		let ahead = RESERVE_AHEAD.max(self.buffer.len());
