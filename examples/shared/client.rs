@@ -1,0 +1,36 @@
+//! The example client shared by the client examples: one call of each service.
+
+#![allow(dead_code)]
+
+use peerwire::{Error, PeerHandle};
+
+#[path = "service.rs"]
+mod service;
+
+/// Call every service once and print what happens.
+pub async fn run(peer: &PeerHandle) -> Result<(), Error> {
+	let mut echo = peer.send_request(service::ECHO, "Hello World").await?;
+	let response = echo.recv_response().await?;
+	println!("[client] echo: {}", String::from_utf8_lossy(&response.body));
+
+	let mut countdown = peer.send_request(service::COUNTDOWN, "3").await?;
+	while let Some(update) = countdown.recv_update().await? {
+		println!("[client] countdown update: {}", String::from_utf8_lossy(&update.body));
+	}
+	println!("[client] countdown: {}", String::from_utf8_lossy(&countdown.recv_response().await?.body));
+
+	let mut sum = peer.send_request(service::SUM, "").await?;
+	for n in [20, 22] {
+		println!("[client] sum: sending requester update {n}");
+		sum.send_update(service::ADD, n.to_string()).await?;
+	}
+	sum.send_update(service::DONE, "").await?;
+	println!("[client] sum: {}", String::from_utf8_lossy(&sum.recv_response().await?.body));
+
+	let mut unknown = peer.send_request(99, "").await?;
+	let response = unknown.recv_response().await?;
+	println!("[client] service 99: error response {:?}", response.error_text().unwrap_or_default());
+
+	peer.send_stream(service::LOG, "client says goodbye").await?;
+	Ok(())
+}
