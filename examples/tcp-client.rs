@@ -3,6 +3,8 @@
 
 #[path = "shared/client.rs"]
 mod client;
+#[path = "shared/service.rs"]
+mod service;
 
 #[tokio::main]
 async fn main() -> Result<(), peerwire::Error> {

@@ -180,7 +180,8 @@ impl StreamCodec {
 			return Err(Error::body_too_large(body_len, self.max_body_len_write));
 		}
 		// The limit is configurable up to usize::MAX, the wire field is a u32.
-		let length = u32::try_from(body_len + HEADER_LEN).map_err(|_| Error::body_too_large(body_len, u32::MAX as usize - HEADER_LEN))?;
+		let length = u32::try_from(body_len + HEADER_LEN)
+			.map_err(|_| Error::body_too_large(body_len, u32::MAX as usize - HEADER_LEN))?;
 		let mut out = [0; 16];
 		out[..4].copy_from_slice(&self.endian.write_u32(length));
 		out[4..].copy_from_slice(&encode_header(header, self.endian));

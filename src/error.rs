@@ -193,11 +193,7 @@ impl Error {
 
 	/// The error every handle sees once `cause` has ended the connection.
 	pub(crate) fn closed_by(cause: Error) -> Self {
-		if cause.kind() == ErrorKind::ConnectionClosed {
-			cause
-		} else {
-			Self::new(Repr::ClosedByError(cause))
-		}
+		if cause.kind() == ErrorKind::ConnectionClosed { cause } else { Self::new(Repr::ClosedByError(cause)) }
 	}
 
 	pub(crate) fn protocol(violation: ProtocolViolation) -> Self {
@@ -208,7 +204,6 @@ impl Error {
 		Self::new(Repr::BodyTooLarge { length, limit })
 	}
 
-	#[allow(dead_code)]
 	pub(crate) fn too_many_fds(count: usize, limit: usize) -> Self {
 		Self::new(Repr::TooManyFds { count, limit })
 	}

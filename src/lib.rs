@@ -76,8 +76,8 @@ pub mod transport;
 pub use config::Config;
 pub use error::{Error, ErrorKind, ProtocolViolation};
 pub use handle::{
-	PeerHandle, PeerReadHandle, PeerWriteHandle, ReceivedMessage, ReceivedRequestHandle, ReceivedRequestWriteHandle,
-	SentRequestHandle, SentRequestWriteHandle,
+	DROPPED_REQUEST_TEXT, PeerHandle, PeerReadHandle, PeerWriteHandle, ReceivedMessage, ReceivedRequestHandle,
+	ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
 };
 pub use listener::{Acceptor, Listener};
 pub use message::{Body, Message, MessageHeader, MessageType};
@@ -88,3 +88,8 @@ pub use transport::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport,
 pub use transport::tcp::{TcpListener, TcpPeer};
 #[cfg(all(unix, feature = "unix-stream"))]
 pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer};
+
+/// The README's code blocks, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

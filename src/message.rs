@@ -65,7 +65,7 @@ impl MessageHeader {
 
 /// A message body. Implemented by [`Bytes`] for the stream transports; the seqpacket transport
 /// uses a body that also carries file descriptors.
-pub trait Body: Send + 'static {
+pub trait Body: Send + Unpin + 'static {
 	/// The body of an error response: the UTF-8 error text.
 	fn from_error_text(text: &str) -> Self;
 

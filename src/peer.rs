@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::PollSender;
+use tokio_util::sync::{CancellationToken, PollSender};
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -46,6 +46,8 @@ pub(crate) struct Shared<B> {
 	tracker: Mutex<Tracker<B>>,
 	/// Why the connection ended; set before any handle can observe the end.
 	close_reason: OnceLock<Error>,
+	/// Cancelled when the peer task has stopped and the transport is dropped.
+	pub(crate) stopped: CancellationToken,
 	/// One permit per message the handles may queue (the write queue's bound).
 	pub(crate) write_permits: Semaphore,
 	pub(crate) info: ConnectionInfo,
@@ -126,6 +128,7 @@ impl<T: Transport> Peer<T> {
 				closed: false,
 			}),
 			close_reason: OnceLock::new(),
+			stopped: CancellationToken::new(),
 			write_permits: Semaphore::new(config.write_queue.max(1)),
 			info,
 			max_body_len_write: config.max_body_len_write,
@@ -399,6 +402,7 @@ impl<T: Transport> Drop for Peer<T> {
 		};
 		// Dropping the senders wakes every request handle; done outside the lock.
 		drop((sent, received));
+		self.shared.stopped.cancel();
 	}
 }
 
@@ -407,4 +411,3 @@ impl<B: Body> WeakLink<B> {
 		Some(Link::new(self.commands.upgrade()?, self.shared.clone()))
 	}
 }
-

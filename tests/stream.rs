@@ -198,7 +198,9 @@ async fn connection_info_names_the_remote(kind: Kind) {
 	let (_client, _server, client_info, server_info) = connected_with(kind, Config::default()).await;
 	match kind {
 		Kind::Tcp => {
-			assert!(matches!(client_info.remote_address, Some(RemoteAddress::Tcp(address)) if address.ip().is_loopback()));
+			assert!(
+				matches!(client_info.remote_address, Some(RemoteAddress::Tcp(address)) if address.ip().is_loopback())
+			);
 			assert!(matches!(server_info.remote_address, Some(RemoteAddress::Tcp(_))));
 			assert_eq!(client_info.credentials, None);
 		},

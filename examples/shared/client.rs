@@ -4,8 +4,7 @@
 
 use peerwire::{Error, PeerHandle};
 
-#[path = "service.rs"]
-mod service;
+use super::service;
 
 /// Call every service once and print what happens.
 pub async fn run(peer: &PeerHandle) -> Result<(), Error> {

@@ -60,7 +60,12 @@ async fn answer(mut request: ReceivedRequestHandle, body: bytes::Bytes) -> Resul
 			let mut sum = 0i64;
 			while let Some(update) = request.recv_update().await? {
 				match update.header.service_id {
-					ADD => sum += std::str::from_utf8(&update.body).ok().and_then(|text| text.parse::<i64>().ok()).unwrap_or(0),
+					ADD => {
+						sum += std::str::from_utf8(&update.body)
+							.ok()
+							.and_then(|text| text.parse::<i64>().ok())
+							.unwrap_or(0)
+					},
 					DONE => break,
 					other => return request.send_error_response(&format!("unknown update kind {other}")).await,
 				}

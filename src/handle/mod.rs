@@ -12,7 +12,9 @@ use crate::transport::ConnectionInfo;
 
 mod request;
 
-pub use request::{ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle};
+pub use request::{
+	DROPPED_REQUEST_TEXT, ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
+};
 
 /// The connection to the peer task that every handle holds. While any link exists (other than
 /// the peer's own weak one), the peer keeps running.
@@ -191,6 +193,11 @@ impl<B: Body> PeerHandle<B> {
 	pub fn info(&self) -> &ConnectionInfo {
 		self.write.info()
 	}
+
+	/// Wait until the connection has ended. See [`PeerWriteHandle::closed`].
+	pub async fn closed(&self) {
+		self.write.closed().await
+	}
 }
 
 /// The receiving half of a [`PeerHandle`].
@@ -260,6 +267,28 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// What is known about the remote.
 	pub fn info(&self) -> &ConnectionInfo {
 		&self.link.shared.info
+	}
+
+	/// Wait until the connection has ended and its peer task has stopped.
+	///
+	/// After [`close`](Self::close), this returns once everything queued before the close has
+	/// been written and the connection is shut down:
+	///
+	/// ```no_run
+	/// # async fn demo(peer: peerwire::PeerHandle) -> Result<(), peerwire::Error> {
+	/// peer.send_stream(1, "last words").await?;
+	/// peer.close();
+	/// peer.closed().await; // "last words" is on the wire
+	/// # Ok(())
+	/// # }
+	/// ```
+	pub async fn closed(&self) {
+		self.link.shared.stopped.cancelled().await
+	}
+
+	/// Whether the connection has ended.
+	pub fn is_closed(&self) -> bool {
+		self.link.shared.stopped.is_cancelled()
 	}
 
 	/// Whether `other` talks to the same connection.

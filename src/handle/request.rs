@@ -71,7 +71,12 @@ pub struct SentRequestHandle<B: Body = bytes::Bytes> {
 
 impl<B: Body> SentRequestHandle<B> {
 	/// Open a request through a reserved write-queue place; nothing in here waits.
-	pub(crate) fn open(link: &Link<B>, reservation: Reservation<'_, B>, service_id: i32, body: B) -> Result<Self, Error> {
+	pub(crate) fn open(
+		link: &Link<B>,
+		reservation: Reservation<'_, B>,
+		service_id: i32,
+		body: B,
+	) -> Result<Self, Error> {
 		let (sender, incoming) = mpsc::channel(link.shared.request_queue);
 		let opened = {
 			let mut tracker = link.shared.tracker();
@@ -254,7 +259,12 @@ pub struct ReceivedRequestHandle<B: Body = bytes::Bytes> {
 }
 
 impl<B: Body> ReceivedRequestHandle<B> {
-	pub(crate) fn new(link: Link<B>, header: MessageHeader, serial: Serial, incoming: mpsc::Receiver<Message<B>>) -> Self {
+	pub(crate) fn new(
+		link: Link<B>,
+		header: MessageHeader,
+		serial: Serial,
+		incoming: mpsc::Receiver<Message<B>>,
+	) -> Self {
 		let state = ReceivedState {
 			link,
 			request_id: header.request_id,
@@ -354,13 +364,19 @@ impl<B: Body> ReceivedRequestWriteHandle<B> {
 
 impl<B: Body> std::fmt::Debug for SentState<B> {
 	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-		f.debug_struct("SentRequest").field("request_id", &self.request_id).field("service_id", &self.service_id).finish()
+		f.debug_struct("SentRequest")
+			.field("request_id", &self.request_id)
+			.field("service_id", &self.service_id)
+			.finish()
 	}
 }
 
 impl<B: Body> std::fmt::Debug for ReceivedState<B> {
 	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-		f.debug_struct("ReceivedRequest").field("request_id", &self.request_id).field("service_id", &self.service_id).finish()
+		f.debug_struct("ReceivedRequest")
+			.field("request_id", &self.request_id)
+			.field("service_id", &self.service_id)
+			.finish()
 	}
 }
 

@@ -11,12 +11,15 @@ use std::task::{Context, Poll};
 use crate::error::Error;
 use crate::message::{Body, Message};
 
+pub mod memory;
+#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
 pub mod stream;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 #[cfg(all(unix, feature = "unix-stream"))]
 pub mod unix_stream;
 
+pub use memory::MemoryTransport;
 pub use stream::{StreamReader, StreamTransport, StreamWriter};
 
 /// A connection that carries messages with bodies of type [`Transport::Body`].
