@@ -12,7 +12,6 @@ use crate::error::Error;
 use crate::message::{Body, Message};
 
 pub mod memory;
-#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
 pub mod stream;
 #[cfg(feature = "tcp")]
 pub mod tcp;
