@@ -31,6 +31,14 @@ pub enum ErrorKind {
 	RequestClosed,
 	/// The transport cannot carry what was asked (for example descriptors over TCP).
 	Unsupported,
+	/// A typed body could not be encoded.
+	Encode,
+	/// A typed body could not be decoded; the message says for which service.
+	Decode,
+	/// The remote answered with an error response (typed layer); see [`Error::remote_text`].
+	Remote,
+	/// The remote asked for a service, or sent a stream or update kind, that is not declared.
+	UnknownService,
 }
 
 /// How the remote peer broke the protocol.
@@ -122,7 +130,18 @@ enum Repr {
 	RequestClosed { request_id: u32 },
 	#[error("not supported: {0}")]
 	Unsupported(&'static str),
+	#[error("failed to encode {what}: {source}")]
+	Encode { what: String, source: BoxError },
+	#[error("failed to decode {what}: {source}")]
+	Decode { what: String, source: BoxError },
+	#[error("error response from the remote (service id {service_id}): {text}")]
+	Remote { service_id: i32, text: String },
+	#[error("{what} is not declared")]
+	UnknownService { what: String },
 }
+
+/// A boxed error from a body format.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Error {
 	fn new(repr: Repr) -> Self {
@@ -141,6 +160,10 @@ impl Error {
 			Repr::Timeout(_) => ErrorKind::Timeout,
 			Repr::RequestClosed { .. } => ErrorKind::RequestClosed,
 			Repr::Unsupported(_) => ErrorKind::Unsupported,
+			Repr::Encode { .. } => ErrorKind::Encode,
+			Repr::Decode { .. } => ErrorKind::Decode,
+			Repr::Remote { .. } => ErrorKind::Remote,
+			Repr::UnknownService { .. } => ErrorKind::UnknownService,
 		}
 	}
 
@@ -159,6 +182,14 @@ impl Error {
 		match &*self.repr {
 			Repr::Io(error) => Some(error),
 			Repr::ClosedByError(cause) => cause.io_error(),
+			_ => None,
+		}
+	}
+
+	/// The text of the remote's error response, for errors of kind [`ErrorKind::Remote`].
+	pub fn remote_text(&self) -> Option<&str> {
+		match &*self.repr {
+			Repr::Remote { text, .. } => Some(text),
 			_ => None,
 		}
 	}
@@ -223,6 +254,26 @@ impl Error {
 	}
 
 	#[allow(dead_code)]
+	pub(crate) fn encode(what: String, source: BoxError) -> Self {
+		Self::new(Repr::Encode { what, source })
+	}
+
+	#[allow(dead_code)]
+	pub(crate) fn decode(what: String, source: BoxError) -> Self {
+		Self::new(Repr::Decode { what, source })
+	}
+
+	#[allow(dead_code)]
+	pub(crate) fn remote(service_id: i32, text: String) -> Self {
+		Self::new(Repr::Remote { service_id, text })
+	}
+
+	#[allow(dead_code)]
+	pub(crate) fn unknown_service(what: String) -> Self {
+		Self::new(Repr::UnknownService { what })
+	}
+
+	#[allow(dead_code)]
 	pub(crate) fn unsupported(what: &'static str) -> Self {
 		Self::new(Repr::Unsupported(what))
 	}
@@ -258,6 +309,7 @@ impl std::error::Error for Error {
 			Repr::ClosedByError(cause) => Some(cause),
 			Repr::Io(error) => Some(error),
 			Repr::Protocol(violation) => Some(violation),
+			Repr::Encode { source, .. } | Repr::Decode { source, .. } => Some(&**source),
 			_ => None,
 		}
 	}

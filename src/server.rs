@@ -1,0 +1,170 @@
+//! Serving connections with a handler, and shutting down gracefully.
+//!
+//! [`serve`] accepts connections from a [`Listener`] and [`serve_connection`] runs a handler for
+//! every message of one connection (from a listener, `connect`, or an in-memory pair). Both stop
+//! on a [`CancellationToken`]: no new connections are accepted, new requests are refused with an
+//! error response, requests already being handled get a grace period to finish, and then every
+//! connection is closed. A handler still running at the deadline is aborted; the requests it held
+//! are answered with the automatic error response of a dropped request, so no remote waits forever.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::handle::{PeerHandle, PeerWriteHandle, ReceivedMessage};
+use crate::listener::{Acceptor, Listener};
+use crate::message::Body;
+use crate::transport::Transport;
+
+/// The error text sent for a request that arrives while the server shuts down.
+pub const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
+
+/// After an accept error (for example out of descriptors), wait this long before the next try,
+/// so that a persistent error does not spin the accept loop.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a closing connection may take to flush its last messages once the grace period is
+/// over. A remote that never reads cannot hold the shutdown longer than this.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Accept connections from `listener` and serve each with `handler` until `shutdown` is
+/// cancelled, then shut down gracefully within `grace` (see [`serve_connection`]).
+///
+/// Accept errors are logged and the listener keeps serving. Returns once every connection is
+/// closed.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), peerwire::Error> {
+/// use std::time::Duration;
+/// use peerwire::server::{CancellationToken, serve};
+/// use peerwire::{Config, ReceivedMessage, TcpListener};
+///
+/// let listener = TcpListener::bind("127.0.0.1:29285", Config::default()).await?;
+/// let shutdown = CancellationToken::new();
+/// let server = tokio::spawn(serve(listener, shutdown.clone(), Duration::from_secs(5), |message, _peer| async move {
+///     if let ReceivedMessage::Request(request, body) = message {
+///         let _ = request.send_response(0, body).await;
+///     }
+/// }));
+/// // ... later, on SIGTERM:
+/// shutdown.cancel();
+/// server.await.unwrap();
+/// # Ok(())
+/// # }
+/// ```
+pub async fn serve<A, H, F>(mut listener: Listener<A>, shutdown: CancellationToken, grace: Duration, handler: H)
+where
+	A: Acceptor,
+	H: Fn(ReceivedMessage<<A::Transport as Transport>::Body>, PeerWriteHandle<<A::Transport as Transport>::Body>) -> F
+		+ Clone
+		+ Send
+		+ Sync
+		+ 'static,
+	F: Future<Output = ()> + Send + 'static,
+{
+	let mut connections = JoinSet::new();
+	loop {
+		tokio::select! {
+			biased;
+			_ = shutdown.cancelled() => break,
+			accepted = listener.accept() => match accepted {
+				Ok((peer, info)) => {
+					tracing::debug!(remote = ?info.remote_address, "accepted a connection");
+					connections.spawn(serve_connection(peer, shutdown.clone(), grace, handler.clone()));
+				},
+				Err(error) => {
+					tracing::warn!("accept failed: {error}");
+					tokio::select! {
+						_ = shutdown.cancelled() => break,
+						_ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {},
+					}
+				},
+			},
+			Some(_) = connections.join_next(), if !connections.is_empty() => {},
+		}
+	}
+	// Stop accepting at once: the listening socket closes here.
+	drop(listener);
+	while connections.join_next().await.is_some() {}
+}
+
+/// Serve one connection: run `handler` on its own task for every message received, until the
+/// connection ends or `shutdown` is cancelled.
+///
+/// On shutdown, requests that arrive are answered with the error response
+/// [`SHUTTING_DOWN_TEXT`] and stream messages are dropped; handlers already running have until
+/// `grace` has passed to finish, after which they are aborted (their requests get the automatic
+/// error response of a dropped request). Then the connection is closed, flushing what was queued.
+pub async fn serve_connection<B, H, F>(peer: PeerHandle<B>, shutdown: CancellationToken, grace: Duration, handler: H)
+where
+	B: Body,
+	H: Fn(ReceivedMessage<B>, PeerWriteHandle<B>) -> F + Send + Sync + 'static,
+	F: Future<Output = ()> + Send + 'static,
+{
+	let (mut read, write) = peer.split();
+	let mut handlers = JoinSet::new();
+
+	loop {
+		tokio::select! {
+			biased;
+			_ = shutdown.cancelled() => break,
+			Some(finished) = handlers.join_next(), if !handlers.is_empty() => log_handler_end(finished),
+			message = read.recv_message() => match message {
+				Ok(message) => {
+					handlers.spawn(handler(message, write.clone()));
+				},
+				Err(error) => {
+					tracing::debug!("connection ended: {error}");
+					// Nothing more can arrive; let running handlers see the error and end.
+					while let Some(finished) = handlers.join_next().await {
+						log_handler_end(finished);
+					}
+					return;
+				},
+			},
+		}
+	}
+
+	let deadline = Instant::now() + grace;
+	loop {
+		tokio::select! {
+			biased;
+			_ = tokio::time::sleep_until(deadline) => {
+				tracing::debug!(running = handlers.len(), "grace period over: aborting handlers");
+				handlers.abort_all();
+				break;
+			},
+			finished = handlers.join_next() => match finished {
+				Some(finished) => log_handler_end(finished),
+				None => break,
+			},
+			message = read.recv_message() => match message {
+				Ok(ReceivedMessage::Request(request, _)) => {
+					let _ = request.send_error_response(SHUTTING_DOWN_TEXT).await;
+				},
+				Ok(ReceivedMessage::Stream(message)) => {
+					tracing::debug!(service_id = message.header.service_id, "shutting down: dropped a stream message");
+				},
+				Err(_) => break,
+			},
+		}
+	}
+	while handlers.join_next().await.is_some() {}
+
+	write.close();
+	drop(read);
+	if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write.closed()).await.is_err() {
+		tracing::warn!("connection did not finish closing in time (the remote is not reading)");
+	}
+}
+
+fn log_handler_end(finished: Result<(), tokio::task::JoinError>) {
+	if let Err(error) = finished {
+		if error.is_panic() {
+			tracing::error!("a message handler panicked");
+		}
+	}
+}

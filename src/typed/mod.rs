@@ -1,0 +1,423 @@
+//! Typed interfaces: services, updates and stream messages declared once with
+//! [`interface!`](crate::interface), encoded with a pluggable [`Format`].
+//!
+//! The wire does not change: a typed service is a service id, its updates are update ids, and
+//! its bodies are whatever the format makes of the values. A typed peer talks to any other
+//! Fizyr RPC peer that uses the same ids and body encoding.
+//!
+//! # Why a declarative macro
+//!
+//! The declaration is plain data (ids, names, types, docs), so a `macro_rules!` macro reads it
+//! without a proc-macro crate, compiles fast, and expands to code that is easy to follow with
+//! `cargo expand`: one module per service with a marker type and its update enums, a `Client`
+//! with one method per service, an `Incoming` enum and a `Server`. Everything generic (the typed
+//! handles, encoding and decoding, error responses) lives here as ordinary code, not in the
+//! expansion. Type errors in the declaration point at the declaration's own tokens.
+//!
+//! ```
+//! # #[cfg(feature = "json")] mod doc {
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! pub struct Add { pub a: i64, pub b: i64 }
+//!
+//! peerwire::interface! {
+//!     /// A calculator.
+//!     pub mod calculator (format = peerwire::typed::Json) {
+//!         /// Add two numbers.
+//!         service 1 add(Add) -> i64;
+//!         /// Count down from a number, one update per step.
+//!         service 2 countdown(u32) -> String {
+//!             responder_updates {
+//!                 /// The current count.
+//!                 1 tick(u32),
+//!             }
+//!         }
+//!         /// Something to print.
+//!         stream 10 log(String);
+//!     }
+//! }
+//!
+//! # pub async fn main() -> Result<(), peerwire::Error> {
+//! let (client, server) = peerwire::transport::memory::pair(&peerwire::Config::default());
+//! let mut server = calculator::Server::new(server.split().0);
+//! tokio::spawn(async move {
+//!     while let Ok(incoming) = server.recv().await {
+//!         match incoming {
+//!             calculator::Incoming::Add(request, add) => request.send_response(&(add.a + add.b)).await?,
+//!             calculator::Incoming::Countdown(request, from) => {
+//!                 for i in (1..=from).rev() {
+//!                     request.send_update(&calculator::countdown::ResponderUpdate::Tick(i)).await?;
+//!                 }
+//!                 request.send_response(&"liftoff".to_string()).await?
+//!             },
+//!             calculator::Incoming::Log(line) => println!("{line}"),
+//!             calculator::Incoming::Rejected(rejected) => eprintln!("{}", rejected.error),
+//!         }
+//!     }
+//!     Ok::<_, peerwire::Error>(())
+//! });
+//!
+//! let client = calculator::Client::new(client.write_handle());
+//! assert_eq!(client.add(&Add { a: 2, b: 3 }).await?.recv_response().await?, 5);
+//! let mut countdown = client.countdown(&2).await?;
+//! while let Some(calculator::countdown::ResponderUpdate::Tick(i)) = countdown.recv_update().await? {
+//!     println!("{i}");
+//! }
+//! assert_eq!(countdown.recv_response().await?, "liftoff");
+//! # Ok(())
+//! # } }
+//! # #[cfg(feature = "json")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() { doc::main().await.unwrap() }
+//! # #[cfg(not(feature = "json"))]
+//! # fn main() {}
+//! ```
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{BoxError, Error};
+use crate::handle::{PeerWriteHandle, ReceivedRequestHandle, SentRequestHandle};
+use crate::message::{Message, MessageType};
+
+mod format;
+#[doc(hidden)]
+pub mod macros;
+
+pub use format::Format;
+#[cfg(feature = "json")]
+pub use format::Json;
+#[cfg(feature = "msgpack")]
+pub use format::MsgPack;
+
+/// A service of an interface: its id, its request and response types and its updates.
+///
+/// Implemented by the marker type `Service` that [`interface!`](crate::interface) generates in
+/// each service's module.
+pub trait Service: Send + Sync + 'static {
+	/// The service id on the wire.
+	const ID: i32;
+	/// The service's name in the declaration.
+	const NAME: &'static str;
+	/// How bodies are encoded.
+	type Format: Format;
+	/// The request body.
+	type Request: Serialize + DeserializeOwned + Send + 'static;
+	/// The response body.
+	type Response: Serialize + DeserializeOwned + Send + 'static;
+	/// The updates the requester may send ([`NoUpdates`] if none).
+	type RequesterUpdate: UpdateSet;
+	/// The updates the responder may send ([`NoUpdates`] if none).
+	type ResponderUpdate: UpdateSet;
+}
+
+/// A stream message of an interface.
+pub trait StreamMessage: Send + Sync + 'static {
+	/// The service id on the wire.
+	const ID: i32;
+	/// The stream's name in the declaration.
+	const NAME: &'static str;
+	/// How the body is encoded.
+	type Format: Format;
+	/// The body.
+	type Body: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// The updates one side of a service may send: an enum with one variant per update id.
+pub trait UpdateSet: Sized + Send + 'static {
+	/// Every update of the set, for introspection.
+	const INFO: &'static [UpdateInfo];
+
+	/// The update id and encoded body of this update.
+	fn encode<F: Format>(&self) -> Result<(i32, Bytes), BoxError>;
+
+	/// Decode an update with id `id`; fails for an id the set does not declare.
+	fn decode<F: Format>(id: i32, body: &[u8]) -> Result<Self, UpdateDecodeError>;
+}
+
+/// Why an update could not be decoded.
+#[derive(Debug)]
+pub enum UpdateDecodeError {
+	/// The update id is not declared for this service and direction.
+	UnknownId,
+	/// The body did not decode as the declared type.
+	Body(BoxError),
+}
+
+/// The update set of a service side that sends no updates. It has no values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoUpdates {}
+
+impl UpdateSet for NoUpdates {
+	const INFO: &'static [UpdateInfo] = &[];
+
+	fn encode<F: Format>(&self) -> Result<(i32, Bytes), BoxError> {
+		match *self {}
+	}
+
+	fn decode<F: Format>(_: i32, _: &[u8]) -> Result<Self, UpdateDecodeError> {
+		Err(UpdateDecodeError::UnknownId)
+	}
+}
+
+/// What an interface declares, for tools (such as a command-line client) to list at run time.
+#[derive(Debug, Clone, Copy)]
+pub struct InterfaceInfo {
+	/// The interface's module name.
+	pub name: &'static str,
+	/// The doc comment of the declaration, one line per doc line.
+	pub doc: &'static str,
+	/// The body format's name.
+	pub format: &'static str,
+	/// The services.
+	pub services: &'static [ServiceInfo],
+	/// The stream messages.
+	pub streams: &'static [StreamInfo],
+}
+
+/// A declared service.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceInfo {
+	/// The service id.
+	pub id: i32,
+	/// The name.
+	pub name: &'static str,
+	/// The doc comment.
+	pub doc: &'static str,
+	/// The request type, as written.
+	pub request: &'static str,
+	/// The response type, as written.
+	pub response: &'static str,
+	/// The updates the requester may send.
+	pub requester_updates: &'static [UpdateInfo],
+	/// The updates the responder may send.
+	pub responder_updates: &'static [UpdateInfo],
+}
+
+/// A declared update.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateInfo {
+	/// The update id (the service id field of the update message).
+	pub id: i32,
+	/// The name.
+	pub name: &'static str,
+	/// The doc comment.
+	pub doc: &'static str,
+	/// The body type, as written.
+	pub body: &'static str,
+}
+
+/// A declared stream message.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamInfo {
+	/// The service id.
+	pub id: i32,
+	/// The name.
+	pub name: &'static str,
+	/// The doc comment.
+	pub doc: &'static str,
+	/// The body type, as written.
+	pub body: &'static str,
+}
+
+fn encode<F: Format, T: Serialize + ?Sized>(value: &T, what: impl FnOnce() -> String) -> Result<Bytes, Error> {
+	F::encode(value).map_err(|source| Error::encode(what(), source))
+}
+
+fn decode<F: Format, T: DeserializeOwned>(body: &[u8], what: impl FnOnce() -> String) -> Result<T, Error> {
+	F::decode(body).map_err(|source| Error::decode(what(), source))
+}
+
+fn decode_update<S: Service, U: UpdateSet>(message: &Message, side: &str) -> Result<U, Error> {
+	let id = message.header.service_id;
+	U::decode::<S::Format>(id, &message.body).map_err(|error| {
+		let what = format!("{side} update {id} of service `{}` ({})", S::NAME, S::ID);
+		match error {
+			UpdateDecodeError::UnknownId => Error::unknown_service(what),
+			UpdateDecodeError::Body(source) => Error::decode(what, source),
+		}
+	})
+}
+
+/// Open a request for service `S`.
+pub async fn call<S: Service>(peer: &PeerWriteHandle, request: &S::Request) -> Result<SentRequest<S>, Error> {
+	let body = encode::<S::Format, _>(request, || format!("request of service `{}` ({})", S::NAME, S::ID))?;
+	let inner = peer.send_request(S::ID, body).await?;
+	Ok(SentRequest { inner, _service: PhantomData })
+}
+
+/// Send a stream message `T`.
+pub async fn send_stream<T: StreamMessage>(peer: &PeerWriteHandle, body: &T::Body) -> Result<(), Error> {
+	let body = encode::<T::Format, _>(body, || format!("stream message `{}` ({})", T::NAME, T::ID))?;
+	peer.send_stream(T::ID, body).await
+}
+
+/// Decode a stream message's body as `T`.
+pub fn decode_stream<T: StreamMessage>(message: &Message) -> Result<T::Body, Error> {
+	decode::<T::Format, _>(&message.body, || format!("stream message `{}` ({})", T::NAME, T::ID))
+}
+
+/// A typed [`SentRequestHandle`]: send `S::RequesterUpdate`s, receive `S::ResponderUpdate`s and
+/// the `S::Response`.
+#[derive(Debug)]
+pub struct SentRequest<S: Service> {
+	inner: SentRequestHandle,
+	_service: PhantomData<fn() -> S>,
+}
+
+impl<S: Service> SentRequest<S> {
+	/// The request id.
+	pub fn request_id(&self) -> u32 {
+		self.inner.request_id()
+	}
+
+	/// Send a requester update.
+	pub async fn send_update(&self, update: &S::RequesterUpdate) -> Result<(), Error> {
+		let (id, body) = update
+			.encode::<S::Format>()
+			.map_err(|source| Error::encode(format!("requester update of service `{}`", S::NAME), source))?;
+		self.inner.send_update(id, body).await
+	}
+
+	/// Receive the next responder update; `Ok(None)` once the response has arrived.
+	///
+	/// An update that does not decode is an error of kind
+	/// [`Decode`](crate::ErrorKind::Decode) (or [`UnknownService`](crate::ErrorKind::UnknownService)
+	/// for an undeclared update id) for this update only; the request stays open.
+	pub async fn recv_update(&mut self) -> Result<Option<S::ResponderUpdate>, Error> {
+		match self.inner.recv_update().await? {
+			Some(message) => decode_update::<S, _>(&message, "responder").map(Some),
+			None => Ok(None),
+		}
+	}
+
+	/// Receive the response. An error response from the remote is an error of kind
+	/// [`Remote`](crate::ErrorKind::Remote) carrying its text.
+	pub async fn recv_response(&mut self) -> Result<S::Response, Error> {
+		let response = self.inner.recv_response().await?;
+		Self::decode_response(response)
+	}
+
+	/// [`recv_response`](Self::recv_response) with a deadline.
+	pub async fn recv_response_timeout(&mut self, timeout: Duration) -> Result<S::Response, Error> {
+		let response = self.inner.recv_response_timeout(timeout).await?;
+		Self::decode_response(response)
+	}
+
+	fn decode_response(response: Message) -> Result<S::Response, Error> {
+		if response.is_error_response() {
+			let text = String::from_utf8_lossy(&response.body).into_owned();
+			return Err(Error::remote(response.header.service_id, text));
+		}
+		decode::<S::Format, _>(&response.body, || format!("response of service `{}` ({})", S::NAME, S::ID))
+	}
+
+	/// The untyped handle.
+	pub fn into_inner(self) -> SentRequestHandle {
+		self.inner
+	}
+}
+
+/// A typed [`ReceivedRequestHandle`]: receive `S::RequesterUpdate`s, send `S::ResponderUpdate`s
+/// and the `S::Response`. Dropped unanswered, it answers with an error response like the handle
+/// it wraps.
+#[derive(Debug)]
+pub struct ReceivedRequest<S: Service> {
+	inner: ReceivedRequestHandle,
+	_service: PhantomData<fn() -> S>,
+}
+
+impl<S: Service> ReceivedRequest<S> {
+	/// Wrap a received request of service `S` and decode its body. A body that does not decode
+	/// is answered with an error response naming the service, and returned as the error.
+	pub async fn accept(request: ReceivedRequestHandle, body: &[u8]) -> Result<(Self, S::Request), Error> {
+		match decode::<S::Format, _>(body, || format!("request of service `{}` ({})", S::NAME, S::ID)) {
+			Ok(value) => Ok((Self { inner: request, _service: PhantomData }, value)),
+			Err(error) => {
+				let _ = request.send_error_response(&error.to_string()).await;
+				Err(error)
+			},
+		}
+	}
+
+	/// The request id.
+	pub fn request_id(&self) -> u32 {
+		self.inner.request_id()
+	}
+
+	/// Receive the next requester update; `Ok(None)` once the response is sent.
+	pub async fn recv_update(&mut self) -> Result<Option<S::RequesterUpdate>, Error> {
+		match self.inner.recv_update().await? {
+			Some(message) => decode_update::<S, _>(&message, "requester").map(Some),
+			None => Ok(None),
+		}
+	}
+
+	/// Send a responder update.
+	pub async fn send_update(&self, update: &S::ResponderUpdate) -> Result<(), Error> {
+		let (id, body) = update
+			.encode::<S::Format>()
+			.map_err(|source| Error::encode(format!("responder update of service `{}`", S::NAME), source))?;
+		self.inner.send_update(id, body).await
+	}
+
+	/// Send the response, closing the request.
+	pub async fn send_response(&self, response: &S::Response) -> Result<(), Error> {
+		let body = encode::<S::Format, _>(response, || format!("response of service `{}` ({})", S::NAME, S::ID))?;
+		self.inner.send_response(0, body).await
+	}
+
+	/// Send an error response with `text`, closing the request.
+	pub async fn send_error(&self, text: &str) -> Result<(), Error> {
+		self.inner.send_error_response(text).await
+	}
+
+	/// The untyped handle.
+	pub fn into_inner(self) -> ReceivedRequestHandle {
+		self.inner
+	}
+}
+
+/// A message the typed server did not hand to the application as a typed value: a request or
+/// stream for an undeclared service, or one whose body did not decode. Requests among them have
+/// already been answered with an error response.
+#[derive(Debug)]
+pub struct Rejected {
+	/// Request or stream.
+	pub message_type: MessageType,
+	/// The service id the remote used.
+	pub service_id: i32,
+	/// The body as received.
+	pub body: Bytes,
+	/// Why it was rejected (kind [`UnknownService`](crate::ErrorKind::UnknownService) or
+	/// [`Decode`](crate::ErrorKind::Decode)).
+	pub error: Error,
+}
+
+impl Rejected {
+	/// Answer a request for an undeclared service with an error response, and describe it.
+	pub async fn unknown_request(request: ReceivedRequestHandle, body: Bytes, interface: &str) -> Self {
+		let service_id = request.service_id();
+		let error = Error::unknown_service(format!("service {service_id} of interface `{interface}`"));
+		let _ = request.send_error_response(&error.to_string()).await;
+		Self { message_type: MessageType::Request, service_id, body, error }
+	}
+
+	/// A request whose body failed to decode (already answered by [`ReceivedRequest::accept`]).
+	pub fn undecodable_request(service_id: i32, body: Bytes, error: Error) -> Self {
+		Self { message_type: MessageType::Request, service_id, body, error }
+	}
+
+	/// A stream message that is not declared or did not decode.
+	pub fn stream(message: Message, interface: &str, error: Option<Error>) -> Self {
+		let service_id = message.header.service_id;
+		let error = error
+			.unwrap_or_else(|| Error::unknown_service(format!("stream {service_id} of interface `{interface}`")));
+		Self { message_type: MessageType::Stream, service_id, body: message.body, error }
+	}
+}
