@@ -83,6 +83,11 @@ impl<T> SentTable<T> {
 		self.slot(id)?.entry.as_ref().map(|(_, value)| value)
 	}
 
+	/// Whether request `id` is open as the opening identified by `serial`.
+	pub fn is_open(&self, id: u32, serial: Serial) -> bool {
+		self.slot(id).and_then(|slot| slot.entry.as_ref()).is_some_and(|(open, _)| *open == serial)
+	}
+
 	/// Close request `id` (when its response arrives).
 	pub fn remove(&mut self, id: u32) -> Option<T> {
 		let serial = self.slot(id)?.entry.as_ref()?.0;

@@ -38,13 +38,12 @@ impl<B: Body> SentState<B> {
 	async fn send_update(&self, service_id: i32, body: B) -> Result<(), Error> {
 		self.link.check(&body)?;
 		let reservation = self.link.reserve().await?;
-		let open = self.link.shared.tracker().sent.get(self.request_id).is_some();
+		let (open, closed) = {
+			let tracker = self.link.shared.tracker();
+			(tracker.sent.is_open(self.request_id, self.serial), tracker.closed)
+		};
 		if !open {
-			return Err(if self.link.shared.tracker().closed {
-				self.link.closed_error()
-			} else {
-				Error::request_closed(self.request_id)
-			});
+			return Err(if closed { self.link.closed_error() } else { Error::request_closed(self.request_id) });
 		}
 		reservation.send(Message::requester_update(self.request_id, service_id, body))
 	}
