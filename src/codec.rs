@@ -127,6 +127,11 @@ impl StreamCodec {
 		self.endian
 	}
 
+	/// The largest body this codec encodes.
+	pub fn max_body_len_write(&self) -> usize {
+		self.max_body_len_write
+	}
+
 	/// Check the frame at the front of `buffer` as far as it has arrived.
 	///
 	/// Returns the total length of the frame (prefix included) once its length field is there.

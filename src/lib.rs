@@ -41,6 +41,8 @@
 //! - [`transport`]: the [`Transport`] trait and its implementations.
 //! - [`Peer`] drives a transport; [`PeerHandle`] and the request handles are what you hold.
 //! - [`Listener`] accepts connections for any transport.
+//! - [`Reconnecting`] is a client that reconnects with [`Backoff`]; [`reconnect`] says what
+//!   survives a reconnect and what does not.
 //!
 //! # Features
 //!
@@ -48,6 +50,7 @@
 //! |---|---|---|
 //! | `tcp` | yes | [`TcpPeer`], [`TcpListener`], [`TcpTransport`](transport::tcp::TcpTransport) |
 //! | `unix-stream` | yes | [`UnixStreamPeer`], [`UnixStreamListener`], [`UnixStreamTransport`](transport::unix_stream::UnixStreamTransport) |
+//! | `unix-seqpacket` | no | [`UnixSeqpacketPeer`], [`UnixSeqpacketListener`], [`UnixSeqpacketTransport`](transport::seqpacket::UnixSeqpacketTransport), [`UnixBody`]: one datagram per message, file descriptors passed with it |
 //!
 //! The generic [`StreamTransport`] works over any tokio `AsyncRead` + `AsyncWrite` with no
 //! feature at all.
@@ -70,8 +73,14 @@ mod handle;
 mod listener;
 pub mod message;
 mod peer;
+pub mod reconnect;
+pub mod server;
+#[cfg(all(unix, feature = "unix-seqpacket"))]
+mod sys;
 pub mod tracker;
 pub mod transport;
+#[cfg(feature = "typed")]
+pub mod typed;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, ProtocolViolation};
@@ -82,12 +91,22 @@ pub use handle::{
 pub use listener::{Acceptor, Listener};
 pub use message::{Body, Message, MessageHeader, MessageType};
 pub use peer::Peer;
+pub use reconnect::{Backoff, Connection, Reconnecting};
 pub use transport::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
 
+#[cfg(all(unix, feature = "unix-seqpacket"))]
+pub use transport::seqpacket::{UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer};
 #[cfg(feature = "tcp")]
 pub use transport::tcp::{TcpListener, TcpPeer};
 #[cfg(all(unix, feature = "unix-stream"))]
 pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer};
+
+/// Items the macros need from dependencies; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+	pub use crate::error::BoxError;
+	pub use bytes::Bytes;
+}
 
 /// The README's code blocks, compiled as doctests so that they stay true.
 #[cfg(doctest)]

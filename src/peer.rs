@@ -131,8 +131,9 @@ impl<T: Transport> Peer<T> {
 			stopped: CancellationToken::new(),
 			write_permits: Semaphore::new(config.write_queue.max(1)),
 			info,
-			max_body_len_write: config.max_body_len_write,
-			max_fds_write: config.max_fds_write,
+			// The handles check against these, so they must be the tighter of the two limits.
+			max_body_len_write: config.max_body_len_write.min(writer.max_body_len()),
+			max_fds_write: config.max_fds_write.min(writer.max_fds()),
 			request_queue: config.request_queue.max(1),
 			max_open_requests: config.max_open_requests,
 		});

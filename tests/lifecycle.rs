@@ -167,3 +167,16 @@ async fn dropping_handles_in_any_order_ends_every_task() {
 	.await;
 	assert!(error.is_connection_closed());
 }
+
+#[tokio::test]
+async fn a_held_request_learns_when_its_connection_ends() {
+	let (client, mut server) = connected(Kind::Unix).await;
+	let request = client.send_request(1, "").await.unwrap();
+	let (received, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
+	let writer = received.write_handle();
+	assert!(!received.is_closed() && !request.is_closed());
+	drop((request, client));
+	within(received.closed()).await;
+	within(writer.closed()).await;
+	assert!(writer.is_closed());
+}

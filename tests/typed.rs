@@ -305,11 +305,12 @@ async fn a_handler_past_the_grace_period_is_aborted_and_its_request_answered() {
 	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let shutdown = CancellationToken::new();
-	let server = tokio::spawn(serve(listener, shutdown.clone(), Duration::from_millis(200), |message, _peer| async move {
-		if let ReceivedMessage::Request(_request, _) = message {
-			std::future::pending::<()>().await;
-		}
-	}));
+	let server =
+		tokio::spawn(serve(listener, shutdown.clone(), Duration::from_millis(200), |message, _peer| async move {
+			if let ReceivedMessage::Request(_request, _) = message {
+				std::future::pending::<()>().await;
+			}
+		}));
 	let (client, _) = TcpPeer::connect(address, &Config::default()).await.unwrap();
 	let mut stuck = client.send_request(1, "").await.unwrap();
 	tokio::time::sleep(Duration::from_millis(50)).await;
@@ -369,7 +370,9 @@ async fn typed_peers_talk_to_an_untyped_fizyr_rpc_peer() {
 	let (client, _) = TcpPeer::connect(address, &Config::default()).await.unwrap();
 	let api = shapes::Client::new(client.write_handle());
 	let mut chat = api.chat(&"hey".into()).await.unwrap();
-	assert!(matches!(within(chat.recv_update()).await.unwrap(), Some(shapes::chat::ResponderUpdate::Heard(line)) if line == "HEY"));
+	assert!(
+		matches!(within(chat.recv_update()).await.unwrap(), Some(shapes::chat::ResponderUpdate::Heard(line)) if line == "HEY")
+	);
 	assert_eq!(within(chat.recv_response()).await.unwrap(), 0);
 	let _peer = within(server).await.unwrap();
 }

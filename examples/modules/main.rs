@@ -19,7 +19,11 @@ async fn main() -> Result<(), peerwire::Error> {
 	let module = tokio::spawn(motor::run_module(module, Motor::new(), shutdown.clone(), grace));
 
 	let motor = api::Client::new(app.write_handle());
-	println!("[app] motor interface: {} services, {} streams", api::INTERFACE.services.len(), api::INTERFACE.streams.len());
+	println!(
+		"[app] motor interface: {} services, {} streams",
+		api::INTERFACE.services.len(),
+		api::INTERFACE.streams.len()
+	);
 
 	motor.send_set_speed(&Speed { steps_per_second: 200 }).await?;
 	let mut moving = motor.move_to(&5).await?;

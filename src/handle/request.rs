@@ -106,6 +106,18 @@ impl<B: Body> SentRequestHandle<B> {
 		&self.state.link.shared.info
 	}
 
+	/// Wait until the connection this request lives on has ended.
+	///
+	/// Useful to give up on a request whose remote is gone without waiting to fail a send.
+	pub async fn closed(&self) {
+		self.state.link.shared.stopped.cancelled().await
+	}
+
+	/// Whether the connection this request lives on has ended.
+	pub fn is_closed(&self) -> bool {
+		self.state.link.shared.stopped.is_cancelled()
+	}
+
 	/// A cloneable handle that sends requester updates, so that another task can send while this
 	/// one receives. It keeps the request open as long as it lives.
 	pub fn write_handle(&self) -> SentRequestWriteHandle<B> {
@@ -289,6 +301,18 @@ impl<B: Body> ReceivedRequestHandle<B> {
 		&self.state.link.shared.info
 	}
 
+	/// Wait until the connection this request lives on has ended.
+	///
+	/// Useful to give up on a request whose remote is gone without waiting to fail a send.
+	pub async fn closed(&self) {
+		self.state.link.shared.stopped.cancelled().await
+	}
+
+	/// Whether the connection this request lives on has ended.
+	pub fn is_closed(&self) -> bool {
+		self.state.link.shared.stopped.is_cancelled()
+	}
+
 	/// A cloneable handle that sends updates and the response, so that another task can answer
 	/// while this one receives. The request stays open (and unanswered) while any part lives.
 	pub fn write_handle(&self) -> ReceivedRequestWriteHandle<B> {
@@ -343,6 +367,18 @@ impl<B: Body> ReceivedRequestWriteHandle<B> {
 	/// The service the remote asked for.
 	pub fn service_id(&self) -> i32 {
 		self.state.service_id
+	}
+
+	/// Wait until the connection this request lives on has ended.
+	///
+	/// Useful to give up on a request whose remote is gone without waiting to fail a send.
+	pub async fn closed(&self) {
+		self.state.link.shared.stopped.cancelled().await
+	}
+
+	/// Whether the connection this request lives on has ended.
+	pub fn is_closed(&self) -> bool {
+		self.state.link.shared.stopped.is_cancelled()
 	}
 
 	/// Send a responder update.

@@ -144,6 +144,14 @@ impl<B: Body> TransportWrite for MemoryWriter<B> {
 		!self.queue.is_empty()
 	}
 
+	fn max_body_len(&self) -> usize {
+		self.max_body_len
+	}
+
+	fn max_fds(&self) -> usize {
+		self.max_fds
+	}
+
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
 		while !self.queue.is_empty() {
 			if ready!(self.outgoing.poll_reserve(cx)).is_err() {

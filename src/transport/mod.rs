@@ -12,6 +12,10 @@ use crate::error::Error;
 use crate::message::{Body, Message};
 
 pub mod memory;
+#[cfg(all(unix, feature = "unix-seqpacket"))]
+pub mod seqpacket;
+#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+mod socket_file;
 pub mod stream;
 #[cfg(feature = "tcp")]
 pub mod tcp;
@@ -66,6 +70,18 @@ pub trait TransportWrite: Send + Unpin + 'static {
 
 	/// Whether queued messages are waiting to be written.
 	fn has_queued(&self) -> bool;
+
+	/// The largest body this writer can send. A transport whose own limit is below the
+	/// configured one (a datagram size) says so here, and the handles refuse a larger body when
+	/// it is sent, for that message only.
+	fn max_body_len(&self) -> usize {
+		usize::MAX
+	}
+
+	/// The most file descriptors this writer can send with one message.
+	fn max_fds(&self) -> usize {
+		usize::MAX
+	}
 
 	/// Write everything queued. An error is final.
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;

@@ -235,6 +235,10 @@ impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> 
 		self.queued > 0
 	}
 
+	fn max_body_len(&self) -> usize {
+		self.codec.max_body_len_write()
+	}
+
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
 		ready!(self.poll_write_queued(cx))?;
 		Poll::Ready(ready!(Pin::new(&mut self.inner).poll_flush(cx)).map_err(Error::from))

@@ -6,6 +6,7 @@ use std::task::{Context, Poll, ready};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::socket_file::remove_stale_socket;
 use super::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
 use crate::config::Config;
 use crate::error::Error;
@@ -71,28 +72,5 @@ impl Listener<tokio::net::UnixListener> {
 	/// The path this listener is bound to.
 	pub fn local_path(&self) -> Result<Option<PathBuf>, Error> {
 		Ok(self.get_ref().local_addr()?.as_pathname().map(Path::to_path_buf))
-	}
-}
-
-/// Remove a socket file at `path` if nothing listens on it any more.
-pub(crate) async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
-	use std::os::unix::fs::FileTypeExt;
-	let Ok(metadata) = std::fs::symlink_metadata(path) else {
-		return Ok(());
-	};
-	if !metadata.file_type().is_socket() {
-		// Not ours to remove: let bind report the conflict.
-		return Ok(());
-	}
-	match UnixStream::connect(path).await {
-		Ok(_) => Err(std::io::Error::new(
-			std::io::ErrorKind::AddrInUse,
-			format!("{} is in use by a running server", path.display()),
-		)),
-		Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
-			tracing::debug!(path = %path.display(), "removing stale socket file");
-			std::fs::remove_file(path)
-		},
-		Err(_) => Ok(()),
 	}
 }

@@ -416,8 +416,8 @@ impl Rejected {
 	/// A stream message that is not declared or did not decode.
 	pub fn stream(message: Message, interface: &str, error: Option<Error>) -> Self {
 		let service_id = message.header.service_id;
-		let error = error
-			.unwrap_or_else(|| Error::unknown_service(format!("stream {service_id} of interface `{interface}`")));
+		let error =
+			error.unwrap_or_else(|| Error::unknown_service(format!("stream {service_id} of interface `{interface}`")));
 		Self { message_type: MessageType::Stream, service_id, body: message.body, error }
 	}
 }

@@ -1,0 +1,696 @@
+//! Unix seqpacket sockets: one datagram per message, file descriptors beside it.
+//!
+//! Each message is one datagram, the 12-byte header and the body with no length prefix, and the
+//! descriptors of its [`UnixBody`] travel with it as `SCM_RIGHTS` ancillary data. This is the
+//! transport for passing buffers between processes without copying them: a camera frame in a
+//! memfd, a DMA buffer, a pipe, a socket.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::io::{Read, Seek, Write};
+//! use peerwire::{Config, Peer, ReceivedMessage, UnixBody};
+//! use peerwire::transport::seqpacket::UnixSeqpacketTransport;
+//!
+//! let config = Config::default();
+//! let (a, b) = UnixSeqpacketTransport::pair(&config)?;
+//! let client = Peer::spawn(a, &config);
+//! let mut server = Peer::spawn(b, &config);
+//!
+//! // Hand the server an open file; it reads it and answers with what it found.
+//! let mut file = tempfile_in_tmp()?;
+//! file.write_all(b"shared through a descriptor")?;
+//! let mut request = client.send_request(1, UnixBody::with_fds("read this", [file])).await?;
+//!
+//! let ReceivedMessage::Request(incoming, body) = server.recv_message().await? else { unreachable!() };
+//! let mut file = std::fs::File::from(body.fds.into_iter().next().unwrap());
+//! let mut text = String::new();
+//! file.rewind()?;
+//! file.read_to_string(&mut text)?;
+//! incoming.send_response(0, text).await?;
+//!
+//! let response = request.recv_response().await?;
+//! assert_eq!(&response.body.data[..], b"shared through a descriptor");
+//! # Ok(())
+//! # }
+//! # fn tempfile_in_tmp() -> std::io::Result<std::fs::File> {
+//! #     let path = std::env::temp_dir().join(format!("peerwire-doctest-{}", std::process::id()));
+//! #     let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+//! #     std::fs::remove_file(&path)?;
+//! #     Ok(file)
+//! # }
+//! ```
+//!
+//! # Descriptors
+//!
+//! A received descriptor is an [`OwnedFd`] from the instant `recvmsg` returns, before any check
+//! that can fail: a malformed datagram, a message dropped unread, a connection that ends with
+//! messages queued all close what they held. Sent descriptors are borrowed for the `sendmsg`
+//! and closed on this side once the datagram is on its way (the remote has its own copies).
+//!
+//! # Limits and errors
+//!
+//! The receive side refuses, and ends the connection with:
+//!
+//! - a datagram shorter than the header: [`ProtocolViolation::DatagramTooShort`];
+//! - a datagram longer than the receive buffer, cut by the kernel (`MSG_TRUNC`):
+//!   [`ProtocolViolation::DatagramTruncated`];
+//! - descriptors that did not fit the control buffer, cut by the kernel (`MSG_CTRUNC`):
+//!   [`ProtocolViolation::ControlTruncated`];
+//! - a body over [`Config::max_body_len_read`]: [`ErrorKind::BodyTooLarge`](crate::ErrorKind::BodyTooLarge);
+//! - more descriptors than [`Config::max_fds_read`]: [`ErrorKind::TooManyFds`](crate::ErrorKind::TooManyFds).
+//!
+//! The receive buffer holds one byte more than the largest allowed datagram and the control
+//! buffer one descriptor more than the limit, so that a message just over a limit is reported as
+//! over the limit rather than as cut.
+//!
+//! Sending a body over [`Config::max_body_len_write`] or more descriptors than
+//! [`Config::max_fds_write`] fails for that message only. Linux passes at most 253 descriptors
+//! in one message (`SCM_MAX_FD`); larger limits are lowered to that.
+//!
+//! Linux caps the size of one datagram twice: at the socket's send buffer (`SO_SNDBUF`, less 32
+//! bytes), and at about 4 MiB, because the head of a datagram is one block of kernel memory
+//! (`KMALLOC_MAX_SIZE`; a larger send fails with `ENOBUFS`). Each connection raises its send
+//! buffer towards `max_body_len_write` as far as the system allows (`net.core.wmem_max`, doubled
+//! by the kernel), never past 4 MiB, and refuses larger messages, for that message only;
+//! [`UnixSeqpacketTransport::max_datagram_len`] says where the limit ended up. Keep
+//! `max_body_len_write` below it (the default 16 MiB is beyond what one datagram can carry) so
+//! that the handles refuse such bodies before they are queued. For larger payloads, send a
+//! descriptor (a memfd) instead of the bytes.
+//!
+//! # Byte order
+//!
+//! The reference implementation (fizyr-rpc) defaults to native byte order on seqpacket sockets,
+//! where peerwire's [`Config`] defaults to little endian, the protocol's order. The two are the
+//! same on x86-64 and aarch64 Linux; on a big-endian machine, set
+//! [`Endian::Native`] to talk to a default fizyr-rpc peer.
+//!
+//! # Buffers
+//!
+//! The receive buffer is as large as the largest datagram allowed, plus one byte, and is reused
+//! for every message; nothing of that size is allocated per message. Datagrams up to 16 KiB land
+//! in a 64 KiB arena and are split off it as [`Bytes`] without a copy (a new arena is started
+//! when one is used up; a body the application keeps holds its arena). The rest of the receive
+//! buffer is an anonymous memory mapping, whose pages cost memory only once a large datagram
+//! has touched them: an idle connection costs its arena, not `max_body_len_read`. A larger
+//! datagram is copied out of it at its actual size.
+//!
+//! # Between a parent and a child process
+//!
+//! [`UnixSeqpacketTransport::pair`] connects two transports in one process. For a child
+//! process, create the pair with [`tokio_seqpacket::UnixSeqpacket::pair`] (or `socketpair`),
+//! wrap one end with [`UnixSeqpacketTransport::from_socket`], let the child inherit the other
+//! (clear its close-on-exec flag) and wrap it there with [`UnixSeqpacketTransport::from_fd`].
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use memmap2::{MmapMut, MmapOptions};
+use rustix::net::sockopt;
+use tokio_seqpacket::UnixSeqpacket;
+
+use super::socket_file::remove_stale_socket;
+use super::{ConnectionInfo, Credentials, RemoteAddress, Transport, TransportRead, TransportWrite};
+use crate::codec::{Endian, decode_datagram, encode_header};
+use crate::config::Config;
+use crate::error::{Error, ProtocolViolation};
+use crate::handle::PeerHandle;
+use crate::listener::{Acceptor, Listener};
+use crate::message::{Body, HEADER_LEN, Message};
+use crate::peer::Peer;
+use crate::sys::fd;
+
+/// Datagrams up to this size are received into the arena and split off it without a copy.
+const FAST_LEN: usize = 16 * 1024;
+/// The size of a fresh arena.
+const ARENA_LEN: usize = 64 * 1024;
+/// What the kernel keeps of the send buffer for itself: a datagram may be `SO_SNDBUF - 32` bytes
+/// (`unix_dgram_sendmsg` in `net/unix/af_unix.c`).
+const KERNEL_SNDBUF_OVERHEAD: usize = 32;
+/// No datagram can be larger: the kernel's send buffer size is an `int`.
+const MAX_DATAGRAM_LEN: usize = i32::MAX as usize;
+/// The largest datagram this side sends. Linux allocates the head of a datagram in one piece
+/// (all but 17 pages of it), and `kmalloc` stops at 4 MiB on x86-64 and on aarch64 with 4 KiB
+/// pages: past about 4 MiB + 68 KiB a send fails with `ENOBUFS` whatever `SO_SNDBUF` says.
+const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
+/// The most descriptors Linux passes in one message (`SCM_MAX_FD`); `sendmsg` fails beyond it.
+const SCM_MAX_FD: usize = 253;
+/// Stop taking messages for a batch once this many bytes are queued...
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// ...or this many messages.
+const WRITE_MAX_QUEUED: usize = 64;
+
+/// A peer on a Unix seqpacket connection.
+pub type UnixSeqpacketPeer = Peer<UnixSeqpacketTransport>;
+/// A listener for Unix seqpacket connections.
+pub type UnixSeqpacketListener = Listener<tokio_seqpacket::UnixSeqpacketListener>;
+
+/// The body of a message on a seqpacket connection: bytes, and the file descriptors that travel
+/// with them.
+///
+/// Descriptors are owned: dropping the body closes them. Sending a body hands its descriptors to
+/// the transport, which closes this side's copies once the datagram is sent.
+///
+/// ```
+/// use peerwire::{Body, UnixBody};
+///
+/// let file = std::fs::File::open("/dev/null").unwrap();
+/// let body = UnixBody::with_fds("frame 7", [file]);
+/// assert_eq!(body.as_bytes(), b"frame 7");
+/// assert_eq!(body.fd_count(), 1);
+///
+/// let plain: UnixBody = "no descriptors".into();
+/// assert!(plain.fds.is_empty());
+/// ```
+#[derive(Debug, Default)]
+pub struct UnixBody {
+	/// The bytes of the body.
+	pub data: Bytes,
+	/// The descriptors sent or received with the body, in order.
+	pub fds: Vec<OwnedFd>,
+}
+
+impl UnixBody {
+	/// A body with no descriptors.
+	pub fn new(data: impl Into<Bytes>) -> Self {
+		Self { data: data.into(), fds: Vec::new() }
+	}
+
+	/// A body with descriptors: anything that converts into an [`OwnedFd`], such as a
+	/// [`File`](std::fs::File), a socket or an [`OwnedFd`] itself.
+	pub fn with_fds<F: Into<OwnedFd>>(data: impl Into<Bytes>, fds: impl IntoIterator<Item = F>) -> Self {
+		Self { data: data.into(), fds: fds.into_iter().map(Into::into).collect() }
+	}
+
+	/// A copy of the body whose descriptors are duplicates (`dup`) of these, for sending the same
+	/// descriptors more than once.
+	pub fn try_clone(&self) -> io::Result<Self> {
+		let fds = self.fds.iter().map(OwnedFd::try_clone).collect::<io::Result<_>>()?;
+		Ok(Self { data: self.data.clone(), fds })
+	}
+}
+
+impl Body for UnixBody {
+	fn from_error_text(text: &str) -> Self {
+		Self::from(text)
+	}
+
+	fn as_bytes(&self) -> &[u8] {
+		&self.data
+	}
+
+	fn fd_count(&self) -> usize {
+		self.fds.len()
+	}
+}
+
+impl From<Bytes> for UnixBody {
+	fn from(data: Bytes) -> Self {
+		Self::new(data)
+	}
+}
+
+impl From<Vec<u8>> for UnixBody {
+	fn from(data: Vec<u8>) -> Self {
+		Self::new(data)
+	}
+}
+
+impl From<String> for UnixBody {
+	fn from(data: String) -> Self {
+		Self::new(data)
+	}
+}
+
+impl From<&[u8]> for UnixBody {
+	fn from(data: &[u8]) -> Self {
+		Self::new(Bytes::copy_from_slice(data))
+	}
+}
+
+impl From<&str> for UnixBody {
+	fn from(data: &str) -> Self {
+		Self::from(data.as_bytes())
+	}
+}
+
+/// The transport of a Unix seqpacket connection.
+///
+/// Usually reached through [`UnixSeqpacketPeer::connect`], [`UnixSeqpacketListener`] and
+/// [`pair`](Self::pair); see the [module documentation](self) for framing, limits and buffers.
+#[derive(Debug)]
+pub struct UnixSeqpacketTransport {
+	reader: UnixSeqpacketReader,
+	writer: UnixSeqpacketWriter,
+	info: ConnectionInfo,
+}
+
+impl UnixSeqpacketTransport {
+	/// Wrap a connected seqpacket socket, recording the remote's credentials.
+	///
+	/// Raises the socket's send buffer towards `config.max_body_len_write` (see
+	/// [`max_datagram_len`](Self::max_datagram_len)).
+	pub fn from_socket(socket: UnixSeqpacket, config: &Config) -> io::Result<Self> {
+		let info = ConnectionInfo {
+			remote_address: Some(RemoteAddress::Unix(peer_path(&socket))),
+			credentials: Some(Credentials::from(socket.peer_cred()?)),
+		};
+		let socket = Arc::new(socket);
+		let writer = UnixSeqpacketWriter::new(socket.clone(), config)?;
+		let reader = UnixSeqpacketReader::new(socket, config)?;
+		Ok(Self { reader, writer, info })
+	}
+
+	/// Wrap a connected seqpacket socket given as a descriptor, typically one a child process
+	/// inherited from its parent. The socket is switched to non-blocking mode.
+	///
+	/// Fails with `InvalidInput` if `fd` is not a seqpacket socket.
+	pub fn from_fd(fd: OwnedFd, config: &Config) -> io::Result<Self> {
+		let socket_type = match sockopt::socket_type(&fd) {
+			Ok(socket_type) => Some(socket_type),
+			Err(rustix::io::Errno::NOTSOCK) => None,
+			Err(error) => return Err(error.into()),
+		};
+		if socket_type != Some(rustix::net::SocketType::SEQPACKET) {
+			return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a seqpacket socket"));
+		}
+		rustix::io::ioctl_fionbio(&fd, true)?;
+		Self::from_socket(UnixSeqpacket::try_from(fd)?, config)
+	}
+
+	/// A connected pair inside one process (`socketpair`).
+	pub fn pair(config: &Config) -> io::Result<(Self, Self)> {
+		let (a, b) = UnixSeqpacket::pair()?;
+		Ok((Self::from_socket(a, config)?, Self::from_socket(b, config)?))
+	}
+
+	/// Connect to a seqpacket socket at `path`.
+	pub async fn connect(path: impl AsRef<Path>, config: &Config) -> io::Result<Self> {
+		Self::from_socket(UnixSeqpacket::connect(path).await?, config)
+	}
+
+	/// The largest datagram (header and body) this connection sends: what the socket's send
+	/// buffer allows, and at most 4 MiB (see the [module documentation](self)).
+	///
+	/// Messages larger than this fail to send (for that message only) even when they are within
+	/// [`Config::max_body_len_write`].
+	pub fn max_datagram_len(&self) -> usize {
+		self.writer.max_datagram_len
+	}
+}
+
+impl Transport for UnixSeqpacketTransport {
+	type Body = UnixBody;
+	type Reader = UnixSeqpacketReader;
+	type Writer = UnixSeqpacketWriter;
+
+	fn info(&self) -> ConnectionInfo {
+		self.info.clone()
+	}
+
+	fn split(self) -> (Self::Reader, Self::Writer) {
+		(self.reader, self.writer)
+	}
+}
+
+/// The path the remote is bound to, if any (a client usually is not).
+fn peer_path(socket: &UnixSeqpacket) -> Option<PathBuf> {
+	use std::os::unix::ffi::OsStrExt;
+	let address = rustix::net::getpeername(socket).ok()??;
+	let address = rustix::net::SocketAddrUnix::try_from(address).ok()?;
+	Some(PathBuf::from(std::ffi::OsStr::from_bytes(address.path_bytes()?)))
+}
+
+impl From<tokio_seqpacket::UCred> for Credentials {
+	fn from(cred: tokio_seqpacket::UCred) -> Self {
+		Self { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() }
+	}
+}
+
+/// The read half of a [`UnixSeqpacketTransport`].
+#[derive(Debug)]
+pub struct UnixSeqpacketReader {
+	socket: Arc<UnixSeqpacket>,
+	endian: Endian,
+	max_body_len: usize,
+	max_fds: usize,
+	/// Initialized bytes the next datagram is received into; datagrams up to `fast_len` are
+	/// split off its front.
+	arena: BytesMut,
+	/// How much of the arena one receive uses: `FAST_LEN`, or less if no datagram can be larger.
+	fast_len: usize,
+	/// Where the rest of a datagram larger than `fast_len` goes, up to the receive size: an
+	/// anonymous mapping, so that untouched pages cost nothing (`None` if nothing goes there).
+	overflow: Option<MmapMut>,
+	/// Room for one descriptor more than the limit.
+	control: Vec<MaybeUninit<u8>>,
+}
+
+impl UnixSeqpacketReader {
+	fn new(socket: Arc<UnixSeqpacket>, config: &Config) -> io::Result<Self> {
+		// One byte more than the largest allowed datagram: a body one byte over the limit arrives
+		// whole and is reported as too large, anything longer is cut and reported as truncated.
+		let receive_len = HEADER_LEN.saturating_add(config.max_body_len_read).saturating_add(1).min(MAX_DATAGRAM_LEN);
+		let fast_len = receive_len.min(FAST_LEN);
+		let overflow = match receive_len - fast_len {
+			0 => None,
+			// Not from the heap: an allocator may hand out recycled memory and zero it with memset,
+			// making every connection pay for the largest datagram it might ever receive.
+			len => Some(MmapOptions::new().len(len).no_reserve_swap().map_anon()?),
+		};
+		Ok(Self {
+			socket,
+			endian: config.endian,
+			max_body_len: config.max_body_len_read,
+			max_fds: config.max_fds_read,
+			arena: BytesMut::new(),
+			fast_len,
+			overflow,
+			control: fd::control_buffer(config.max_fds_read.min(SCM_MAX_FD) + 1),
+		})
+	}
+
+	/// Check a received datagram and turn it into a message. Its descriptors are owned already:
+	/// every error return closes them.
+	fn finish(&mut self, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+		let fd::Received { len, fds, truncated, control_truncated } = received;
+		if control_truncated {
+			return Err(ProtocolViolation::ControlTruncated.into());
+		}
+		if truncated {
+			return Err(ProtocolViolation::DatagramTruncated.into());
+		}
+		if fds.len() > self.max_fds {
+			return Err(Error::too_many_fds(fds.len(), self.max_fds));
+		}
+		if len == 0 && fds.is_empty() {
+			// End of stream: the remote shut down or closed its end.
+			return Ok(None);
+		}
+		let datagram = if len <= self.fast_len {
+			self.arena.split_to(len).freeze()
+		} else {
+			let mut datagram = BytesMut::with_capacity(len);
+			datagram.extend_from_slice(&self.arena[..self.fast_len]);
+			let overflow = self.overflow.as_deref().unwrap_or_default();
+			datagram.extend_from_slice(&overflow[..len - self.fast_len]);
+			datagram.freeze()
+		};
+		let message = decode_datagram(datagram, self.endian, self.max_body_len)?;
+		Ok(Some(Message { header: message.header, body: UnixBody { data: message.body, fds } }))
+	}
+}
+
+impl TransportRead for UnixSeqpacketReader {
+	type Body = UnixBody;
+
+	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<UnixBody>>, Error>> {
+		if self.arena.len() < self.fast_len {
+			// Used up (what was split off lives on in the messages); start a fresh one.
+			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
+		}
+		let Self { socket, arena, fast_len, overflow, control, .. } = self;
+		let received = loop {
+			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
+			let overflow = overflow.as_deref_mut().unwrap_or_default();
+			let mut buffers = [IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)];
+			match guard.try_io(|inner| fd::recv_datagram(inner.get_ref().as_fd(), &mut buffers, control)) {
+				Ok(received) => break received?,
+				Err(_would_block) => continue,
+			}
+		};
+		Poll::Ready(self.finish(received))
+	}
+}
+
+/// The write half of a [`UnixSeqpacketTransport`].
+#[derive(Debug)]
+pub struct UnixSeqpacketWriter {
+	socket: Arc<UnixSeqpacket>,
+	endian: Endian,
+	max_body_len: usize,
+	max_fds: usize,
+	/// The kernel's limit on one datagram for this socket.
+	max_datagram_len: usize,
+	queue: VecDeque<Queued>,
+	queued_bytes: usize,
+	control: Vec<MaybeUninit<u8>>,
+}
+
+/// A message waiting for its `sendmsg`.
+#[derive(Debug)]
+struct Queued {
+	header: [u8; HEADER_LEN],
+	body: UnixBody,
+}
+
+impl UnixSeqpacketWriter {
+	fn new(socket: Arc<UnixSeqpacket>, config: &Config) -> io::Result<Self> {
+		let max_datagram_len = raise_send_buffer(&socket, HEADER_LEN.saturating_add(config.max_body_len_write))?;
+		Ok(Self {
+			socket,
+			endian: config.endian,
+			max_body_len: config.max_body_len_write,
+			max_fds: config.max_fds_write.min(SCM_MAX_FD),
+			max_datagram_len,
+			queue: VecDeque::new(),
+			queued_bytes: 0,
+			control: fd::control_buffer(config.max_fds_write.min(SCM_MAX_FD)),
+		})
+	}
+}
+
+/// Raise the send buffer so that a datagram of `wanted` bytes fits, as far as the system allows,
+/// and return the largest datagram this side will send. Never lowers the buffer.
+fn raise_send_buffer(socket: &UnixSeqpacket, wanted: usize) -> io::Result<usize> {
+	let needed = wanted.min(MAX_SEND_DATAGRAM_LEN) + KERNEL_SNDBUF_OVERHEAD;
+	if sockopt::socket_send_buffer_size(socket)? < needed {
+		// The kernel caps the value at net.core.wmem_max, then doubles it.
+		if let Err(error) = sockopt::set_socket_send_buffer_size(socket, needed) {
+			tracing::debug!("could not raise the send buffer to {needed} bytes: {error}");
+		}
+	}
+	let allowed = sockopt::socket_send_buffer_size(socket)?.saturating_sub(KERNEL_SNDBUF_OVERHEAD);
+	Ok(allowed.min(MAX_SEND_DATAGRAM_LEN))
+}
+
+impl TransportWrite for UnixSeqpacketWriter {
+	type Body = UnixBody;
+
+	fn start_send(&mut self, message: Message<UnixBody>) -> Result<(), Error> {
+		let Message { header, body } = message;
+		let len = body.data.len();
+		if len > self.max_body_len {
+			return Err(Error::body_too_large(len, self.max_body_len));
+		}
+		if body.fds.len() > self.max_fds {
+			return Err(Error::too_many_fds(body.fds.len(), self.max_fds));
+		}
+		if HEADER_LEN + len > self.max_datagram_len {
+			tracing::debug!(max_datagram_len = self.max_datagram_len, "datagram larger than the kernel takes");
+			return Err(Error::body_too_large(len, self.max_datagram_len.saturating_sub(HEADER_LEN)));
+		}
+		self.queued_bytes += HEADER_LEN + len;
+		self.queue.push_back(Queued { header: encode_header(&header, self.endian), body });
+		Ok(())
+	}
+
+	fn wants_more(&self) -> bool {
+		self.queue.len() < WRITE_MAX_QUEUED && self.queued_bytes < WRITE_HIGH_WATER
+	}
+
+	fn has_queued(&self) -> bool {
+		!self.queue.is_empty()
+	}
+
+	fn max_body_len(&self) -> usize {
+		self.max_body_len.min(self.max_datagram_len.saturating_sub(HEADER_LEN))
+	}
+
+	fn max_fds(&self) -> usize {
+		self.max_fds
+	}
+
+	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+		let Self { socket, queue, queued_bytes, control, .. } = self;
+		while let Some(front) = queue.front() {
+			let len = HEADER_LEN + front.body.data.len();
+			let mut guard = ready!(socket.as_async_fd().poll_write_ready(cx))?;
+			let buffers = [IoSlice::new(&front.header), IoSlice::new(&front.body.data)];
+			let result = match guard
+				.try_io(|inner| fd::send_datagram(inner.get_ref().as_fd(), &buffers, &front.body.fds, control))
+			{
+				Ok(result) => result,
+				Err(_would_block) => continue,
+			};
+			match result {
+				// A datagram goes whole or not at all.
+				Ok(sent) if sent == len => {},
+				Ok(sent) => {
+					let message = format!("sent {sent} bytes of a {len}-byte datagram");
+					return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, message).into()));
+				},
+				// Too large for the kernel after all (the send buffer shrank since it was checked):
+				// this message is lost, the connection is fine.
+				Err(error) if error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
+					tracing::error!(len, "dropped a message too large for the socket: {error}");
+				},
+				Err(error) => return Poll::Ready(Err(error.into())),
+			}
+			*queued_bytes -= len;
+			// Closes this side's copies of the descriptors; the remote has its own.
+			queue.pop_front();
+		}
+		Poll::Ready(Ok(()))
+	}
+
+	fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+		ready!(self.poll_flush(cx))?;
+		match self.socket.shutdown(std::net::Shutdown::Write) {
+			Err(error) if error.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(error.into())),
+			_ => Poll::Ready(Ok(())),
+		}
+	}
+}
+
+impl Peer<UnixSeqpacketTransport> {
+	/// Connect to a Unix seqpacket socket at `path` and spawn the peer task.
+	pub async fn connect(
+		path: impl AsRef<Path>,
+		config: &Config,
+	) -> Result<(PeerHandle<UnixBody>, ConnectionInfo), Error> {
+		let transport = UnixSeqpacketTransport::connect(path, config).await?;
+		let info = transport.info();
+		Ok((Peer::spawn(transport, config), info))
+	}
+}
+
+impl Acceptor for tokio_seqpacket::UnixSeqpacketListener {
+	type Transport = UnixSeqpacketTransport;
+
+	fn poll_accept(&mut self, cx: &mut Context<'_>, config: &Config) -> Poll<io::Result<UnixSeqpacketTransport>> {
+		let socket = ready!(tokio_seqpacket::UnixSeqpacketListener::poll_accept(self, cx))?;
+		Poll::Ready(UnixSeqpacketTransport::from_socket(socket, config))
+	}
+}
+
+impl Listener<tokio_seqpacket::UnixSeqpacketListener> {
+	/// Bind a Unix seqpacket listener at `path`.
+	///
+	/// A stale socket file left by a process that is gone is removed first. If another process
+	/// is still accepting on `path`, binding fails with `AddrInUse` instead of stealing it.
+	pub async fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
+		let path = path.as_ref();
+		remove_stale_socket(path).await?;
+		Ok(Self::new(tokio_seqpacket::UnixSeqpacketListener::bind(path)?, config))
+	}
+
+	/// The path this listener is bound to.
+	pub fn local_path(&self) -> Result<Option<PathBuf>, Error> {
+		let path = self.get_ref().local_addr()?;
+		Ok((!path.as_os_str().is_empty()).then_some(path))
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use crate::message::{MessageHeader, MessageType};
+	use std::future::poll_fn;
+
+	fn config(max_body: usize, max_fds: usize) -> Config {
+		Config {
+			max_body_len_read: max_body,
+			max_body_len_write: max_body,
+			max_fds_read: max_fds,
+			max_fds_write: max_fds,
+			..Config::default()
+		}
+	}
+
+	fn devnull() -> OwnedFd {
+		std::fs::File::open("/dev/null").unwrap().into()
+	}
+
+	async fn send(writer: &mut UnixSeqpacketWriter, message: Message<UnixBody>) {
+		writer.start_send(message).unwrap();
+		poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+	}
+
+	async fn read(reader: &mut UnixSeqpacketReader) -> Result<Option<Message<UnixBody>>, Error> {
+		poll_fn(|cx| reader.poll_read_message(cx)).await
+	}
+
+	#[tokio::test]
+	async fn small_and_large_datagrams_round_trip() {
+		let config = config(200_000, 4);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		for len in [0, 1, FAST_LEN - HEADER_LEN, FAST_LEN - HEADER_LEN + 1, 100_000, 200_000] {
+			let data = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
+			send(&mut writer, Message::stream(len as u32, 3, UnixBody::with_fds(data.clone(), [devnull()]))).await;
+			let message = read(&mut reader).await.unwrap().unwrap();
+			assert_eq!(message.header, MessageHeader::new(MessageType::Stream, len as u32, 3));
+			assert_eq!(message.body.data, data, "len {len}");
+			assert_eq!(message.body.fds.len(), 1);
+		}
+	}
+
+	#[tokio::test]
+	async fn the_arena_is_replaced_when_used_up_and_bodies_stay_intact() {
+		let config = config(1000, 0);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		let mut kept = Vec::new();
+		for i in 0..2000u32 {
+			let data = Bytes::from(vec![i as u8; 500]);
+			send(&mut writer, Message::stream(i, 0, UnixBody::new(data))).await;
+			kept.push(read(&mut reader).await.unwrap().unwrap());
+		}
+		for (i, message) in kept.iter().enumerate() {
+			assert_eq!(&message.body.data[..], &vec![i as u8; 500][..]);
+		}
+	}
+
+	#[tokio::test]
+	async fn over_the_limits_is_refused_for_that_message_only() {
+		let config = config(16, 1);
+		let (a, _b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let error = writer.start_send(Message::stream(0, 0, UnixBody::new(vec![0; 17]))).unwrap_err();
+		assert_eq!(error.kind(), crate::ErrorKind::BodyTooLarge);
+		let error =
+			writer.start_send(Message::stream(0, 0, UnixBody::with_fds("x", [devnull(), devnull()]))).unwrap_err();
+		assert_eq!(error.kind(), crate::ErrorKind::TooManyFds);
+		assert!(!writer.has_queued());
+		writer.start_send(Message::stream(0, 0, UnixBody::with_fds(vec![0; 16], [devnull()]))).unwrap();
+	}
+
+	#[tokio::test]
+	async fn no_more_descriptors_than_the_kernel_passes_are_queued() {
+		let (a, _b) = UnixSeqpacketTransport::pair(&config(16, 1000)).unwrap();
+		let (_, mut writer) = a.split();
+		let too_many = (0..SCM_MAX_FD + 1).map(|_| devnull());
+		let error = writer.start_send(Message::stream(0, 0, UnixBody::with_fds("", too_many))).unwrap_err();
+		assert_eq!(error.kind(), crate::ErrorKind::TooManyFds);
+		let fds: Vec<OwnedFd> = (0..SCM_MAX_FD).map(|_| devnull()).collect();
+		send(&mut writer, Message::stream(0, 0, UnixBody::with_fds("", fds))).await;
+	}
+
+	#[tokio::test]
+	async fn the_send_buffer_is_raised_but_never_lowered() {
+		let small = UnixSeqpacketTransport::pair(&config(16, 1)).unwrap().0;
+		assert!(small.max_datagram_len() >= 100_000, "{}", small.max_datagram_len());
+		let large = UnixSeqpacketTransport::pair(&config(300_000, 1)).unwrap().0;
+		// Unless net.core.wmem_max is below 150 KiB, which no distribution ships.
+		assert!(large.max_datagram_len() >= 300_012, "{}", large.max_datagram_len());
+	}
+}
