@@ -51,9 +51,14 @@
 //! | `tcp` | yes | [`TcpPeer`], [`TcpListener`], [`TcpTransport`](transport::tcp::TcpTransport) |
 //! | `unix-stream` | yes | [`UnixStreamPeer`], [`UnixStreamListener`], [`UnixStreamTransport`](transport::unix_stream::UnixStreamTransport) |
 //! | `unix-seqpacket` | no | [`UnixSeqpacketPeer`], [`UnixSeqpacketListener`], [`UnixSeqpacketTransport`](transport::seqpacket::UnixSeqpacketTransport), [`UnixBody`]: one datagram per message, file descriptors passed with it |
+//! | `typed` | no | typed interfaces: the `interface!` macro and `peerwire::typed` (serde) |
+//! | `json` | no | `typed` with JSON bodies (`typed::Json`) |
+//! | `msgpack` | no | `typed` with MessagePack bodies (`typed::MsgPack`) |
+//! | `cli` | no | the `peerwire` command-line tool (a binary; not needed by the library) |
 //!
-//! The generic [`StreamTransport`] works over any tokio `AsyncRead` + `AsyncWrite` with no
-//! feature at all.
+//! With no feature at all, the generic [`StreamTransport`] works over any tokio `AsyncRead` +
+//! `AsyncWrite`, the in-memory [`MemoryTransport`](transport::MemoryTransport) connects modules
+//! of one process, and [`server`] serves connections with a handler and shuts down gracefully.
 //!
 //! # Failure
 //!
