@@ -1,0 +1,178 @@
+//! `peerwire listen`: accept connections, print every message received, answer requests.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use peerwire::{
+	Acceptor, Listener, Message, MessageHeader, MessageType, PeerHandle, ReceivedMessage, TcpListener, Transport,
+	UnixSeqpacketListener, UnixStreamListener,
+};
+use serde_json::json;
+
+use crate::address::Address;
+use crate::connect::CliBody;
+use crate::failure::{Failure, describe};
+use crate::output::{MessageView, Printer};
+use crate::{Global, ListenArgs};
+
+/// How requests are answered.
+#[derive(Debug)]
+struct Answers {
+	echo: bool,
+	canned: HashMap<i32, Bytes>,
+}
+
+impl Answers {
+	fn load(args: &ListenArgs) -> Result<Self, Failure> {
+		let mut canned = HashMap::new();
+		for respond in &args.responds {
+			let body = crate::body::BodySource::File(respond.file.clone()).load()?;
+			canned.insert(respond.service_id, body);
+		}
+		Ok(Self { echo: args.echo, canned })
+	}
+}
+
+pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
+	let config = global.config();
+	let printer = Printer::new(global.json, Some(args.preview));
+	let answers = Arc::new(Answers::load(&args)?);
+	let cannot = |error: peerwire::Error| {
+		Failure::peer(&error, format!("cannot listen on {}: {}", args.address, describe(&error)))
+	};
+	match &args.address {
+		Address::Tcp(host_port) => {
+			let listener = TcpListener::bind(host_port.as_str(), config).await.map_err(cannot)?;
+			// Port 0 becomes a real port: say which.
+			let local = listener.local_addr().map_err(cannot)?;
+			serve(listener, &format!("tcp://{local}"), None, answers, printer).await
+		},
+		Address::Unix(path) => {
+			let listener = UnixStreamListener::bind(path, config).await.map_err(cannot)?;
+			serve(listener, &args.address.to_string(), Some(path.clone()), answers, printer).await
+		},
+		Address::Seqpacket(path) => {
+			let listener = UnixSeqpacketListener::bind(path, config).await.map_err(cannot)?;
+			serve(listener, &args.address.to_string(), Some(path.clone()), answers, printer).await
+		},
+	}
+}
+
+/// Accept until interrupted; `socket_file` is removed on the way out.
+async fn serve<A>(
+	mut listener: Listener<A>,
+	address: &str,
+	socket_file: Option<PathBuf>,
+	answers: Arc<Answers>,
+	printer: Printer,
+) -> Result<(), Failure>
+where
+	A: Acceptor,
+	<A::Transport as Transport>::Body: CliBody,
+{
+	printer.event("listening", None, &[("address", json!(address))]);
+	let shutdown = shutdown_signal();
+	tokio::pin!(shutdown);
+	let mut connections = 0u64;
+	loop {
+		tokio::select! {
+			accepted = listener.accept() => match accepted {
+				Ok((peer, info)) => {
+					connections += 1;
+					let conn = connections;
+					let remote = info.remote_address.as_ref().map(ToString::to_string);
+					let credentials = info.credentials;
+					let fields = [
+						("remote", json!(remote)),
+						("uid", json!(credentials.map(|c| c.uid))),
+						("gid", json!(credentials.map(|c| c.gid))),
+						("pid", json!(credentials.and_then(|c| c.pid))),
+					];
+					printer.event("connected", Some(conn), &fields);
+					tokio::spawn(connection(conn, peer, answers.clone(), printer));
+				},
+				Err(error) => {
+					// This one accept failed (out of descriptors, say); the listener still works.
+					eprintln!("peerwire: accepting a connection on {address}: {}", describe(&error));
+					tokio::time::sleep(Duration::from_millis(100)).await;
+				},
+			},
+			() = &mut shutdown => break,
+		}
+	}
+	if let Some(path) = socket_file {
+		let _ = std::fs::remove_file(path);
+	}
+	Ok(())
+}
+
+/// Print what one connection sends and answer its requests, until it closes.
+async fn connection<B: CliBody>(conn: u64, mut peer: PeerHandle<B>, answers: Arc<Answers>, printer: Printer) {
+	let print = |message: &Message<B>| print_message(&printer, conn, message.header, &message.body);
+	let error = loop {
+		match peer.recv_message().await {
+			Ok(ReceivedMessage::Stream(message)) => print(&message),
+			Ok(ReceivedMessage::Request(mut request, body)) => {
+				let service_id = request.service_id();
+				let header = MessageHeader::new(MessageType::Request, request.request_id(), service_id);
+				print_message(&printer, conn, header, &body);
+				// Requester updates that came with the request are shown before it is answered;
+				// later ones find it closed (the protocol drops them quietly).
+				while let Ok(Ok(Some(update))) = tokio::time::timeout(Duration::ZERO, request.recv_update()).await {
+					print(&update);
+				}
+				// A failed answer means the connection is going; the next receive says why.
+				let _ = match answers.canned.get(&service_id) {
+					Some(canned) => answer(&request, canned.clone()).await,
+					None if answers.echo => answer(&request, Bytes::copy_from_slice(body.as_bytes())).await,
+					None => {
+						let text = format!(
+							"peerwire listen has no answer for service {service_id} (start it with --echo or --respond {service_id}=FILE)"
+						);
+						request.send_error_response(&text).await
+					},
+				};
+			},
+			Err(error) => break error,
+		}
+	};
+	let reason = (!error.is_closed_by_remote()).then(|| describe(&error));
+	printer.event("closed", Some(conn), &[("error", json!(reason))]);
+}
+
+async fn answer<B: CliBody>(request: &peerwire::ReceivedRequestHandle<B>, body: Bytes) -> Result<(), peerwire::Error> {
+	match B::build(body, &[]) {
+		Ok(body) => request.send_response(0, body).await,
+		Err(_) => request.send_error_response("peerwire listen could not build the response").await,
+	}
+}
+
+fn print_message<B: CliBody>(printer: &Printer, conn: u64, header: MessageHeader, body: &B) {
+	printer.message(&MessageView {
+		conn: Some(conn),
+		direction: None,
+		header,
+		body: body.as_bytes(),
+		body_len: body.len(),
+		fds: body.fd_count(),
+	});
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so that socket files are cleaned up.
+pub async fn shutdown_signal() {
+	let terminate = async {
+		match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+			Ok(mut signal) => {
+				signal.recv().await;
+			},
+			Err(_) => std::future::pending().await,
+		}
+	};
+	tokio::select! {
+		_ = tokio::signal::ctrl_c() => {},
+		() = terminate => {},
+	}
+}

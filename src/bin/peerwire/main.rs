@@ -1,0 +1,270 @@
+//! `peerwire`: call services, send stream messages, listen and watch traffic from the shell.
+//!
+//! Built with the `cli` feature. Each subcommand lives in its own module; this file holds the
+//! argument definitions, the options every subcommand shares, and the exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod address;
+mod body;
+mod call;
+mod connect;
+mod failure;
+mod listen;
+mod output;
+mod scan;
+mod send;
+mod tap;
+
+use address::Address;
+use body::{BodySource, Respond, Update};
+use failure::Failure;
+
+macro_rules! addresses_help {
+	() => {
+		"\
+Addresses:
+  tcp://HOST:PORT        TCP, for example tcp://127.0.0.1:29285 or tcp://[::1]:29285
+  unix:///PATH           a Unix stream socket (unix://relative/path works too)
+  seqpacket:///PATH      a Unix seqpacket socket, which can carry file descriptors"
+	};
+}
+
+macro_rules! bodies_help {
+	() => {
+		"\
+Bodies (BODY arguments and the body part of --update):
+  TEXT                   the text itself
+  @FILE                  the contents of FILE (@@TEXT sends the literal text @TEXT)
+  -                      standard input; also the default when BODY is left out and
+                         standard input is not a terminal"
+	};
+}
+
+macro_rules! output_help {
+	() => {
+		"\
+Output:
+  One line per event on standard output, for people by default; with --json one JSON
+  object per line, for jq: every object has \"event\" first (\"message\", \"listening\",
+  \"connected\", \"closed\", ...); a message has \"type\", \"request_id\", \"service_id\",
+  \"body_len\", \"fds\", \"truncated\" and either \"body\" (printable UTF-8) or \"body_hex\".
+  Errors go to standard error, one line each."
+	};
+}
+
+macro_rules! exit_codes_help {
+	() => {
+		"\
+Exit codes:
+  0  success
+  1  the remote answered with an error response (call)
+  2  bad arguments or input (address, body file, size, duration, body over --max-body)
+  3  connection error: refused, closed, I/O or protocol error
+  4  timed out (call --timeout)"
+	};
+}
+
+/// Talk to peers of the Fizyr RPC protocol: call services, send stream messages, listen for
+/// connections and watch the traffic between two peers.
+#[derive(Debug, Parser)]
+#[command(name = "peerwire", version)]
+#[command(after_help = concat!(addresses_help!(), "\n\n", bodies_help!(), "\n\n", output_help!(), "\n\n", exit_codes_help!()))]
+struct Cli {
+	#[command(flatten)]
+	global: Global,
+
+	#[command(subcommand)]
+	command: Command,
+}
+
+/// The options every subcommand takes.
+#[derive(Debug, Args)]
+struct Global {
+	/// Print one JSON object per line instead of text for people.
+	#[arg(long, global = true)]
+	json: bool,
+
+	/// Byte order of the frame length and the header fields; both sides must agree.
+	#[arg(long, global = true, value_enum, default_value_t = EndianArg::Little)]
+	endian: EndianArg,
+
+	/// The largest body to send or accept, in bytes (binary suffixes K, M, G allowed).
+	#[arg(long, global = true, value_name = "SIZE", default_value = "16M", value_parser = body::parse_size)]
+	max_body: usize,
+
+	/// Do not print progress lines for bodies over 1 MiB on standard error (call, send, tap).
+	#[arg(short, long, global = true)]
+	quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EndianArg {
+	/// The protocol's byte order.
+	Little,
+	/// Most significant byte first.
+	Big,
+	/// The byte order of this machine.
+	Native,
+}
+
+impl Global {
+	fn config(&self) -> peerwire::Config {
+		let endian = match self.endian {
+			EndianArg::Little => peerwire::codec::Endian::Little,
+			EndianArg::Big => peerwire::codec::Endian::Big,
+			EndianArg::Native => peerwire::codec::Endian::Native,
+		};
+		peerwire::Config {
+			endian,
+			max_body_len_read: self.max_body,
+			max_body_len_write: self.max_body,
+			..Default::default()
+		}
+	}
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+	/// Send a request, print each responder update as it arrives, then the response.
+	///
+	/// Exits with 1 if the response is an error response (negative service id), 3 on a
+	/// connection error and 4 on a timeout. Bodies over 1 MiB show progress on standard error.
+	#[command(after_help = concat!(addresses_help!(), "\n\n", bodies_help!(), "\n\n", exit_codes_help!()))]
+	Call(CallArgs),
+
+	/// Send one or more stream messages (one-way, no answer), then close the connection.
+	#[command(after_help = concat!(addresses_help!(), "\n\n", bodies_help!(), "\n\n", exit_codes_help!()))]
+	Send(SendArgs),
+
+	/// Accept connections and print every message received.
+	///
+	/// Requests are answered with --respond for their service id, else with --echo; without
+	/// either, every request gets an error response saying that nothing is configured.
+	#[command(after_help = concat!(addresses_help!(), "\n\n", output_help!()))]
+	Listen(ListenArgs),
+
+	/// A transparent proxy: accept connections on LISTEN, connect each to UPSTREAM, forward
+	/// every byte both ways unchanged and print each message decoded.
+	///
+	/// Both addresses must be byte streams (tcp:// or unix://, mixed as you like). Bytes are
+	/// forwarded verbatim, so the tap is transparent whatever the peers speak; --endian only
+	/// sets how it decodes what it shows. A malformed frame (or one with a body over
+	/// --max-body) is reported with its byte offset, and that direction of the connection is
+	/// forwarded undecoded from there on. Bodies over 1 MiB show progress on standard error.
+	#[command(after_help = concat!(addresses_help!(), "\n\n", output_help!()))]
+	Tap(TapArgs),
+}
+
+#[derive(Debug, Args)]
+struct CallArgs {
+	/// Where to connect.
+	address: Address,
+
+	/// The service to call.
+	#[arg(allow_negative_numbers = true)]
+	service_id: i32,
+
+	/// The request body: TEXT, @FILE, or - for standard input (see below).
+	body: Option<BodySource>,
+
+	/// Give up if the response has not arrived this long after starting (500ms, 2s, 1m; plain
+	/// numbers are seconds). Connecting counts too.
+	#[arg(long, value_name = "DURATION", value_parser = body::parse_duration)]
+	timeout: Option<Duration>,
+
+	/// Send a requester update after the request, as SERVICE_ID:BODY; repeat for more, they go
+	/// in order. BODY is TEXT or @FILE.
+	#[arg(long = "update", value_name = "ID:BODY", allow_hyphen_values = true)]
+	updates: Vec<Update>,
+
+	/// Attach a file descriptor of PATH (opened read-only) to the request; repeat for more.
+	/// seqpacket:// addresses only.
+	#[arg(long = "fd", value_name = "PATH")]
+	fds: Vec<PathBuf>,
+
+	/// Show at most this many bytes of each body (default: all of it).
+	#[arg(long, value_name = "BYTES", value_parser = body::parse_size)]
+	preview: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+	/// Where to connect.
+	address: Address,
+
+	/// The service id of the stream messages.
+	#[arg(allow_negative_numbers = true)]
+	service_id: i32,
+
+	/// The body of every message: TEXT, @FILE, or - for standard input.
+	body: Option<BodySource>,
+
+	/// How many messages to send, all with the same body.
+	#[arg(long, short = 'n', default_value_t = 1)]
+	count: u64,
+
+	/// Attach a file descriptor of PATH (opened read-only) to every message; repeat for more.
+	/// seqpacket:// addresses only.
+	#[arg(long = "fd", value_name = "PATH")]
+	fds: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ListenArgs {
+	/// Where to listen (tcp://HOST:0 picks a free port; the "listening" line shows it).
+	address: Address,
+
+	/// Answer every request with its own body (service id 0). Without --echo or --respond,
+	/// every request gets an error response.
+	#[arg(long)]
+	echo: bool,
+
+	/// Answer requests for SERVICE_ID with the contents of FILE (service id 0); repeatable.
+	/// Takes precedence over --echo.
+	#[arg(long = "respond", value_name = "SERVICE_ID=FILE", allow_hyphen_values = true)]
+	responds: Vec<Respond>,
+
+	/// Show at most this many bytes of each body.
+	#[arg(long, value_name = "BYTES", default_value = "64", value_parser = body::parse_size)]
+	preview: usize,
+}
+
+#[derive(Debug, Args)]
+struct TapArgs {
+	/// Where clients connect to the tap.
+	listen: Address,
+
+	/// Where the tap connects for each client: the real server.
+	upstream: Address,
+
+	/// Show at most this many bytes of each body (the tap never holds more of a body than this).
+	#[arg(long, value_name = "BYTES", default_value = "64", value_parser = body::parse_size)]
+	preview: usize,
+}
+
+fn main() -> ExitCode {
+	let cli = Cli::parse();
+	let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+		Ok(runtime) => runtime,
+		Err(error) => return Failure::io("cannot start the async runtime", &error).report(),
+	};
+	let result = runtime.block_on(async {
+		match cli.command {
+			Command::Call(args) => call::run(args, &cli.global).await,
+			Command::Send(args) => send::run(args, &cli.global).await,
+			Command::Listen(args) => listen::run(args, &cli.global).await,
+			Command::Tap(args) => tap::run(args, &cli.global).await,
+		}
+	});
+	// Do not wait for connection tasks still winding down.
+	runtime.shutdown_background();
+	match result {
+		Ok(()) => ExitCode::SUCCESS,
+		Err(failure) => failure.report(),
+	}
+}

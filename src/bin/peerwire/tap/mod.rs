@@ -1,0 +1,268 @@
+//! `peerwire tap`: a transparent proxy that prints the messages passing through it.
+//!
+//! What passes is forwarded exactly as received, never re-encoded, so the tap changes nothing
+//! for the peers whatever byte order they speak: bytes as read on byte streams ([`stream`]),
+//! datagrams with their descriptors on seqpacket sockets ([`datagram`]). A copy of what passes
+//! is decoded for display, keeping only a preview of each body: the tap's memory does not grow
+//! with body sizes on byte streams.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use peerwire::codec::Endian;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_seqpacket::UnixSeqpacket;
+
+use crate::address::Address;
+use crate::failure::{Failure, describe_io};
+use crate::listen::shutdown_signal;
+use crate::output::{Direction, Printer};
+use crate::{Global, TapArgs};
+
+mod datagram;
+mod stream;
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Settings every relayed connection shares.
+#[derive(Debug)]
+struct Tap {
+	upstream: Address,
+	endian: Endian,
+	max_body_len: usize,
+	preview: usize,
+	printer: Printer,
+	quiet: bool,
+}
+
+impl Tap {
+	/// Report a frame or datagram that cannot be decoded (it is forwarded all the same).
+	fn malformed(&self, conn: u64, direction: Direction, place: Place, error: &str) {
+		let (what, key, value) = match place {
+			Place::Offset(offset) => (format!("malformed frame at byte offset {offset}"), "offset", offset),
+			Place::Datagram(index) => (format!("malformed datagram #{index}"), "datagram", index),
+		};
+		self.printer.either(
+			|| format!("conn={conn} {} {what}: {error}", direction.human()),
+			|| {
+				vec![
+					("event", json!("malformed")),
+					("conn", json!(conn)),
+					("direction", json!(direction.json())),
+					(key, json!(value)),
+					("error", json!(error)),
+				]
+			},
+		);
+	}
+}
+
+/// Where something malformed was found.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+	/// The byte offset of a frame in its direction of a byte stream.
+	Offset(u64),
+	/// The index of a datagram in its direction, from 0.
+	Datagram(u64),
+}
+
+enum RawListener {
+	Tcp(tokio::net::TcpListener),
+	Unix(tokio::net::UnixListener),
+	Seqpacket(tokio_seqpacket::UnixSeqpacketListener),
+}
+
+/// An accepted client connection and how to name it.
+enum Client {
+	Stream(Reader, Writer, String),
+	Seqpacket(UnixSeqpacket, String),
+}
+
+impl RawListener {
+	async fn accept(&mut self) -> io::Result<Client> {
+		match self {
+			Self::Tcp(listener) => {
+				let (stream, address) = listener.accept().await?;
+				stream.set_nodelay(true)?;
+				let (read, write) = stream.into_split();
+				Ok(Client::Stream(Box::new(read), Box::new(write), format!("tcp://{address}")))
+			},
+			Self::Unix(listener) => {
+				let (stream, _) = listener.accept().await?;
+				let name = process_name(stream.peer_cred().ok().and_then(|cred| cred.pid()));
+				let (read, write) = stream.into_split();
+				Ok(Client::Stream(Box::new(read), Box::new(write), name))
+			},
+			Self::Seqpacket(listener) => {
+				let socket = listener.accept().await?;
+				let name = process_name(socket.peer_cred().ok().and_then(|cred| cred.pid()));
+				Ok(Client::Seqpacket(socket, name))
+			},
+		}
+	}
+}
+
+fn process_name(pid: Option<i32>) -> String {
+	match pid {
+		Some(pid) => format!("process {pid}"),
+		None => "a local process".to_string(),
+	}
+}
+
+pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
+	let datagrams = matches!(args.listen, Address::Seqpacket(_));
+	if datagrams != matches!(args.upstream, Address::Seqpacket(_)) {
+		return Err(Failure::usage(format!(
+			"cannot tap between {} and {}: message boundaries and descriptors of seqpacket sockets do not survive a byte stream",
+			args.listen, args.upstream
+		)));
+	}
+	let cannot = |error: io::Error| Failure::io(&format!("cannot listen on {}", args.listen), &error);
+	let (listener, listening, socket_file) = match &args.listen {
+		Address::Tcp(host_port) => {
+			let listener = tokio::net::TcpListener::bind(host_port.as_str()).await.map_err(cannot)?;
+			let local = listener.local_addr().map_err(cannot)?;
+			(RawListener::Tcp(listener), format!("tcp://{local}"), None)
+		},
+		Address::Unix(path) => {
+			remove_stale_socket(path, false).await.map_err(cannot)?;
+			let listener = tokio::net::UnixListener::bind(path).map_err(cannot)?;
+			(RawListener::Unix(listener), args.listen.to_string(), Some(path.clone()))
+		},
+		Address::Seqpacket(path) => {
+			remove_stale_socket(path, true).await.map_err(cannot)?;
+			let listener = tokio_seqpacket::UnixSeqpacketListener::bind(path).map_err(cannot)?;
+			(RawListener::Seqpacket(listener), args.listen.to_string(), Some(path.clone()))
+		},
+	};
+	let mut listener = listener;
+	let printer = Printer::new(global.json, Some(args.preview));
+	let tap = Arc::new(Tap {
+		upstream: args.upstream.clone(),
+		endian: global.config().endian,
+		max_body_len: global.max_body,
+		preview: args.preview,
+		printer,
+		quiet: global.quiet,
+	});
+	let fields = [("address", json!(listening)), ("upstream", json!(args.upstream.to_string()))];
+	printer.event("listening", None, &fields);
+
+	let shutdown = shutdown_signal();
+	tokio::pin!(shutdown);
+	let mut connections = 0u64;
+	loop {
+		tokio::select! {
+			accepted = listener.accept() => match accepted {
+				Ok(client) => {
+					connections += 1;
+					tokio::spawn(relay(tap.clone(), connections, client));
+				},
+				Err(error) => {
+					eprintln!("peerwire: accepting a connection on {listening}: {}", describe_io(&error));
+					tokio::time::sleep(Duration::from_millis(100)).await;
+				},
+			},
+			() = &mut shutdown => break,
+		}
+	}
+	if let Some(path) = socket_file {
+		let _ = std::fs::remove_file(path);
+	}
+	Ok(())
+}
+
+/// Connect one client to the upstream and forward both ways until both directions end.
+async fn relay(tap: Arc<Tap>, conn: u64, client: Client) {
+	let name = match &client {
+		Client::Stream(_, _, name) | Client::Seqpacket(_, name) => name.clone(),
+	};
+	let fields = [("client", json!(name)), ("upstream", json!(tap.upstream.to_string()))];
+	tap.printer.event("connected", Some(conn), &fields);
+	let to_server = AtomicU64::new(0);
+	let to_client = AtomicU64::new(0);
+	let upstream_failed = |error: io::Error| {
+		let text =
+			format!("cannot connect to {}: {}; closing the client's connection", tap.upstream, describe_io(&error));
+		tap.printer.event("upstream_error", Some(conn), &[("error", json!(text))]);
+	};
+
+	let error = match client {
+		Client::Stream(client_read, client_write, _) => {
+			let (upstream_read, upstream_write) = match stream::connect(&tap.upstream).await {
+				Ok(halves) => halves,
+				Err(error) => return upstream_failed(error),
+			};
+			let c2s = stream::pump(&tap, conn, Direction::ClientToServer, client_read, upstream_write, &to_server);
+			let s2c = stream::pump(&tap, conn, Direction::ServerToClient, upstream_read, client_write, &to_client);
+			both(c2s, s2c).await
+		},
+		Client::Seqpacket(client, _) => {
+			let Address::Seqpacket(path) = &tap.upstream else {
+				unreachable!("checked before listening: both ends are seqpacket sockets");
+			};
+			let upstream = match UnixSeqpacket::connect(path).await {
+				Ok(upstream) => upstream,
+				Err(error) => return upstream_failed(error),
+			};
+			// The peers raised their buffers for the datagrams they send; the tap sends them too.
+			datagram::raise_send_buffer(&client, tap.max_body_len);
+			datagram::raise_send_buffer(&upstream, tap.max_body_len);
+			let c2s = datagram::pump(&tap, conn, Direction::ClientToServer, &client, &upstream, &to_server);
+			let s2c = datagram::pump(&tap, conn, Direction::ServerToClient, &upstream, &client, &to_client);
+			both(c2s, s2c).await
+		},
+	};
+	let fields = [
+		("client_to_server_bytes", json!(to_server.load(Ordering::Relaxed))),
+		("server_to_client_bytes", json!(to_client.load(Ordering::Relaxed))),
+		("error", json!(error)),
+	];
+	tap.printer.event("closed", Some(conn), &fields);
+}
+
+/// Run both directions: each passes its end of stream on and stops; an error stops both.
+async fn both(
+	c2s: impl Future<Output = Result<(), String>>,
+	s2c: impl Future<Output = Result<(), String>>,
+) -> Option<String> {
+	tokio::pin!(c2s, s2c);
+	let (mut c2s_done, mut s2c_done) = (false, false);
+	while !(c2s_done && s2c_done) {
+		let result = tokio::select! {
+			result = &mut c2s, if !c2s_done => { c2s_done = true; result },
+			result = &mut s2c, if !s2c_done => { s2c_done = true; result },
+		};
+		if let Err(error) = result {
+			return Some(error);
+		}
+	}
+	None
+}
+
+/// Remove a socket file at `path` that no process listens on any more (a tap or server that
+/// was killed), so that binding works again; a live one is left alone and bind reports it.
+async fn remove_stale_socket(path: &Path, seqpacket: bool) -> io::Result<()> {
+	use std::os::unix::fs::FileTypeExt;
+	let is_socket = std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket());
+	if !is_socket {
+		return Ok(());
+	}
+	let probe = if seqpacket {
+		UnixSeqpacket::connect(path).await.map(drop)
+	} else {
+		tokio::net::UnixStream::connect(path).await.map(drop)
+	};
+	match probe {
+		Ok(()) => {
+			Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by a running server", path.display())))
+		},
+		Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+		Err(_) => Ok(()),
+	}
+}

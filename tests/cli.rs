@@ -1,0 +1,487 @@
+//! The `peerwire` binary against real servers: the listener it starts itself, the tap between
+//! two of its processes, and in-process servers for what the listener cannot do (updates,
+//! silence, garbage).
+
+#![cfg(feature = "cli")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use peerwire::{Config, TcpListener};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
+/// Generous, but finite: a bug fails the test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A long-running `peerwire` process (listen, tap), killed when dropped.
+struct Background {
+	child: Child,
+	lines: mpsc::Receiver<String>,
+}
+
+impl Background {
+	fn spawn(args: &[&str]) -> Self {
+		let mut child = Command::new(BIN)
+			.args(args)
+			.stdin(Stdio::null())
+			.stdout(Stdio::piped())
+			.stderr(Stdio::inherit())
+			.spawn()
+			.expect("the peerwire binary starts");
+		let stdout = child.stdout.take().unwrap();
+		let (sender, lines) = mpsc::channel();
+		thread::spawn(move || {
+			for line in BufReader::new(stdout).lines() {
+				let Ok(line) = line else { break };
+				if sender.send(line).is_err() {
+					break;
+				}
+			}
+		});
+		Self { child, lines }
+	}
+
+	/// The next line of standard output.
+	fn line(&self) -> String {
+		self.lines.recv_timeout(WAIT).expect("a line from peerwire within the deadline")
+	}
+
+	/// The next line, as JSON.
+	fn json(&self) -> Value {
+		let line = self.line();
+		serde_json::from_str(&line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"))
+	}
+
+	/// JSON lines up to and including the first for which `last` holds.
+	fn json_until(&self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+		let mut values = Vec::new();
+		loop {
+			let value = self.json();
+			let done = last(&value);
+			values.push(value);
+			if done {
+				return values;
+			}
+		}
+	}
+
+	/// Start a listener or tap with `--json` and return it with the address it listens on.
+	fn listening(args: &[&str]) -> (Self, String) {
+		let process = Self::spawn(args);
+		let first = process.json();
+		assert_eq!(first["event"], "listening", "{first}");
+		let address = first["address"].as_str().unwrap().to_string();
+		(process, address)
+	}
+}
+
+impl Drop for Background {
+	fn drop(&mut self) {
+		let _ = self.child.kill();
+		let _ = self.child.wait();
+	}
+}
+
+/// Run `peerwire` to completion with `stdin` as input.
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+	let mut child = Command::new(BIN)
+		.args(args)
+		.stdin(Stdio::piped())
+		.stdout(Stdio::piped())
+		.stderr(Stdio::piped())
+		.spawn()
+		.expect("the peerwire binary starts");
+	let mut input = child.stdin.take().unwrap();
+	let stdin = stdin.to_vec();
+	let writer = thread::spawn(move || {
+		let _ = input.write_all(&stdin);
+	});
+	let mut stdout = child.stdout.take().unwrap();
+	let mut stderr = child.stderr.take().unwrap();
+	let out = thread::spawn(move || {
+		let mut bytes = Vec::new();
+		let _ = stdout.read_to_end(&mut bytes);
+		bytes
+	});
+	let err = thread::spawn(move || {
+		let mut bytes = Vec::new();
+		let _ = stderr.read_to_end(&mut bytes);
+		bytes
+	});
+	let deadline = Instant::now() + WAIT;
+	let status = loop {
+		if let Some(status) = child.try_wait().unwrap() {
+			break status;
+		}
+		if Instant::now() > deadline {
+			let _ = child.kill();
+			panic!("peerwire {args:?} did not finish within {WAIT:?}");
+		}
+		thread::sleep(Duration::from_millis(10));
+	};
+	writer.join().unwrap();
+	Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+fn stdout_json(output: &Output) -> Vec<Value> {
+	String::from_utf8_lossy(&output.stdout)
+		.lines()
+		.map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}")))
+		.collect()
+}
+
+fn stderr(output: &Output) -> String {
+	String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A TCP server on a thread of its own, running `serve` on its own runtime.
+fn in_process_server<F, Fut>(serve: F) -> SocketAddr
+where
+	F: FnOnce(TcpListener) -> Fut + Send + 'static,
+	Fut: std::future::Future<Output = ()>,
+{
+	let (sender, receiver) = mpsc::channel();
+	thread::spawn(move || {
+		let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+		runtime.block_on(async move {
+			let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+			sender.send(listener.local_addr().unwrap()).unwrap();
+			serve(listener).await;
+		});
+	});
+	receiver.recv_timeout(WAIT).unwrap()
+}
+
+/// A raw TCP server that reads what comes and answers with `reply`, then holds the connection.
+fn raw_server(reply: Vec<u8>) -> SocketAddr {
+	let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
+	let address = listener.local_addr().unwrap();
+	thread::spawn(move || {
+		let (mut stream, _) = listener.accept().unwrap();
+		let mut buffer = [0; 1024];
+		let _ = stream.read(&mut buffer);
+		let _ = stream.write_all(&reply);
+		thread::sleep(WAIT);
+	});
+	address
+}
+
+fn socket_path(name: &str) -> PathBuf {
+	std::env::temp_dir().join(format!("peerwire-cli-{name}-{}.sock", std::process::id()))
+}
+
+#[test]
+fn call_against_an_echo_listener() {
+	let (listener, address) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--echo", "--json"]);
+
+	let output = run(&["call", &address, "7", "Hello World", "--json"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	let lines = stdout_json(&output);
+	assert_eq!(lines.len(), 1, "{lines:?}");
+	let response = &lines[0];
+	assert_eq!(response["event"], "message");
+	assert_eq!(response["type"], "response");
+	assert_eq!(response["service_id"], 0);
+	assert_eq!(response["body"], "Hello World");
+	assert_eq!(response["body_len"], 11);
+
+	// The listener saw the connection and the request.
+	let seen = listener.json_until(|value| value["event"] == "closed");
+	let request = seen.iter().find(|value| value["type"] == "request").expect("the request is printed");
+	assert_eq!(request["service_id"], 7);
+	assert_eq!(request["body"], "Hello World");
+	assert_eq!(request["conn"], 1);
+	assert_eq!(seen.last().unwrap()["error"], Value::Null);
+
+	// The body from standard input and from a file, printed for people by default.
+	let output = run(&["call", &address, "3"], b"from stdin");
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(String::from_utf8_lossy(&output.stdout), "response id=0 service=0 len=10 \"from stdin\"\n");
+
+	let file = std::env::temp_dir().join(format!("peerwire-cli-body-{}", std::process::id()));
+	std::fs::write(&file, [0u8, 1, 2, 255]).unwrap();
+	let output = run(&["call", &address, "3", &format!("@{}", file.display())], b"");
+	let _ = std::fs::remove_file(&file);
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(String::from_utf8_lossy(&output.stdout), "response id=0 service=0 len=4 hex:000102ff\n");
+}
+
+#[test]
+fn an_error_response_exits_non_zero() {
+	// Without --echo or --respond the listener answers every request with an error response.
+	let (_listener, address) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--json"]);
+	let output = run(&["call", &address, "7", "x", "--json"], b"");
+	assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+	let response = &stdout_json(&output)[0];
+	assert_eq!(response["type"], "response");
+	assert_eq!(response["service_id"], -1);
+	assert!(response["body"].as_str().unwrap().contains("no answer for service 7"));
+	let stderr = stderr(&output);
+	assert_eq!(stderr.lines().count(), 1, "{stderr}");
+	assert!(stderr.starts_with("peerwire: error response from tcp://"), "{stderr}");
+}
+
+#[test]
+fn canned_responses_by_service() {
+	let file = std::env::temp_dir().join(format!("peerwire-cli-canned-{}", std::process::id()));
+	std::fs::write(&file, "canned").unwrap();
+	let respond = format!("5={}", file.display());
+	let (_listener, address) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--json", "--respond", &respond]);
+	let output = run(&["call", &address, "5", "--json"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(stdout_json(&output)[0]["body"], "canned");
+	let output = run(&["call", &address, "6", "--json"], b"");
+	assert_eq!(output.status.code(), Some(1));
+	let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn responder_updates_are_printed_in_order_before_the_response() {
+	let address = in_process_server(|mut listener| async move {
+		let (mut peer, _) = listener.accept().await.unwrap();
+		let (request, body) = peer.recv_message().await.unwrap().into_request().unwrap();
+		let mut request = request;
+		// Wait for the requester's update, so that the order on the wire is known.
+		let update = request.recv_update().await.unwrap().unwrap();
+		request.send_update(1, "working").await.unwrap();
+		request.send_update(2, update.body).await.unwrap();
+		request.send_response(0, body).await.unwrap();
+		let _ = peer.recv_message().await;
+	});
+	let address = format!("tcp://{address}");
+	let output = run(&["call", &address, "9", "payload", "--update", "4:more"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(
+		String::from_utf8_lossy(&output.stdout),
+		"responder_update id=0 service=1 len=7 \"working\"\n\
+		 responder_update id=0 service=2 len=4 \"more\"\n\
+		 response id=0 service=0 len=7 \"payload\"\n"
+	);
+}
+
+#[test]
+fn a_timeout_exits_with_its_own_code() {
+	// A server that accepts and reads but never answers.
+	let address = in_process_server(|mut listener| async move {
+		let (mut peer, _) = listener.accept().await.unwrap();
+		let held = peer.recv_message().await.unwrap();
+		tokio::time::sleep(WAIT).await;
+		drop(held);
+	});
+	let started = Instant::now();
+	let output = run(&["call", &format!("tcp://{address}"), "1", "x", "--timeout", "300ms"], b"");
+	assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+	assert!(started.elapsed() < Duration::from_secs(10));
+	let stderr = stderr(&output);
+	assert_eq!(
+		stderr.trim_end(),
+		format!("peerwire: timed out after 300ms waiting for the response to request 0 from tcp://{address}")
+	);
+	assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn connection_errors_are_one_line() {
+	// A port nothing listens on any more.
+	let port = StdTcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+	let address = format!("tcp://127.0.0.1:{port}");
+	let output = run(&["call", &address, "1", "x"], b"");
+	assert_eq!(output.status.code(), Some(3));
+	assert_eq!(stderr(&output), format!("peerwire: cannot connect to {address}: connection refused\n"));
+
+	let path = socket_path("missing");
+	let output = run(&["send", &format!("unix://{}", path.display()), "1", "x"], b"");
+	assert_eq!(output.status.code(), Some(3));
+	assert!(stderr(&output).ends_with(": no such file or directory\n"), "{}", stderr(&output));
+
+	let output = run(&["call", "127.0.0.1:80", "1"], b"");
+	assert_eq!(output.status.code(), Some(2));
+	assert!(stderr(&output).contains("did you mean tcp://127.0.0.1:80?"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_malformed_frame_is_reported_with_its_byte_offset() {
+	// A valid 18-byte responder update, then a frame length below the header size.
+	let mut reply = Vec::new();
+	for field in [14u32, 3, 0, 1] {
+		reply.extend_from_slice(&field.to_le_bytes());
+	}
+	reply.extend_from_slice(b"up");
+	reply.extend_from_slice(&3u32.to_le_bytes());
+	reply.extend_from_slice(b"garbage!");
+	let address = format!("tcp://{}", raw_server(reply));
+	let output = run(&["call", &address, "1", "x"], b"");
+	assert_eq!(output.status.code(), Some(3));
+	assert_eq!(String::from_utf8_lossy(&output.stdout), "responder_update id=0 service=1 len=2 \"up\"\n");
+	assert_eq!(
+		stderr(&output),
+		format!(
+			"peerwire: no response from {address}: malformed frame at byte offset 18: frame length 3 is shorter than the 12-byte header\n"
+		)
+	);
+
+	// A server speaking the other byte order gets a hint.
+	let mut reply = Vec::new();
+	for field in [14u32, 1, 0, 0] {
+		reply.extend_from_slice(&field.to_be_bytes());
+	}
+	reply.extend_from_slice(b"ok");
+	let address = format!("tcp://{}", raw_server(reply));
+	let output = run(&["call", &address, "1", "x"], b"");
+	assert_eq!(output.status.code(), Some(3));
+	assert!(stderr(&output).contains("malformed frame at byte offset 0"), "{}", stderr(&output));
+	assert!(stderr(&output).contains("try --endian big"), "{}", stderr(&output));
+}
+
+#[test]
+fn send_delivers_stream_messages() {
+	let path = socket_path("send");
+	let address = format!("unix://{}", path.display());
+	let (listener, _) = Background::listening(&["listen", &address, "--json"]);
+	let output = run(&["send", &address, "12", "tick", "--count", "3", "--json"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	let summary = &stdout_json(&output)[0];
+	assert_eq!(summary["event"], "sent");
+	assert_eq!(summary["count"], 3);
+
+	let seen = listener.json_until(|value| value["event"] == "closed");
+	let connected = &seen[0];
+	assert_eq!(connected["event"], "connected");
+	assert_eq!(connected["pid"].as_i64().map(|pid| pid > 0), Some(true), "{connected}");
+	let streams: Vec<_> = seen.iter().filter(|value| value["type"] == "stream").collect();
+	assert_eq!(streams.len(), 3);
+	assert!(streams.iter().all(|value| value["service_id"] == 12 && value["body"] == "tick"));
+	drop(listener);
+	let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn tap_decodes_both_directions_as_json() {
+	let (_server, upstream) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--echo", "--json"]);
+	let (tap, address) = Background::listening(&["tap", "tcp://127.0.0.1:0", &upstream, "--json", "--preview", "4"]);
+
+	let output = run(&["call", &address, "7", "Hello World", "--update", "1:more", "--json"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(stdout_json(&output)[0]["body"], "Hello World");
+
+	let seen = tap.json_until(|value| value["event"] == "closed");
+	assert_eq!(seen[0]["event"], "connected");
+	let messages: Vec<_> = seen.iter().filter(|value| value["event"] == "message").collect();
+	let summary: Vec<_> =
+		messages.iter().map(|value| (value["direction"].as_str().unwrap(), value["type"].as_str().unwrap())).collect();
+	assert_eq!(
+		summary,
+		[("client_to_server", "request"), ("client_to_server", "requester_update"), ("server_to_client", "response")]
+	);
+	let request = messages[0];
+	assert_eq!(request["conn"], 1);
+	assert_eq!(request["request_id"], 0);
+	assert_eq!(request["service_id"], 7);
+	assert_eq!(request["body_len"], 11);
+	assert_eq!(request["fds"], 0);
+	// A preview of four bytes.
+	assert_eq!(request["body"], "Hell");
+	assert_eq!(request["truncated"], true);
+	assert_eq!(messages[1]["body"], "more");
+	assert_eq!(messages[1]["truncated"], false);
+
+	let closed = seen.last().unwrap();
+	assert_eq!(closed["client_to_server_bytes"], 27 + 20);
+	assert_eq!(closed["server_to_client_bytes"], 27);
+	assert_eq!(closed["error"], Value::Null);
+}
+
+#[test]
+fn tap_forwards_other_byte_orders_verbatim() {
+	// Big-endian peers through a tap decoding little endian: it cannot decode them, says so,
+	// and changes nothing.
+	let path = socket_path("big-endian");
+	let upstream = format!("unix://{}", path.display());
+	let (_server, _) = Background::listening(&["--endian", "big", "listen", &upstream, "--echo", "--json"]);
+	let (tap, address) = Background::listening(&["tap", "tcp://127.0.0.1:0", &upstream, "--json"]);
+
+	let output = run(&["--endian", "big", "call", &address, "7", "big", "--json"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(stdout_json(&output)[0]["body"], "big");
+
+	let seen = tap.json_until(|value| value["event"] == "closed");
+	let malformed: Vec<_> = seen.iter().filter(|value| value["event"] == "malformed").collect();
+	assert_eq!(malformed.len(), 2, "{seen:?}");
+	assert!(malformed.iter().all(|value| value["offset"] == 0));
+	assert!(malformed[0]["error"].as_str().unwrap().contains("try --endian big"), "{seen:?}");
+	drop(tap);
+
+	// The same tap told the byte order decodes them.
+	let (tap, address) = Background::listening(&["--endian", "big", "tap", "tcp://127.0.0.1:0", &upstream, "--json"]);
+	let output = run(&["--endian", "big", "call", &address, "7", "big", "--json"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	let seen = tap.json_until(|value| value["event"] == "closed");
+	let types: Vec<_> =
+		seen.iter().filter(|value| value["event"] == "message").map(|value| value["type"].clone()).collect();
+	assert_eq!(types, ["request", "response"]);
+	let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn large_bodies_show_progress_on_stderr() {
+	let (_server, upstream) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--echo", "--json"]);
+	let (_tap, address) = Background::listening(&["tap", "tcp://127.0.0.1:0", &upstream, "--json", "--quiet"]);
+	let body = vec![b'x'; 3 << 20];
+	let output = run(&["call", &address, "1", "-", "--json", "--preview", "8"], &body);
+	assert!(output.status.success(), "{}", stderr(&output));
+	let response = &stdout_json(&output)[0];
+	assert_eq!(response["body_len"], 3 << 20);
+	assert_eq!(response["body"], "xxxxxxxx");
+	let stderr = stderr(&output);
+	assert!(stderr.contains("peerwire: request id=0 service=1: 3.0 MiB sent"), "{stderr}");
+	assert!(stderr.contains("peerwire: response id=0 service=0: 3.0 MiB received"), "{stderr}");
+
+	let output = run(&["call", &address, "1", "-", "--quiet", "--preview", "8"], &body);
+	assert!(output.status.success());
+	assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn seqpacket_carries_descriptors_through_call_and_tap() {
+	let path = socket_path("seqpacket");
+	let tap_path = socket_path("seqpacket-tap");
+	let upstream = format!("seqpacket://{}", path.display());
+	let (listener, _) = Background::listening(&["listen", &upstream, "--echo", "--json"]);
+	let (tap, address) =
+		Background::listening(&["tap", &format!("seqpacket://{}", tap_path.display()), &upstream, "--json"]);
+
+	let output = run(&["call", &address, "7", "frame", "--fd", "/dev/null", "--fd", "/dev/zero", "--json"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(stdout_json(&output)[0]["body"], "frame");
+
+	// The descriptors went through the tap and reached the listener.
+	let seen = tap.json_until(|value| value["event"] == "closed");
+	let messages: Vec<_> = seen.iter().filter(|value| value["event"] == "message").collect();
+	assert_eq!(messages.len(), 2, "{seen:?}");
+	assert_eq!((&messages[0]["type"], &messages[0]["fds"]), (&"request".into(), &2.into()));
+	assert_eq!((&messages[1]["type"], &messages[1]["fds"]), (&"response".into(), &0.into()));
+	assert_eq!(seen.last().unwrap()["client_to_server_bytes"], 12 + 5);
+	let seen = listener.json_until(|value| value["event"] == "closed");
+	let request = seen.iter().find(|value| value["type"] == "request").unwrap();
+	assert_eq!(request["fds"], 2);
+
+	// Descriptors need seqpacket; a body too large for one datagram is refused up front.
+	let output = run(&["call", "tcp://127.0.0.1:9", "1", "x", "--fd", "/dev/null"], b"");
+	assert_eq!(output.status.code(), Some(2));
+	let output = run(&["--max-body", "64M", "call", &upstream, "1", "-"], &vec![0; 40 << 20]);
+	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+	assert!(stderr(&output).contains("does not fit in one seqpacket datagram"), "{}", stderr(&output));
+
+	// A tap cannot join a seqpacket socket to a byte stream.
+	let output = run(&["tap", &address, "tcp://127.0.0.1:9"], b"");
+	assert_eq!(output.status.code(), Some(2));
+	drop((listener, tap));
+	let _ = std::fs::remove_file(&path);
+	let _ = std::fs::remove_file(&tap_path);
+}
