@@ -193,7 +193,9 @@ impl<W: AsyncWrite + Send + Unpin + 'static> StreamWriter<W> {
 					slices[count] = IoSlice::new(chunk);
 					count += 1;
 				}
-				if count < MAX_IOVECS && !self.staging.is_empty() {
+				// Staging follows every chunk on the wire: it may only join a batch that holds
+				// all of them.
+				if count == self.chunks.len() && !self.staging.is_empty() {
 					slices[count] = IoSlice::new(&self.staging);
 					count += 1;
 				}
@@ -236,7 +238,8 @@ impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> 
 	}
 
 	fn max_body_len(&self) -> usize {
-		self.codec.max_body_len_write()
+		// The frame length is a u32 that also counts the header.
+		self.codec.max_body_len_write().min(u32::MAX as usize - crate::message::HEADER_LEN)
 	}
 
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -298,6 +301,59 @@ mod tests {
 			}
 			assert!(wire.is_empty());
 		}
+	}
+
+	/// A writer that takes every slice of a vectored write, as a socket with room does.
+	struct Gather {
+		written: Vec<u8>,
+	}
+
+	impl AsyncWrite for Gather {
+		fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+			self.written.extend_from_slice(buf);
+			Poll::Ready(Ok(buf.len()))
+		}
+		fn poll_write_vectored(
+			mut self: Pin<&mut Self>,
+			_: &mut Context<'_>,
+			bufs: &[IoSlice<'_>],
+		) -> Poll<std::io::Result<usize>> {
+			let mut total = 0;
+			for buf in bufs {
+				self.written.extend_from_slice(buf);
+				total += buf.len();
+			}
+			Poll::Ready(Ok(total))
+		}
+		fn is_write_vectored(&self) -> bool {
+			true
+		}
+		fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+			Poll::Ready(Ok(()))
+		}
+		fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+			Poll::Ready(Ok(()))
+		}
+	}
+
+	#[tokio::test]
+	async fn more_chunks_than_one_vectored_write_takes_stay_in_order() {
+		// 40 large bodies make 80 chunks, more than one batch of iovecs; a small frame staged
+		// after them must not jump the queue.
+		let codec = StreamCodec::new(Default::default(), 1 << 20, 1 << 20);
+		let mut messages: Vec<Message<Bytes>> =
+			(0..40u32).map(|i| Message::stream(i, 1, Bytes::from(vec![i as u8; 5000]))).collect();
+		messages.push(Message::stream(99, 1, "small"));
+		let mut writer = StreamWriter::new(Gather { written: Vec::new() }, codec);
+		for message in &messages {
+			writer.start_send(message.clone()).unwrap();
+		}
+		poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		let mut wire = BytesMut::from(&writer.inner.written[..]);
+		for message in &messages {
+			assert_eq!(codec.decode(&mut wire).unwrap().as_ref(), Some(message));
+		}
+		assert!(wire.is_empty());
 	}
 
 	#[tokio::test]
