@@ -12,10 +12,11 @@ pub type Serial = u64;
 
 /// Requests sent by this side, keyed by the id allocated for them.
 ///
-/// Ids are slots of a table of at most `limit` entries. A fresh slot is used while any is left;
-/// after that, freed slots are reused oldest first. Each reuse moves the slot's id on by `limit`
-/// (wrapping within `u32`), so a response that arrives late for a forgotten request almost never
-/// finds a new request under the same id. Allocation, lookup and removal are all O(1).
+/// Ids are slots of a table of at most `limit` entries. Freed slots are reused oldest first, and
+/// the table grows only when none is free, so its size follows the most requests ever open at
+/// once, not the number ever sent. Each reuse moves the slot's id on by `limit` (wrapping within
+/// `u32`), so a response that arrives late for a forgotten request finds no request under its id
+/// until the slot has been reused `2^32 / limit` times. Allocation, lookup and removal are O(1).
 #[derive(Debug)]
 pub struct SentTable<T> {
 	slots: Vec<Slot<T>>,
@@ -57,16 +58,17 @@ impl<T> SentTable<T> {
 	pub fn insert(&mut self, value: T) -> Option<(u32, Serial)> {
 		let serial = self.next_serial;
 		self.next_serial += 1;
-		let index = if (self.slots.len() as u32) < self.limit {
-			let index = self.slots.len() as u32;
-			self.slots.push(Slot { id: index, entry: None });
-			index
-		} else {
-			let index = self.free.pop_front()?;
+		let index = if let Some(index) = self.free.pop_front() {
 			let slot = &mut self.slots[index as usize];
 			// Next id of this slot: same residue modulo `limit`, wrapping before u32 overflows.
 			slot.id = slot.id.checked_add(self.limit).unwrap_or(index);
 			index
+		} else if (self.slots.len() as u32) < self.limit {
+			let index = self.slots.len() as u32;
+			self.slots.push(Slot { id: index, entry: None });
+			index
+		} else {
+			return None;
 		};
 		let slot = &mut self.slots[index as usize];
 		slot.entry = Some((serial, value));
@@ -216,12 +218,26 @@ mod tests {
 		let (e, _) = table.insert('e').unwrap();
 		// b was freed first, so its slot is reused first, under a new id.
 		assert_eq!((d, e), (4, 3));
+		assert_eq!(table.slots.len(), 3);
 		assert_eq!(table.get(b), None);
 		assert_eq!(table.get(a), None);
 		assert_eq!(table.get(d), Some(&'d'));
 		// A late close for the old id does nothing.
 		assert_eq!(table.remove(b), None);
 		assert_eq!(table.get(d), Some(&'d'));
+	}
+
+	#[test]
+	fn the_table_grows_with_requests_open_at_once_not_with_requests_sent() {
+		let mut table = SentTable::new(1 << 16);
+		let mut seen = std::collections::HashSet::new();
+		// One slot has 2^32 / 2^16 generations before its id comes round again.
+		for i in 0..(1 << 16) {
+			let (id, _) = table.insert(i).unwrap();
+			assert!(seen.insert(id));
+			table.remove(id);
+		}
+		assert_eq!(table.slots.len(), 1);
 	}
 
 	#[test]
