@@ -2,6 +2,7 @@
 //! reads what the remote sends and routes each message to the handle it belongs to.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
@@ -50,6 +51,9 @@ pub(crate) struct Shared<B> {
 	pub(crate) stopped: CancellationToken,
 	/// One permit per message the handles may queue (the write queue's bound).
 	pub(crate) write_permits: Semaphore,
+	/// Unmetered messages (error responses of dropped requests) queued but not yet taken by the
+	/// peer. The peer stops reading while there are too many, so a remote cannot grow the queue.
+	pub(crate) unmetered: AtomicUsize,
 	pub(crate) info: ConnectionInfo,
 	pub(crate) max_body_len_write: usize,
 	pub(crate) max_fds_write: usize,
@@ -130,6 +134,7 @@ impl<T: Transport> Peer<T> {
 			close_reason: OnceLock::new(),
 			stopped: CancellationToken::new(),
 			write_permits: Semaphore::new(config.write_queue.max(1)),
+			unmetered: AtomicUsize::new(0),
 			info,
 			// The handles check against these, so they must be the tighter of the two limits.
 			max_body_len_write: config.max_body_len_write.min(writer.max_body_len()),
@@ -204,6 +209,8 @@ impl<T: Transport> Peer<T> {
 					Poll::Ready(Some(Command::Send { message, metered })) => {
 						if metered {
 							self.shared.write_permits.add_permits(1);
+						} else {
+							self.shared.unmetered.fetch_sub(1, Ordering::Relaxed);
 						}
 						self.write(message);
 						progress = true;
@@ -256,7 +263,9 @@ impl<T: Transport> Peer<T> {
 
 			if self.pending.is_none() && !self.closing {
 				for _ in 0..READ_BATCH {
-					if self.auto_replies >= MAX_AUTO_REPLIES {
+					// Replies of our own making wait to be written: read no more requests (which
+					// could make more) until they are.
+					if self.auto_replies + self.shared.unmetered.load(Ordering::Relaxed) >= MAX_AUTO_REPLIES {
 						break;
 					}
 					match self.reader.poll_read_message(cx) {
@@ -290,21 +299,27 @@ impl<T: Transport> Peer<T> {
 
 	/// Queue a message for the writer; a message the transport refuses is dropped with an error
 	/// log (handles check the limits before queuing, so this is a configuration mismatch).
-	fn write(&mut self, message: Message<T::Body>) {
+	fn write(&mut self, message: Message<T::Body>) -> bool {
 		let header = message.header;
-		if let Err(error) = self.writer.start_send(message) {
-			tracing::error!(?header, "transport refused a message: {error}");
-			if header.message_type == MessageType::Request {
-				// Fail the request's handle rather than leave it waiting for a response.
-				self.shared.tracker().sent.remove(header.request_id);
-			}
+		match self.writer.start_send(message) {
+			Ok(()) => true,
+			Err(error) => {
+				tracing::error!(?header, "transport refused a message: {error}");
+				if header.message_type == MessageType::Request {
+					// Fail the request's handle rather than leave it waiting for a response.
+					self.shared.tracker().sent.remove(header.request_id);
+				}
+				false
+			},
 		}
 	}
 
 	/// An error response the peer sends on its own.
 	fn auto_reply(&mut self, request_id: u32, text: &str) {
-		self.auto_replies += 1;
-		self.write(Message::error_response(request_id, text));
+		// Counted only if queued: a count that no flush will reset would stop reading for good.
+		if self.write(Message::error_response(request_id, text)) {
+			self.auto_replies += 1;
+		}
 	}
 
 	/// Route one message from the remote to the handle it belongs to.
@@ -340,6 +355,11 @@ impl<T: Transport> Peer<T> {
 
 	fn open_received(&mut self, message: Message<T::Body>) {
 		let id = message.header.request_id;
+		if self.incoming.is_closed() {
+			// No read handle: answer here, where the reply counts towards the reading limit.
+			self.auto_reply(id, "this peer does not accept requests");
+			return;
+		}
 		let Some(link) = self.link.upgrade() else {
 			// Every handle is gone; the peer is about to stop.
 			self.auto_reply(id, "peer is shutting down");

@@ -115,3 +115,31 @@ async fn garbage_on_one_connection_leaves_the_others_on_the_listener_alone() {
 	}
 	server.abort();
 }
+
+#[tokio::test]
+async fn a_request_flood_to_a_peer_without_a_read_handle_is_pushed_back() {
+	// Each request is answered by the peer itself (nobody reads requests). A remote that floods
+	// requests and never reads the answers must be stopped, not buffered without end.
+	let (peer, mut remote) = RawRemote::connect(Config::default()).await;
+	let (read, _write) = peer.split();
+	drop(read);
+	let mut batch = bytes::BytesMut::new();
+	let codec = peerwire::codec::StreamCodec::new(Default::default(), 1024, 1024);
+	for id in 0..1000 {
+		codec.encode(&Message::request(id, 1, ""), &mut batch).unwrap();
+	}
+	let mut sent = 0;
+	loop {
+		let write = tokio::io::AsyncWriteExt::write_all(&mut remote.stream, &batch);
+		match tokio::time::timeout(std::time::Duration::from_millis(500), write).await {
+			Ok(result) => result.unwrap(),
+			Err(_) => break,
+		}
+		sent += 1;
+		assert!(sent < 2_000, "2 million requests accepted without pushback");
+	}
+	// The peer is still alive: once the remote reads, the answers come.
+	let answer = remote.recv().await.unwrap();
+	assert_eq!(answer.header.message_type, MessageType::Response);
+	assert!(answer.is_error_response());
+}

@@ -75,7 +75,11 @@ impl<B: Body> Link<B> {
 	/// Queue a message without a write-queue permit. Only for messages whose number is bounded
 	/// by something else (the error response of a dropped request: at most one per open request).
 	pub(crate) fn send_unmetered(&self, message: Message<B>) -> Result<(), Error> {
-		self.commands.send(Command::Send { message, metered: false }).map_err(|_| self.closed_error())
+		self.shared.unmetered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+		self.commands.send(Command::Send { message, metered: false }).map_err(|_| {
+			self.shared.unmetered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+			self.closed_error()
+		})
 	}
 
 	/// Ask the peer to flush what is queued and close the connection.
