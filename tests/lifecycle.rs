@@ -180,3 +180,44 @@ async fn a_held_request_learns_when_its_connection_ends() {
 	within(writer.closed()).await;
 	assert!(writer.is_closed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_update_reaches_the_wire_after_the_response() {
+	// One task sends updates while another sends the response: whatever the interleaving, the
+	// remote must never see an update after the response of the same request.
+	const N: u32 = 2000;
+	let (mut peer, mut remote) = RawRemote::connect(Config::default()).await;
+	for id in 0..N {
+		remote.send(Message::request(id, 1, "")).await;
+	}
+	let answering = tokio::spawn(async move {
+		for _ in 0..N {
+			let (request, _) = within(peer.recv_message()).await.unwrap().into_request().unwrap();
+			let updates = request.write_handle();
+			tokio::spawn(async move {
+				for i in 0.. {
+					if updates.send_update(1, format!("{i}")).await.is_err() {
+						break;
+					}
+					tokio::task::yield_now().await;
+				}
+			});
+			tokio::spawn(async move {
+				tokio::task::yield_now().await;
+				request.send_response(0, "done").await.unwrap();
+			});
+		}
+		peer
+	});
+	let mut answered = std::collections::HashSet::new();
+	while answered.len() < N as usize {
+		let message = remote.recv().await.unwrap();
+		let id = message.header.request_id;
+		match message.header.message_type {
+			MessageType::Response => assert!(answered.insert(id), "two responses for {id}"),
+			MessageType::ResponderUpdate => assert!(!answered.contains(&id), "update after the response for {id}"),
+			other => panic!("unexpected {other:?}"),
+		}
+	}
+	let _peer = within(answering).await.unwrap();
+}

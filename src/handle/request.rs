@@ -1,7 +1,6 @@
 //! Handles of open requests: one for each request this side sent, one for each it received.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -212,13 +211,20 @@ struct ReceivedState<B: Body> {
 	request_id: u32,
 	service_id: i32,
 	serial: Serial,
-	responded: AtomicBool,
+	/// Whether the response is queued. Held while an update or the response is queued, so that
+	/// no update can be queued after the response by another task.
+	responded: Mutex<bool>,
 }
 
 impl<B: Body> ReceivedState<B> {
+	fn responded(&self) -> MutexGuard<'_, bool> {
+		// Only a bool behind it: a panic elsewhere cannot leave it inconsistent.
+		self.responded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
+
 	/// Mark the request answered and close it in the tracker; `false` if it already was.
-	fn close(&self) -> bool {
-		if self.responded.swap(true, Ordering::AcqRel) {
+	fn close(&self, responded: &mut bool) -> bool {
+		if std::mem::replace(responded, true) {
 			return false;
 		}
 		// Freed before the response is queued: the remote may reuse the id as soon as it has
@@ -230,7 +236,8 @@ impl<B: Body> ReceivedState<B> {
 	async fn send_update(&self, service_id: i32, body: B) -> Result<(), Error> {
 		self.link.check(&body)?;
 		let reservation = self.link.reserve().await?;
-		if self.responded.load(Ordering::Acquire) {
+		let responded = self.responded();
+		if *responded {
 			return Err(Error::request_closed(self.request_id));
 		}
 		reservation.send(Message::responder_update(self.request_id, service_id, body))
@@ -239,7 +246,8 @@ impl<B: Body> ReceivedState<B> {
 	async fn send_response(&self, service_id: i32, body: B) -> Result<(), Error> {
 		self.link.check(&body)?;
 		let reservation = self.link.reserve().await?;
-		if !self.close() {
+		let mut responded = self.responded();
+		if !self.close(&mut responded) {
 			return Err(Error::request_closed(self.request_id));
 		}
 		reservation.send(Message::response(self.request_id, service_id, body))
@@ -248,7 +256,8 @@ impl<B: Body> ReceivedState<B> {
 
 impl<B: Body> Drop for ReceivedState<B> {
 	fn drop(&mut self) {
-		if self.close() {
+		let mut responded = self.responded();
+		if self.close(&mut responded) {
 			tracing::debug!(request_id = self.request_id, "received request dropped without a response");
 			// Fails only if the connection is gone, and then no answer is possible anyway.
 			let _ = self.link.send_unmetered(Message::error_response(self.request_id, DROPPED_REQUEST_TEXT));
@@ -281,7 +290,7 @@ impl<B: Body> ReceivedRequestHandle<B> {
 			request_id: header.request_id,
 			service_id: header.service_id,
 			serial,
-			responded: AtomicBool::new(false),
+			responded: Mutex::new(false),
 		};
 		Self { state: Arc::new(state), incoming }
 	}
@@ -323,13 +332,13 @@ impl<B: Body> ReceivedRequestHandle<B> {
 	///
 	/// `Ok(None)` once this side has sent the response. Cancel-safe.
 	pub async fn recv_update(&mut self) -> Result<Option<Message<B>>, Error> {
-		if self.state.responded.load(Ordering::Acquire) {
+		if *self.state.responded() {
 			return Ok(None);
 		}
 		match self.incoming.recv().await {
 			Some(message) => Ok(Some(message)),
 			// The tracker let go of the sender: either we responded, or the connection ended.
-			None if self.state.responded.load(Ordering::Acquire) => Ok(None),
+			None if *self.state.responded() => Ok(None),
 			None => Err(self.state.link.closed_error()),
 		}
 	}
