@@ -73,6 +73,13 @@ pub struct Config {
 	///
 	/// Default: 65,536.
 	pub max_open_requests: usize,
+
+	/// How long a closing connection (after [`close`](crate::PeerHandle::close), or once every
+	/// handle is gone) may take to write what was queued. A remote that stops reading cannot keep
+	/// the connection, its task and its buffers alive past this; what is left unwritten is lost.
+	///
+	/// Default: 10 s.
+	pub close_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -87,6 +94,7 @@ impl Default for Config {
 			incoming_queue: 128,
 			request_queue: 32,
 			max_open_requests: 1 << 16,
+			close_timeout: std::time::Duration::from_secs(10),
 		}
 	}
 }

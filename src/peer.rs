@@ -4,10 +4,13 @@
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::{CancellationToken, PollSender};
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, PollSender, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -26,12 +29,11 @@ const READ_BATCH: usize = 64;
 /// Rounds of work before the peer yields to the runtime even if more is ready.
 const ROUNDS_BEFORE_YIELD: usize = 32;
 
-/// What handles ask of the peer task.
-pub(crate) enum Command<B> {
-	/// Write a message. `metered` says whether it holds a write-queue permit to give back.
-	Send { message: Message<B>, metered: bool },
-	/// Flush what is queued, then close the connection.
-	Close,
+/// A message the handles ask the peer task to write. `metered` says whether it holds a
+/// write-queue permit to give back.
+pub(crate) struct Command<B> {
+	pub(crate) message: Message<B>,
+	pub(crate) metered: bool,
 }
 
 /// The open requests of both directions, behind the lock that handles and the peer share.
@@ -49,6 +51,8 @@ pub(crate) struct Shared<B> {
 	close_reason: OnceLock<Error>,
 	/// Cancelled when the peer task has stopped and the transport is dropped.
 	pub(crate) stopped: CancellationToken,
+	/// Cancelled by a handle's `close`.
+	pub(crate) close_requested: CancellationToken,
 	/// One permit per message the handles may queue (the write queue's bound).
 	pub(crate) write_permits: Semaphore,
 	/// Unmetered messages (error responses of dropped requests) queued but not yet taken by the
@@ -108,6 +112,10 @@ pub struct Peer<T: Transport> {
 	closing: bool,
 	/// The command queue is closed and empty: once the writer is flushed, shut down.
 	commands_done: bool,
+	/// How long closing may take, and the deadline once closing has begun.
+	close_timeout: Duration,
+	close_deadline: Option<Pin<Box<Sleep>>>,
+	close_requested: Pin<Box<WaitForCancellationFutureOwned>>,
 	auto_replies: usize,
 }
 
@@ -133,6 +141,7 @@ impl<T: Transport> Peer<T> {
 			}),
 			close_reason: OnceLock::new(),
 			stopped: CancellationToken::new(),
+			close_requested: CancellationToken::new(),
 			write_permits: Semaphore::new(config.write_queue.max(1)),
 			unmetered: AtomicUsize::new(0),
 			info,
@@ -142,6 +151,7 @@ impl<T: Transport> Peer<T> {
 			request_queue: config.request_queue.max(1),
 			max_open_requests: config.max_open_requests,
 		});
+		let close_requested = shared.close_requested.clone().cancelled_owned();
 		let link = Link::new(command_tx, shared.clone());
 		let weak = WeakLink { commands: link.downgrade(), shared: shared.clone() };
 		let peer = Self {
@@ -154,6 +164,9 @@ impl<T: Transport> Peer<T> {
 			pending: None,
 			closing: false,
 			commands_done: false,
+			close_timeout: config.close_timeout,
+			close_deadline: None,
+			close_requested: Box::pin(close_requested),
 			auto_replies: 0,
 		};
 		(peer, PeerHandle::new(incoming_rx, link))
@@ -204,23 +217,24 @@ impl<T: Transport> Peer<T> {
 			let mut progress = false;
 
 			// Take what the handles queued, as much as the writer wants for one batch.
+			// Noticed even while the writer is full, so that the close deadline starts at once.
+			if !self.closing && self.close_requested.as_mut().poll(cx).is_ready() {
+				tracing::debug!("closing on request");
+				// Refuse new messages; what was queued before still drains below.
+				self.closing = true;
+				self.commands.close();
+				progress = true;
+			}
+
 			while self.writer.wants_more() && !self.commands_done {
 				match self.commands.poll_recv(cx) {
-					Poll::Ready(Some(Command::Send { message, metered })) => {
+					Poll::Ready(Some(Command { message, metered })) => {
 						if metered {
 							self.shared.write_permits.add_permits(1);
 						} else {
 							self.shared.unmetered.fetch_sub(1, Ordering::Relaxed);
 						}
 						self.write(message);
-						progress = true;
-					},
-					Poll::Ready(Some(Command::Close)) => {
-						tracing::debug!("closing on request");
-						// Refuse new messages; what was queued before still drains below.
-						self.closing = true;
-						self.commands.close();
-						self.shared.write_permits.close();
 						progress = true;
 					},
 					Poll::Ready(None) => {
@@ -238,6 +252,15 @@ impl<T: Transport> Peer<T> {
 					result?;
 					self.auto_replies = 0;
 					progress = true;
+				}
+			}
+
+			if self.closing {
+				let timeout = self.close_timeout;
+				let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+				if deadline.as_mut().poll(cx).is_ready() {
+					tracing::warn!("closing took longer than {timeout:?}: the remote is not reading; giving up");
+					return Poll::Ready(Ok(()));
 				}
 			}
 
@@ -261,7 +284,20 @@ impl<T: Transport> Peer<T> {
 				}
 			}
 
-			if self.pending.is_none() && !self.closing {
+			if self.closing {
+				// Keep reading, so that a remote that hangs up ends the wait for the flush.
+				for _ in 0..READ_BATCH {
+					match self.reader.poll_read_message(cx) {
+						Poll::Ready(Ok(Some(message))) => {
+							tracing::debug!(header = ?message.header, "closing: dropped an incoming message");
+							progress = true;
+						},
+						Poll::Ready(Ok(None)) => return Poll::Ready(Err(Error::closed_by_remote())),
+						Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+						Poll::Pending => break,
+					}
+				}
+			} else if self.pending.is_none() {
 				for _ in 0..READ_BATCH {
 					// Replies of our own making wait to be written: read no more requests (which
 					// could make more) until they are.

@@ -27,8 +27,13 @@ pub const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How long a closing connection may take to flush its last messages once the grace period is
-/// over. A remote that never reads cannot hold the shutdown longer than this.
+/// over. A remote that never reads cannot hold the shutdown longer than this (the peer task
+/// itself gives up after [`Config::close_timeout`](crate::Config::close_timeout)).
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The most handlers running at once for one connection. At the limit the connection is not
+/// read until one finishes, which pushes back on the remote instead of spawning without bound.
+pub const MAX_HANDLERS_PER_CONNECTION: usize = 1024;
 
 /// Accept connections from `listener` and serve each with `handler` until `shutdown` is
 /// cancelled, then shut down gracefully within `grace` (see [`serve_connection`]).
@@ -91,8 +96,8 @@ where
 	while connections.join_next().await.is_some() {}
 }
 
-/// Serve one connection: run `handler` on its own task for every message received, until the
-/// connection ends or `shutdown` is cancelled.
+/// Serve one connection: run `handler` on its own task for every message received (at most
+/// [`MAX_HANDLERS_PER_CONNECTION`] at once), until the connection ends or `shutdown` is cancelled.
 ///
 /// On shutdown, requests that arrive are answered with the error response
 /// [`SHUTTING_DOWN_TEXT`] and stream messages are dropped; handlers already running have until
@@ -107,27 +112,40 @@ where
 	let (mut read, write) = peer.split();
 	let mut handlers = JoinSet::new();
 
-	loop {
+	// Serve until the shutdown or the end of the connection.
+	let mut ended = loop {
 		tokio::select! {
 			biased;
-			_ = shutdown.cancelled() => break,
+			_ = shutdown.cancelled() => break false,
 			Some(finished) = handlers.join_next(), if !handlers.is_empty() => log_handler_end(finished),
-			message = read.recv_message() => match message {
+			// At the handler limit, stop reading: the remote is pushed back through the socket.
+			message = read.recv_message(), if handlers.len() < MAX_HANDLERS_PER_CONNECTION => match message {
 				Ok(message) => {
 					handlers.spawn(handler(message, write.clone()));
 				},
 				Err(error) => {
 					tracing::debug!("connection ended: {error}");
-					// Nothing more can arrive; let running handlers see the error and end.
-					while let Some(finished) = handlers.join_next().await {
-						log_handler_end(finished);
-					}
-					return;
+					break true;
 				},
 			},
 		}
+	};
+
+	if ended {
+		// Nothing more can arrive. Running handlers finish on their own (their sends fail), but a
+		// shutdown still bounds how long they may take.
+		loop {
+			tokio::select! {
+				finished = handlers.join_next() => match finished {
+					Some(finished) => log_handler_end(finished),
+					None => return,
+				},
+				_ = shutdown.cancelled() => break,
+			}
+		}
 	}
 
+	// Shutting down: refuse new requests, give running handlers until the deadline.
 	let deadline = Instant::now() + grace;
 	loop {
 		tokio::select! {
@@ -141,14 +159,19 @@ where
 				Some(finished) => log_handler_end(finished),
 				None => break,
 			},
-			message = read.recv_message() => match message {
+			message = read.recv_message(), if !ended => match message {
 				Ok(ReceivedMessage::Request(request, _)) => {
-					let _ = request.send_error_response(SHUTTING_DOWN_TEXT).await;
+					// A remote that does not read could make this wait for room forever: the
+					// deadline bounds it, and a request dropped then still gets an answer.
+					tokio::select! {
+						_ = request.send_error_response(SHUTTING_DOWN_TEXT) => {},
+						_ = tokio::time::sleep_until(deadline) => {},
+					}
 				},
 				Ok(ReceivedMessage::Stream(message)) => {
 					tracing::debug!(service_id = message.header.service_id, "shutting down: dropped a stream message");
 				},
-				Err(_) => break,
+				Err(_) => ended = true,
 			},
 		}
 	}

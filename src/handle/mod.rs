@@ -76,7 +76,7 @@ impl<B: Body> Link<B> {
 	/// by something else (the error response of a dropped request: at most one per open request).
 	pub(crate) fn send_unmetered(&self, message: Message<B>) -> Result<(), Error> {
 		self.shared.unmetered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-		self.commands.send(Command::Send { message, metered: false }).map_err(|_| {
+		self.commands.send(Command { message, metered: false }).map_err(|_| {
 			self.shared.unmetered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 			self.closed_error()
 		})
@@ -86,7 +86,7 @@ impl<B: Body> Link<B> {
 	pub(crate) fn close(&self) {
 		// Refuse new sends at once; the peer drains what is already queued.
 		self.shared.write_permits.close();
-		let _ = self.commands.send(Command::Close);
+		self.shared.close_requested.cancel();
 	}
 }
 
@@ -97,7 +97,7 @@ impl<B> Reservation<'_, B> {
 		B: Body,
 	{
 		self.permit.forget();
-		self.link.commands.send(Command::Send { message, metered: true }).map_err(|_| self.link.closed_error())
+		self.link.commands.send(Command { message, metered: true }).map_err(|_| self.link.closed_error())
 	}
 }
 
