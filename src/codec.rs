@@ -154,8 +154,11 @@ impl StreamCodec {
 				return Err(ProtocolViolation::UnknownMessageType { value }.into());
 			}
 		}
-		// Cannot overflow: body_len <= u32::MAX on every platform where usize holds a u32.
-		Ok(Some(LENGTH_PREFIX_LEN + HEADER_LEN + body_len))
+		// Overflows only where usize is 32 bits and the limit is near usize::MAX.
+		let frame_len = (LENGTH_PREFIX_LEN + HEADER_LEN)
+			.checked_add(body_len)
+			.ok_or_else(|| Error::body_too_large(body_len, usize::MAX - LENGTH_PREFIX_LEN - HEADER_LEN))?;
+		Ok(Some(frame_len))
 	}
 
 	/// Take one complete frame off the front of `buffer`.

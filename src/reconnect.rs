@@ -518,7 +518,9 @@ impl<B: Body> Inner<B> {
 			}
 			let wait = self.backoff.wait_after(failures);
 			tracing::debug!(failures, ?wait, "connection attempt failed: {error}");
-			attempts.not_before = Some(Instant::now() + wait);
+			// A wait too long for the clock (an extreme `max_delay`) is a year, not a panic.
+			let now = Instant::now();
+			attempts.not_before = Some(now.checked_add(wait).unwrap_or(now + Duration::from_secs(365 * 24 * 3600)));
 		}
 	}
 
