@@ -66,6 +66,18 @@ pub struct Config {
 	/// Default: 32.
 	pub request_queue: usize,
 
+	/// The most bytes of received messages waiting in the handles' queues, all queues of the
+	/// connection together (the incoming queue and every request's). When it is spent, the peer
+	/// stops reading from the socket until a handle takes something, which pushes back on the
+	/// remote. A single message larger than this is let through alone.
+	///
+	/// As with any flow control over one connection, a handle that waits for a message queued
+	/// behind messages nobody takes waits until they are taken: receive on every open request
+	/// (a task each, typically), not one request at a time.
+	///
+	/// Default: 64 MiB.
+	pub max_buffered_incoming: usize,
+
 	/// The most requests open at once in each direction.
 	///
 	/// Sending one more fails with [`ErrorKind::TooManyRequests`](crate::ErrorKind::TooManyRequests);
@@ -93,6 +105,7 @@ impl Default for Config {
 			write_queue: 128,
 			incoming_queue: 128,
 			request_queue: 32,
+			max_buffered_incoming: 64 << 20,
 			max_open_requests: 1 << 16,
 			close_timeout: std::time::Duration::from_secs(10),
 		}

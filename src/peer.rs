@@ -8,9 +8,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, PollSender, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -24,6 +24,8 @@ use crate::transport::{ConnectionInfo, Transport, TransportRead, TransportWrite}
 /// to this many before it stops reading until they are flushed: a remote that floods bad
 /// requests and never reads cannot grow our write buffer without limit.
 const MAX_AUTO_REPLIES: usize = 1024;
+/// What a message is charged against the incoming budget beyond its body.
+const MESSAGE_OVERHEAD: usize = 64;
 /// Messages read in one go before the peer looks at its other work again.
 const READ_BATCH: usize = 64;
 /// Rounds of work before the peer yields to the runtime even if more is ready.
@@ -38,8 +40,8 @@ pub(crate) struct Command<B> {
 
 /// The open requests of both directions, behind the lock that handles and the peer share.
 pub(crate) struct Tracker<B> {
-	pub(crate) sent: SentTable<mpsc::Sender<Message<B>>>,
-	pub(crate) received: ReceivedTable<mpsc::Sender<Message<B>>>,
+	pub(crate) sent: SentTable<RequestSender<B>>,
+	pub(crate) received: ReceivedTable<RequestSender<B>>,
 	/// Set once the peer has stopped: nothing new may be opened.
 	pub(crate) closed: bool,
 }
@@ -53,6 +55,8 @@ pub(crate) struct Shared<B> {
 	pub(crate) stopped: CancellationToken,
 	/// Cancelled by a handle's `close`.
 	pub(crate) close_requested: CancellationToken,
+	/// Bytes of received messages that may wait in the handles' queues, all queues together.
+	incoming_budget: Arc<Semaphore>,
 	/// One permit per message the handles may queue (the write queue's bound).
 	pub(crate) write_permits: Semaphore,
 	/// Unmetered messages (error responses of dropped requests) queued but not yet taken by the
@@ -82,10 +86,44 @@ impl<B> Shared<B> {
 	}
 }
 
-/// A message the peer could not hand over yet because the receiving queue was full.
+/// A received item waiting in a handle's queue, holding its share of the incoming budget until
+/// a handle takes it (or the queue is dropped).
+pub(crate) struct Charged<T> {
+	pub(crate) item: T,
+	_budget: OwnedSemaphorePermit,
+}
+
+/// The queue of one request's updates (and, for sent requests, its response).
+pub(crate) type RequestSender<B> = mpsc::Sender<Charged<Message<B>>>;
+/// The receiving end of a [`RequestSender`].
+pub(crate) type RequestReceiver<B> = mpsc::Receiver<Charged<Message<B>>>;
+/// The queue of incoming requests and stream messages for the read handle.
+pub(crate) type IncomingReceiver<B> = mpsc::Receiver<Charged<ReceivedMessage<B>>>;
+
+/// Where a received message goes.
+enum Target<B: Body> {
+	Incoming(ReceivedMessage<B>),
+	Request(RequestSender<B>, Message<B>),
+}
+
+impl<B: Body> Target<B> {
+	/// Its charge against the incoming budget: the body, plus a little for the rest, so that
+	/// empty bodies are not free.
+	fn cost(&self, budget: usize) -> u32 {
+		let len = match self {
+			Target::Incoming(ReceivedMessage::Request(_, body)) => body.len(),
+			Target::Incoming(ReceivedMessage::Stream(message)) | Target::Request(_, message) => message.body.len(),
+		};
+		len.saturating_add(MESSAGE_OVERHEAD).min(budget).min(u32::MAX as usize) as u32
+	}
+}
+
+/// A message the peer could not hand over yet: the incoming budget is spent, or the receiving
+/// queue is full. The peer reads nothing more until it is handed over.
 enum Pending<B: Body> {
-	Incoming(PollSender<ReceivedMessage<B>>, ReceivedMessage<B>),
-	Request(PollSender<Message<B>>, Message<B>),
+	Budget(u32, Target<B>),
+	Incoming(PollSender<Charged<ReceivedMessage<B>>>, Charged<ReceivedMessage<B>>),
+	Request(PollSender<Charged<Message<B>>>, Charged<Message<B>>),
 }
 
 /// The background task of one connection.
@@ -105,7 +143,7 @@ pub struct Peer<T: Transport> {
 	/// For the handles of requests the remote opens; weak so that the peer alone does not keep
 	/// itself alive.
 	link: WeakLink<T::Body>,
-	incoming: mpsc::Sender<ReceivedMessage<T::Body>>,
+	incoming: mpsc::Sender<Charged<ReceivedMessage<T::Body>>>,
 	shared: Arc<Shared<T::Body>>,
 	pending: Option<Pending<T::Body>>,
 	/// Set after a local close: drain the queue, flush, shut down.
@@ -116,6 +154,9 @@ pub struct Peer<T: Transport> {
 	close_timeout: Duration,
 	close_deadline: Option<Pin<Box<Sleep>>>,
 	close_requested: Pin<Box<WaitForCancellationFutureOwned>>,
+	/// The incoming budget, for waiting until a handle has taken enough to make room.
+	budget: PollSemaphore,
+	budget_total: usize,
 	auto_replies: usize,
 }
 
@@ -133,6 +174,7 @@ impl<T: Transport> Peer<T> {
 		let (reader, writer) = transport.split();
 		let (command_tx, commands) = mpsc::unbounded_channel();
 		let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
+		let budget_total = config.max_buffered_incoming.clamp(1, Semaphore::MAX_PERMITS);
 		let shared = Arc::new(Shared {
 			tracker: Mutex::new(Tracker {
 				sent: SentTable::new(config.max_open_requests),
@@ -142,6 +184,7 @@ impl<T: Transport> Peer<T> {
 			close_reason: OnceLock::new(),
 			stopped: CancellationToken::new(),
 			close_requested: CancellationToken::new(),
+			incoming_budget: Arc::new(Semaphore::new(budget_total)),
 			write_permits: Semaphore::new(config.write_queue.max(1)),
 			unmetered: AtomicUsize::new(0),
 			info,
@@ -152,6 +195,7 @@ impl<T: Transport> Peer<T> {
 			max_open_requests: config.max_open_requests,
 		});
 		let close_requested = shared.close_requested.clone().cancelled_owned();
+		let budget = shared.incoming_budget.clone();
 		let link = Link::new(command_tx, shared.clone());
 		let weak = WeakLink { commands: link.downgrade(), shared: shared.clone() };
 		let peer = Self {
@@ -167,6 +211,8 @@ impl<T: Transport> Peer<T> {
 			close_timeout: config.close_timeout,
 			close_deadline: None,
 			close_requested: Box::pin(close_requested),
+			budget: PollSemaphore::new(budget),
+			budget_total,
 			auto_replies: 0,
 		};
 		(peer, PeerHandle::new(incoming_rx, link))
@@ -268,10 +314,18 @@ impl<T: Transport> Peer<T> {
 				return self.writer.poll_shutdown(cx);
 			}
 
+			if let Some(Pending::Budget(cost, _)) = &self.pending {
+				if let Poll::Ready(permit) = self.budget.poll_acquire_many(cx, *cost) {
+					progress = true;
+					if let (Some(permit), Some(Pending::Budget(_, target))) = (permit, self.pending.take()) {
+						self.hand_over(target, permit);
+					}
+				}
+			}
 			let reserved = match &mut self.pending {
 				Some(Pending::Incoming(sender, _)) => sender.poll_reserve(cx).map(|result| result.is_ok()),
 				Some(Pending::Request(sender, _)) => sender.poll_reserve(cx).map(|result| result.is_ok()),
-				None => Poll::Pending,
+				Some(Pending::Budget(..)) | None => Poll::Pending,
 			};
 			if let Poll::Ready(reserved) = reserved {
 				progress = true;
@@ -392,8 +446,9 @@ impl<T: Transport> Peer<T> {
 	fn open_received(&mut self, message: Message<T::Body>) {
 		let id = message.header.request_id;
 		if self.incoming.is_closed() {
-			// No read handle: answer here, where the reply counts towards the reading limit.
-			self.auto_reply(id, "this peer does not accept requests");
+			// No read handle: answer as a dropped handle would, but here, where the reply counts
+			// towards the reading limit.
+			self.auto_reply(id, crate::handle::DROPPED_REQUEST_TEXT);
 			return;
 		}
 		let Some(link) = self.link.upgrade() else {
@@ -421,25 +476,44 @@ impl<T: Transport> Peer<T> {
 	}
 
 	fn deliver_incoming(&mut self, item: ReceivedMessage<T::Body>) {
-		match self.incoming.try_send(item) {
-			Ok(()) => {},
-			Err(mpsc::error::TrySendError::Full(item)) => {
-				self.pending = Some(Pending::Incoming(PollSender::new(self.incoming.clone()), item));
-			},
-			// The read handle is gone. A request handle dropped here answers itself with an
-			// error response; a stream message has no one to go to.
-			Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!("no read handle: dropped an incoming message"),
+		self.deliver_to(Target::Incoming(item));
+	}
+
+	fn deliver(&mut self, sender: RequestSender<T::Body>, message: Message<T::Body>) {
+		self.deliver_to(Target::Request(sender, message));
+	}
+
+	/// Charge a message to the incoming budget and hand it over, or hold it until both the
+	/// budget and its queue have room.
+	fn deliver_to(&mut self, target: Target<T::Body>) {
+		let cost = target.cost(self.budget_total);
+		match self.shared.incoming_budget.clone().try_acquire_many_owned(cost) {
+			Ok(permit) => self.hand_over(target, permit),
+			Err(_) => self.pending = Some(Pending::Budget(cost, target)),
 		}
 	}
 
-	fn deliver(&mut self, sender: mpsc::Sender<Message<T::Body>>, message: Message<T::Body>) {
-		match sender.try_send(message) {
-			Ok(()) => {},
-			Err(mpsc::error::TrySendError::Full(message)) => {
-				self.pending = Some(Pending::Request(PollSender::new(sender), message));
+	fn hand_over(&mut self, target: Target<T::Body>, budget: OwnedSemaphorePermit) {
+		match target {
+			Target::Incoming(item) => match self.incoming.try_send(Charged { item, _budget: budget }) {
+				Ok(()) => {},
+				Err(mpsc::error::TrySendError::Full(item)) => {
+					self.pending = Some(Pending::Incoming(PollSender::new(self.incoming.clone()), item));
+				},
+				// The read handle is gone. A request handle dropped here answers itself with an
+				// error response; a stream message has no one to go to.
+				Err(mpsc::error::TrySendError::Closed(_)) => {
+					tracing::debug!("no read handle: dropped an incoming message")
+				},
 			},
-			Err(mpsc::error::TrySendError::Closed(message)) => {
-				tracing::debug!(header = ?message.header, "request handle dropped: dropped its message");
+			Target::Request(sender, message) => match sender.try_send(Charged { item: message, _budget: budget }) {
+				Ok(()) => {},
+				Err(mpsc::error::TrySendError::Full(message)) => {
+					self.pending = Some(Pending::Request(PollSender::new(sender), message));
+				},
+				Err(mpsc::error::TrySendError::Closed(message)) => {
+					tracing::debug!(header = ?message.item.header, "request handle dropped: dropped its message");
+				},
 			},
 		}
 	}

@@ -143,3 +143,46 @@ async fn a_request_flood_to_a_peer_without_a_read_handle_is_pushed_back() {
 	assert_eq!(answer.header.message_type, MessageType::Response);
 	assert!(answer.is_error_response());
 }
+
+#[tokio::test]
+async fn updates_spread_over_many_requests_are_bounded_by_the_incoming_budget() {
+	// Every request's own queue has room, but all of them together may hold no more than
+	// `max_buffered_incoming`: past it the peer stops reading and the remote is pushed back.
+	let config = Config { max_buffered_incoming: 256 * 1024, request_queue: 32, ..Config::default() };
+	let (peer, mut remote) = RawRemote::connect(config).await;
+	let mut requests = Vec::new();
+	for _ in 0..100 {
+		requests.push(peer.send_request(1, "").await.unwrap());
+	}
+	let mut ids = Vec::new();
+	for _ in 0..100 {
+		ids.push(remote.recv().await.unwrap().header.request_id);
+	}
+
+	let codec = peerwire::codec::StreamCodec::new(Default::default(), 1 << 20, 1 << 20);
+	let body = vec![7u8; 8 * 1024];
+	let mut sent = 0usize;
+	let pushed_back = 'flood: {
+		for round in 0..32 {
+			for &id in &ids {
+				let mut frame = bytes::BytesMut::new();
+				codec.encode(&Message::responder_update(id, round, body.clone()), &mut frame).unwrap();
+				let write = tokio::io::AsyncWriteExt::write_all(&mut remote.stream, &frame);
+				if tokio::time::timeout(std::time::Duration::from_millis(500), write).await.is_err() {
+					break 'flood true;
+				}
+				sent += 1;
+			}
+		}
+		false
+	};
+	// 3,200 updates of 8 KiB (26 MB) would have fit in the request queues.
+	assert!(pushed_back, "all {sent} updates were buffered");
+	assert!(sent < 3200);
+
+	// Reading in arrival order makes room, and every update sent arrives.
+	for n in 0..sent {
+		let update = within(requests[n % 100].recv_update()).await.unwrap().unwrap();
+		assert_eq!(update.header.service_id, (n / 100) as i32);
+	}
+}

@@ -7,7 +7,7 @@ use tokio::sync::{SemaphorePermit, mpsc};
 
 use crate::error::Error;
 use crate::message::{Body, Message};
-use crate::peer::{Command, Shared};
+use crate::peer::{Command, IncomingReceiver, Shared};
 use crate::transport::ConnectionInfo;
 
 mod request;
@@ -156,7 +156,7 @@ pub struct PeerHandle<B: Body = bytes::Bytes> {
 }
 
 impl<B: Body> PeerHandle<B> {
-	pub(crate) fn new(incoming: mpsc::Receiver<ReceivedMessage<B>>, link: Link<B>) -> Self {
+	pub(crate) fn new(incoming: IncomingReceiver<B>, link: Link<B>) -> Self {
 		Self { read: PeerReadHandle { incoming, link: link.clone() }, write: PeerWriteHandle { link } }
 	}
 
@@ -211,7 +211,7 @@ impl<B: Body> PeerHandle<B> {
 /// messages are discarded.
 #[derive(Debug)]
 pub struct PeerReadHandle<B: Body = bytes::Bytes> {
-	incoming: mpsc::Receiver<ReceivedMessage<B>>,
+	incoming: IncomingReceiver<B>,
 	link: Link<B>,
 }
 
@@ -221,7 +221,7 @@ impl<B: Body> PeerReadHandle<B> {
 	/// Cancel-safe. Fails with [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed)
 	/// once the connection has ended and everything received before has been taken.
 	pub async fn recv_message(&mut self) -> Result<ReceivedMessage<B>, Error> {
-		self.incoming.recv().await.ok_or_else(|| self.link.closed_error())
+		self.incoming.recv().await.map(|charged| charged.item).ok_or_else(|| self.link.closed_error())
 	}
 
 	/// Flush what is queued, then close the connection.

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use super::{Link, Reservation};
 use crate::error::Error;
 use crate::message::{Body, Message, MessageHeader, MessageType};
+use crate::peer::RequestReceiver;
 use crate::tracker::Serial;
 use crate::transport::ConnectionInfo;
 
@@ -61,7 +62,7 @@ impl<B: Body> SentState<B> {
 #[derive(Debug)]
 pub struct SentRequestHandle<B: Body = bytes::Bytes> {
 	state: Arc<SentState<B>>,
-	incoming: mpsc::Receiver<Message<B>>,
+	incoming: RequestReceiver<B>,
 	response: Option<Message<B>>,
 	/// The response was returned by `recv_response`.
 	done: bool,
@@ -132,7 +133,7 @@ impl<B: Body> SentRequestHandle<B> {
 	}
 
 	async fn next(&mut self) -> Result<Message<B>, Error> {
-		self.incoming.recv().await.ok_or_else(|| self.state.link.closed_error())
+		self.incoming.recv().await.map(|charged| charged.item).ok_or_else(|| self.state.link.closed_error())
 	}
 
 	/// Receive the next responder update.
@@ -275,7 +276,7 @@ impl<B: Body> Drop for ReceivedState<B> {
 #[derive(Debug)]
 pub struct ReceivedRequestHandle<B: Body = bytes::Bytes> {
 	state: Arc<ReceivedState<B>>,
-	incoming: mpsc::Receiver<Message<B>>,
+	incoming: RequestReceiver<B>,
 }
 
 impl<B: Body> ReceivedRequestHandle<B> {
@@ -283,7 +284,7 @@ impl<B: Body> ReceivedRequestHandle<B> {
 		link: Link<B>,
 		header: MessageHeader,
 		serial: Serial,
-		incoming: mpsc::Receiver<Message<B>>,
+		incoming: RequestReceiver<B>,
 	) -> Self {
 		let state = ReceivedState {
 			link,
@@ -336,7 +337,7 @@ impl<B: Body> ReceivedRequestHandle<B> {
 			return Ok(None);
 		}
 		match self.incoming.recv().await {
-			Some(message) => Ok(Some(message)),
+			Some(charged) => Ok(Some(charged.item)),
 			// The tracker let go of the sender: either we responded, or the connection ended.
 			None if *self.state.responded() => Ok(None),
 			None => Err(self.state.link.closed_error()),
