@@ -272,11 +272,13 @@ impl<T: Transport> Peer<T> {
 				progress = true;
 			}
 
+			// Permits go back once per batch: each return takes the semaphore's lock.
+			let mut permits = 0;
 			while self.writer.wants_more() && !self.commands_done {
 				match self.commands.poll_recv(cx) {
 					Poll::Ready(Some(Command { message, metered })) => {
 						if metered {
-							self.shared.write_permits.add_permits(1);
+							permits += 1;
 						} else {
 							self.shared.unmetered.fetch_sub(1, Ordering::Relaxed);
 						}
@@ -291,6 +293,9 @@ impl<T: Transport> Peer<T> {
 					},
 					Poll::Pending => break,
 				}
+			}
+			if permits > 0 {
+				self.shared.write_permits.add_permits(permits);
 			}
 
 			if self.writer.has_queued() {

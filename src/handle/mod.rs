@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{SemaphorePermit, mpsc};
+use tokio::sync::{SemaphorePermit, TryAcquireError, mpsc};
 
 use crate::error::Error;
 use crate::message::{Body, Message};
@@ -62,7 +62,14 @@ impl<B: Body> Link<B> {
 
 	/// Wait for room in the write queue.
 	pub(crate) async fn reserve(&self) -> Result<Reservation<'_, B>, Error> {
-		let permit = self.shared.write_permits.acquire().await.map_err(|_| self.closed_error())?;
+		// The common case, a queue with room, without the machinery of a future that may wait.
+		let permit = match self.shared.write_permits.try_acquire() {
+			Ok(permit) => permit,
+			Err(TryAcquireError::Closed) => return Err(self.closed_error()),
+			Err(TryAcquireError::NoPermits) => {
+				self.shared.write_permits.acquire().await.map_err(|_| self.closed_error())?
+			},
+		};
 		Ok(Reservation { link: self, permit })
 	}
 

@@ -1,0 +1,172 @@
+//! What every contender provides, and the list of contenders the suite runs.
+//!
+//! A contender is a way to speak the protocol: a library, or hand-written socket code. It hands
+//! the scenarios a connected [`Client`] whose server side (an echo for requests, a counter for
+//! stream messages) runs in the background. The scenarios only ever talk through [`Client`], so
+//! every contender runs exactly the same traffic.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::flood::{FloodPlan, FloodReport};
+use crate::scenario::{Plan, Scenario};
+use crate::transport::Transport;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Result<T> = std::result::Result<T, BoxError>;
+
+/// The largest body any scenario sends (the 64 MiB integrity check), with room to spare.
+pub const MAX_BODY: usize = 96 << 20;
+
+/// The client end of a connection.
+pub trait Client: Send + 'static {
+	/// Send a request without waiting for its response.
+	fn start(&mut self, body: Bytes) -> impl Future<Output = Result<()>> + Send;
+
+	/// Wait for the response to the oldest request still open and return its body.
+	fn finish(&mut self) -> impl Future<Output = Result<Bytes>> + Send;
+
+	/// Send a one-way stream message.
+	fn send_stream(&mut self, body: Bytes) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A client of one of two types, for a contender whose client depends on the transport (byte
+/// bodies on streams, bodies that can carry descriptors on seqpacket).
+#[cfg_attr(not(feature = "unix-seqpacket"), allow(dead_code, reason = "only seqpacket clients are `Right`"))]
+pub enum Either<A, B> {
+	Left(A),
+	Right(B),
+}
+
+impl<A: Client, B: Client> Client for Either<A, B> {
+	async fn start(&mut self, body: Bytes) -> Result<()> {
+		match self {
+			Either::Left(client) => client.start(body).await,
+			Either::Right(client) => client.start(body).await,
+		}
+	}
+
+	async fn finish(&mut self) -> Result<Bytes> {
+		match self {
+			Either::Left(client) => client.finish().await,
+			Either::Right(client) => client.finish().await,
+		}
+	}
+
+	async fn send_stream(&mut self, body: Bytes) -> Result<()> {
+		match self {
+			Either::Left(client) => client.send_stream(body).await,
+			Either::Right(client) => client.send_stream(body).await,
+		}
+	}
+}
+
+/// A way to speak the protocol.
+pub trait Contender: 'static {
+	const NAME: &'static str;
+	type Client: Client;
+
+	/// Connect a client over `transport`, with `server` answering on the other end.
+	fn connect(transport: Transport, server: Server) -> impl Future<Output = Result<Self::Client>> + Send;
+}
+
+/// What the server end of every contender does: echo each request's body as the response, and
+/// count stream messages; a slow server sleeps 1 ms after every 10 stream messages (so it takes
+/// at most 10,000 a second, far fewer than any writer sends).
+#[derive(Clone, Default)]
+pub struct Server {
+	pub received: Arc<AtomicU64>,
+	pub slow: bool,
+}
+
+impl Server {
+	pub fn slow() -> Self {
+		Self { slow: true, ..Self::default() }
+	}
+
+	/// Call for each stream message received.
+	pub async fn on_stream(&self) {
+		let count = self.received.fetch_add(1, Ordering::Relaxed) + 1;
+		if self.slow && count % 10 == 0 {
+			tokio::time::sleep(Duration::from_millis(1)).await;
+		}
+	}
+}
+
+/// A contender as the suite's main loop sees it: every scenario behind one object, each run on a
+/// fresh runtime so that nothing (a stuck task, a leaked connection) carries over between runs.
+pub trait Entry: Sync {
+	fn name(&self) -> &'static str;
+	fn run(&self, scenario: Scenario, transport: Transport, plan: &Plan) -> std::result::Result<Vec<f64>, String>;
+	fn integrity(&self, transport: Transport, len: usize) -> std::result::Result<Duration, String>;
+	fn flood(&self, transport: Transport, plan: &FloodPlan) -> std::result::Result<FloodReport, String>;
+}
+
+struct Of<C>(PhantomData<fn() -> C>);
+
+impl<C: Contender> Entry for Of<C> {
+	fn name(&self) -> &'static str {
+		C::NAME
+	}
+
+	fn run(&self, scenario: Scenario, transport: Transport, plan: &Plan) -> std::result::Result<Vec<f64>, String> {
+		let plan = plan.clone();
+		let limit = plan.warmup + plan.measure + Duration::from_secs(20);
+		on_fresh_runtime(limit, async move { scenario.run::<C>(transport, &plan).await })
+	}
+
+	fn integrity(&self, transport: Transport, len: usize) -> std::result::Result<Duration, String> {
+		on_fresh_runtime(Duration::from_secs(60), crate::scenario::integrity::<C>(transport, len))
+	}
+
+	fn flood(&self, transport: Transport, plan: &FloodPlan) -> std::result::Result<FloodReport, String> {
+		let plan = plan.clone();
+		on_fresh_runtime(plan.duration + Duration::from_secs(20), async move {
+			crate::flood::flood::<C>(transport, &plan).await
+		})
+	}
+}
+
+/// Every contender, in the order of the report's columns.
+pub fn all() -> [&'static dyn Entry; 4] {
+	use crate::library::{Fizyr, Peerwire};
+	use crate::raw::{RawBlocking, RawTokio};
+	[
+		&Of::<Peerwire>(PhantomData),
+		&Of::<Fizyr>(PhantomData),
+		&Of::<RawTokio>(PhantomData),
+		&Of::<RawBlocking>(PhantomData),
+	]
+}
+
+pub fn by_name(name: &str) -> Option<&'static dyn Entry> {
+	all().into_iter().find(|entry| entry.name() == name)
+}
+
+/// The runtime setup for every contender: tokio multi-thread with 2 workers (one per core of the
+/// reference machine); the future runs as a task on a worker, as application code would.
+fn on_fresh_runtime<T: Send + 'static>(
+	limit: Duration,
+	future: impl Future<Output = Result<T>> + Send + 'static,
+) -> std::result::Result<T, String> {
+	let runtime = tokio::runtime::Builder::new_multi_thread()
+		.worker_threads(2)
+		.enable_all()
+		.build()
+		.map_err(|error| error.to_string())?;
+	let result = runtime.block_on(async {
+		match tokio::time::timeout(limit, tokio::spawn(future)).await {
+			Err(_) => Err(format!("timed out after {limit:?}")),
+			Ok(Err(join)) => Err(format!("task failed: {join}")),
+			Ok(Ok(result)) => result.map_err(|error| error.to_string()),
+		}
+	});
+	// Drops whatever is left (a contender's tasks after a failure) and closes its sockets.
+	runtime.shutdown_timeout(Duration::from_secs(1));
+	result
+}
