@@ -280,12 +280,7 @@ pub struct ReceivedRequestHandle<B: Body = bytes::Bytes> {
 }
 
 impl<B: Body> ReceivedRequestHandle<B> {
-	pub(crate) fn new(
-		link: Link<B>,
-		header: MessageHeader,
-		serial: Serial,
-		incoming: RequestReceiver<B>,
-	) -> Self {
+	pub(crate) fn new(link: Link<B>, header: MessageHeader, serial: Serial, incoming: RequestReceiver<B>) -> Self {
 		let state = ReceivedState {
 			link,
 			request_id: header.request_id,
