@@ -2,9 +2,9 @@
 //! reads what the remote sends and routes each message to the handle it belongs to.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
