@@ -38,13 +38,14 @@ async fn shutdown_ends_even_if_the_remote_stops_reading_and_a_handler_never_retu
 	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let shutdown = CancellationToken::new();
-	let server = tokio::spawn(serve(listener, shutdown.clone(), Duration::from_millis(300), |message, peer| async move {
-		if let ReceivedMessage::Request(_request, _) = message {
-			// Floods the remote, which does not read, and so never returns.
-			fill_until_pushed_back(&peer).await;
-			std::future::pending::<()>().await;
-		}
-	}));
+	let server =
+		tokio::spawn(serve(listener, shutdown.clone(), Duration::from_millis(300), |message, peer| async move {
+			if let ReceivedMessage::Request(_request, _) = message {
+				// Floods the remote, which does not read, and so never returns.
+				fill_until_pushed_back(&peer).await;
+				std::future::pending::<()>().await;
+			}
+		}));
 
 	// A remote that sends requests and never reads anything.
 	let mut remote = tokio::net::TcpStream::connect(address).await.unwrap();
