@@ -215,6 +215,11 @@ struct ReceivedState<B: Body> {
 	/// Whether the response is queued. Held while an update or the response is queued, so that
 	/// no update can be queued after the response by another task.
 	responded: Mutex<bool>,
+	/// The requester's updates. Here rather than in the read half so that answering the request,
+	/// from whichever half, closes the queue: updates still queued or arriving for an answered
+	/// request are dropped at once, instead of holding the connection's reading (a full queue)
+	/// or its incoming budget for as long as a handle is kept.
+	updates: Mutex<RequestReceiver<B>>,
 }
 
 impl<B: Body> ReceivedState<B> {
@@ -231,7 +236,15 @@ impl<B: Body> ReceivedState<B> {
 		// Freed before the response is queued: the remote may reuse the id as soon as it has
 		// the response, and must not find it still open.
 		self.link.shared.tracker().received.remove_if(self.request_id, self.serial);
+		let mut updates = self.updates();
+		updates.close();
+		while updates.try_recv().is_ok() {}
 		true
+	}
+
+	fn updates(&self) -> MutexGuard<'_, RequestReceiver<B>> {
+		// Never held across an await or a call that could panic while the queue is changed.
+		self.updates.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 	}
 
 	async fn send_update(&self, service_id: i32, body: B) -> Result<(), Error> {
@@ -276,7 +289,6 @@ impl<B: Body> Drop for ReceivedState<B> {
 #[derive(Debug)]
 pub struct ReceivedRequestHandle<B: Body = bytes::Bytes> {
 	state: Arc<ReceivedState<B>>,
-	incoming: RequestReceiver<B>,
 }
 
 impl<B: Body> ReceivedRequestHandle<B> {
@@ -287,8 +299,9 @@ impl<B: Body> ReceivedRequestHandle<B> {
 			service_id: header.service_id,
 			serial,
 			responded: Mutex::new(false),
+			updates: Mutex::new(incoming),
 		};
-		Self { state: Arc::new(state), incoming }
+		Self { state: Arc::new(state) }
 	}
 
 	/// The id the remote gave this request.
@@ -328,12 +341,10 @@ impl<B: Body> ReceivedRequestHandle<B> {
 	///
 	/// `Ok(None)` once this side has sent the response. Cancel-safe.
 	pub async fn recv_update(&mut self) -> Result<Option<Message<B>>, Error> {
-		if *self.state.responded() {
-			return Ok(None);
-		}
-		match self.incoming.recv().await {
+		// The lock is taken for each poll only, never across a wait.
+		match std::future::poll_fn(|cx| self.state.updates().poll_recv(cx)).await {
 			Some(charged) => Ok(Some(charged.item)),
-			// The tracker let go of the sender: either we responded, or the connection ended.
+			// The queue is closed: either we responded, or the connection ended.
 			None if *self.state.responded() => Ok(None),
 			None => Err(self.state.link.closed_error()),
 		}
