@@ -367,6 +367,16 @@ impl<B: Body> ReceivedRequestHandle<B> {
 	}
 }
 
+impl<B: Body> Drop for ReceivedRequestHandle<B> {
+	fn drop(&mut self) {
+		// Nobody can read the requester's updates any more: refuse and drop them, so that a
+		// write handle kept to answer later does not leave a full queue holding the connection.
+		let mut updates = self.state.updates();
+		updates.close();
+		while updates.try_recv().is_ok() {}
+	}
+}
+
 /// Sends updates and the response for a [`ReceivedRequestHandle`]; cloneable, and keeps the
 /// request open. See the guarantee on [`ReceivedRequestHandle`].
 #[derive(Debug)]
