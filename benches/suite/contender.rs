@@ -14,7 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::flood::{FloodPlan, FloodReport};
-use crate::scenario::{Plan, Scenario};
+use crate::report::Outcome;
+use crate::scenario::{Plan, Scenario, Stalled};
 use crate::transport::Transport;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -102,7 +103,7 @@ impl Server {
 /// fresh runtime so that nothing (a stuck task, a leaked connection) carries over between runs.
 pub trait Entry: Sync {
 	fn name(&self) -> &'static str;
-	fn run(&self, scenario: Scenario, transport: Transport, plan: &Plan) -> std::result::Result<Vec<f64>, String>;
+	fn run(&self, scenario: Scenario, transport: Transport, plan: &Plan) -> Outcome;
 	fn integrity(&self, transport: Transport, len: usize) -> std::result::Result<Duration, String>;
 	fn flood(&self, transport: Transport, plan: &FloodPlan) -> std::result::Result<FloodReport, String>;
 }
@@ -114,14 +115,19 @@ impl<C: Contender> Entry for Of<C> {
 		C::NAME
 	}
 
-	fn run(&self, scenario: Scenario, transport: Transport, plan: &Plan) -> std::result::Result<Vec<f64>, String> {
+	fn run(&self, scenario: Scenario, transport: Transport, plan: &Plan) -> Outcome {
 		let plan = plan.clone();
 		let limit = plan.warmup + plan.measure + Duration::from_secs(20);
-		on_fresh_runtime(limit, async move { scenario.run::<C>(transport, &plan).await })
+		match on_fresh_runtime(limit, async move { scenario.run::<C>(transport, &plan).await }) {
+			Ok(values) => Outcome::Measured(values),
+			Err(error) if error.is::<Stalled>() => Outcome::Stalled,
+			Err(error) => Outcome::Failed(error.to_string()),
+		}
 	}
 
 	fn integrity(&self, transport: Transport, len: usize) -> std::result::Result<Duration, String> {
 		on_fresh_runtime(Duration::from_secs(60), crate::scenario::integrity::<C>(transport, len))
+			.map_err(|error| error.to_string())
 	}
 
 	fn flood(&self, transport: Transport, plan: &FloodPlan) -> std::result::Result<FloodReport, String> {
@@ -129,6 +135,7 @@ impl<C: Contender> Entry for Of<C> {
 		on_fresh_runtime(plan.duration + Duration::from_secs(20), async move {
 			crate::flood::flood::<C>(transport, &plan).await
 		})
+		.map_err(|error| error.to_string())
 	}
 }
 
@@ -153,17 +160,13 @@ pub fn by_name(name: &str) -> Option<&'static dyn Entry> {
 fn on_fresh_runtime<T: Send + 'static>(
 	limit: Duration,
 	future: impl Future<Output = Result<T>> + Send + 'static,
-) -> std::result::Result<T, String> {
-	let runtime = tokio::runtime::Builder::new_multi_thread()
-		.worker_threads(2)
-		.enable_all()
-		.build()
-		.map_err(|error| error.to_string())?;
+) -> Result<T> {
+	let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 	let result = runtime.block_on(async {
 		match tokio::time::timeout(limit, tokio::spawn(future)).await {
-			Err(_) => Err(format!("timed out after {limit:?}")),
-			Ok(Err(join)) => Err(format!("task failed: {join}")),
-			Ok(Ok(result)) => result.map_err(|error| error.to_string()),
+			Err(_) => Err(format!("timed out after {limit:?}").into()),
+			Ok(Err(join)) => Err(format!("task failed: {join}").into()),
+			Ok(Ok(result)) => result,
 		}
 	});
 	// Drops whatever is left (a contender's tasks after a failure) and closes its sockets.

@@ -20,8 +20,20 @@ pub struct Run {
 	pub scenario: Scenario,
 	pub transport: Transport,
 	pub contender: &'static str,
+	pub outcome: Outcome,
+}
+
+/// What one run of one scenario gave.
+#[derive(Debug)]
+pub enum Outcome {
 	/// One value per metric of the scenario.
-	pub outcome: Result<Vec<f64>, String>,
+	Measured(Vec<f64>),
+	/// The receiver counted nothing in the measured window. Shown as "stalled"; it breaks the
+	/// suite only for peerwire in a full run (in a quick run's short window on a loaded machine
+	/// it says nothing).
+	Stalled,
+	/// The run did not work: an error, a wrong response, a timeout.
+	Failed(String),
 }
 
 #[derive(Default)]
@@ -71,7 +83,14 @@ impl Results {
 		self.runs
 			.iter()
 			.filter(|run| run.scenario == scenario && run.transport == transport && run.contender == contender)
-			.map(|run| (run.rep, run.outcome.as_ref().map(|values| values[metric]).map_err(String::as_str)))
+			.map(|run| {
+				let value = match &run.outcome {
+					Outcome::Measured(values) => Ok(values[metric]),
+					Outcome::Stalled => Err("stalled"),
+					Outcome::Failed(error) => Err(error.as_str()),
+				};
+				(run.rep, value)
+			})
 			.collect()
 	}
 
@@ -81,6 +100,7 @@ impl Results {
 		let failed: Vec<&str> = values.iter().filter_map(|(_, value)| value.err()).collect();
 		if good.is_empty() {
 			return match failed.first() {
+				Some(&"stalled") => "stalled".into(),
 				Some(error) => format!("**fails** ({error})"),
 				None => "—".into(),
 			};
@@ -205,11 +225,18 @@ impl Results {
 		out
 	}
 
-	/// Whether something that must work did not: a peerwire or baseline run, or the integrity
-	/// check. (fizyr-rpc failing is a finding, not a broken suite.)
-	pub fn broken(&self) -> bool {
-		self.runs.iter().any(|run| run.outcome.is_err() && run.contender != "fizyr-rpc")
-			|| self.integrity.iter().any(|(_, _, result)| result.is_err())
-			|| self.floods.iter().any(|(_, contender, report)| report.is_err() && *contender == PEERWIRE)
+	/// Whether something that must work did not: a peerwire or baseline run that failed, the
+	/// integrity check, or a peerwire flood that failed or was not bounded. fizyr-rpc failing is
+	/// a finding, not a broken suite; so is a stalled baseline, and a stalled peerwire run in a
+	/// quick run, whose windows are too short to mean anything on a loaded machine.
+	pub fn broken(&self, quick: bool) -> bool {
+		self.runs.iter().any(|run| match run.outcome {
+			Outcome::Measured(_) => false,
+			Outcome::Stalled => run.contender == PEERWIRE && !quick,
+			Outcome::Failed(_) => run.contender != "fizyr-rpc",
+		}) || self.integrity.iter().any(|(_, _, result)| result.is_err())
+			|| self.floods.iter().any(|(_, contender, report)| {
+				*contender == PEERWIRE && !report.as_ref().is_ok_and(FloodReport::bounded)
+			})
 	}
 }
