@@ -92,6 +92,29 @@ pub struct Config {
 	///
 	/// Default: 10 s.
 	pub close_timeout: std::time::Duration,
+
+	/// The most bytes of messages this side has queued for writing and the transport has not
+	/// yet written to the socket, all handles together, beside the [`write_queue`](Self::write_queue)
+	/// count. A send that would pass it waits until the socket takes enough, so a remote that
+	/// never reads holds at most this much of this side's memory however large the messages.
+	/// A single message larger than this is let through alone.
+	///
+	/// Default: 64 MiB.
+	pub max_buffered_outgoing: usize,
+
+	/// How long a frame may take to arrive once its first byte has (stream transports). A remote
+	/// that starts a frame and never finishes it is disconnected with
+	/// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) after this, instead of holding the
+	/// connection and its buffer forever. `None`: no limit.
+	///
+	/// Default: `None`.
+	pub frame_timeout: Option<std::time::Duration>,
+
+	/// How long a connection may stay idle (no request open in either direction, nothing read
+	/// and nothing written) before this side closes it. `None`: no limit.
+	///
+	/// Default: `None`.
+	pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -108,6 +131,9 @@ impl Default for Config {
 			max_buffered_incoming: 64 << 20,
 			max_open_requests: 1 << 16,
 			close_timeout: std::time::Duration::from_secs(10),
+			max_buffered_outgoing: 64 << 20,
+			frame_timeout: None,
+			idle_timeout: None,
 		}
 	}
 }

@@ -222,6 +222,12 @@ impl<T: Transport> Peer<T> {
 	///
 	/// An error that ends the connection is logged (`tracing`) and reported to every handle.
 	pub fn spawn(transport: T, config: &Config) -> PeerHandle<T::Body> {
+		Self::spawn_with(transport, config, ())
+	}
+
+	/// [`spawn`](Self::spawn), with `guard` dropped when the peer task ends (a listener's
+	/// connection count, for example).
+	pub(crate) fn spawn_with<G: Send + 'static>(transport: T, config: &Config, guard: G) -> PeerHandle<T::Body> {
 		let span = tracing::debug_span!("peer", remote = ?transport.info().remote_address);
 		let (peer, handle) = Self::new(transport, config);
 		tokio::spawn(
@@ -229,6 +235,7 @@ impl<T: Transport> Peer<T> {
 				if let Err(error) = peer.run().await {
 					tracing::warn!("connection closed: {error}");
 				}
+				drop(guard);
 			}
 			.instrument(span),
 		);
