@@ -5,8 +5,8 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Sleep;
@@ -24,7 +24,7 @@ use crate::transport::{ConnectionInfo, Transport, TransportRead, TransportWrite}
 /// to this many before it stops reading until they are flushed: a remote that floods bad
 /// requests and never reads cannot grow our write buffer without limit.
 const MAX_AUTO_REPLIES: usize = 1024;
-/// What a message is charged against the incoming budget beyond its body.
+/// What a message is charged against the incoming and outgoing budgets beyond its body.
 const MESSAGE_OVERHEAD: usize = 64;
 /// Messages read in one go before the peer looks at its other work again.
 const READ_BATCH: usize = 64;
@@ -32,10 +32,11 @@ const READ_BATCH: usize = 64;
 const ROUNDS_BEFORE_YIELD: usize = 32;
 
 /// A message the handles ask the peer task to write. `metered` says whether it holds a
-/// write-queue permit to give back.
+/// write-queue permit to give back, `cost` how many permits of the outgoing byte budget.
 pub(crate) struct Command<B> {
 	pub(crate) message: Message<B>,
 	pub(crate) metered: bool,
+	pub(crate) cost: u32,
 }
 
 /// The open requests of both directions, behind the lock that handles and the peer share.
@@ -55,10 +56,15 @@ pub(crate) struct Shared<B> {
 	pub(crate) stopped: CancellationToken,
 	/// Cancelled by a handle's `close`.
 	pub(crate) close_requested: CancellationToken,
+	/// Set when the remote has closed its sending side (end of stream).
+	pub(crate) remote_finished: std::sync::atomic::AtomicBool,
 	/// Bytes of received messages that may wait in the handles' queues, all queues together.
 	incoming_budget: Arc<Semaphore>,
 	/// One permit per message the handles may queue (the write queue's bound).
 	pub(crate) write_permits: Semaphore,
+	/// One permit per byte the handles may queue for writing (`Config::max_buffered_outgoing`).
+	pub(crate) write_bytes: Semaphore,
+	write_bytes_total: usize,
 	/// Unmetered messages (error responses of dropped requests) queued but not yet taken by the
 	/// peer. The peer stops reading while there are too many, so a remote cannot grow the queue.
 	pub(crate) unmetered: AtomicUsize,
@@ -80,6 +86,20 @@ impl<B> Shared<B> {
 		self.max_open_requests
 	}
 
+	/// What a message with a body of `body_len` bytes costs of the outgoing byte budget: the body
+	/// plus a little, so that empty bodies are not free; a message larger than the whole budget
+	/// takes all of it and goes alone.
+	pub(crate) fn outgoing_cost(&self, body_len: usize) -> u32 {
+		body_len.saturating_add(MESSAGE_OVERHEAD).min(self.write_bytes_total).min(u32::MAX as usize) as u32
+	}
+
+	/// Refuse new sends at once and ask the peer to flush what is queued and close.
+	pub(crate) fn request_close(&self) {
+		self.write_permits.close();
+		self.write_bytes.close();
+		self.close_requested.cancel();
+	}
+
 	/// The error for an operation on a connection that has ended.
 	pub(crate) fn closed_error(&self) -> Error {
 		self.close_reason.get().cloned().unwrap_or_else(Error::closed_locally)
@@ -87,10 +107,23 @@ impl<B> Shared<B> {
 }
 
 /// A received item waiting in a handle's queue, holding its share of the incoming budget until
-/// a handle takes it (or the queue is dropped).
+/// a handle takes it (or the queue is dropped). A received request keeps its share longer,
+/// until it is answered ([`Charged::take`]).
 pub(crate) struct Charged<T> {
 	pub(crate) item: T,
-	_budget: OwnedSemaphorePermit,
+	budget: OwnedSemaphorePermit,
+}
+
+impl<B: Body> Charged<ReceivedMessage<B>> {
+	/// The item, for the read handle. A stream message's charge ends here; a request's moves to
+	/// its handle and ends when the request is answered or dropped.
+	pub(crate) fn take(self) -> ReceivedMessage<B> {
+		let Charged { item, budget } = self;
+		if let ReceivedMessage::Request(request, _) = &item {
+			request.hold_charge(budget);
+		}
+		item
+	}
 }
 
 /// The queue of one request's updates (and, for sent requests, its response).
@@ -140,10 +173,18 @@ pub struct Peer<T: Transport> {
 	reader: T::Reader,
 	writer: T::Writer,
 	commands: mpsc::UnboundedReceiver<Command<T::Body>>,
+	/// Received requests opened and not yet answered: their responses (or the automatic error
+	/// response of a dropped handle) are still to come through `commands`.
+	unanswered: usize,
+	/// The remote has closed its sending side: read nothing more, answer what it asked, then
+	/// close (bounded by the close deadline).
+	remote_done: bool,
 	/// For the handles of requests the remote opens; weak so that the peer alone does not keep
 	/// itself alive.
 	link: WeakLink<T::Body>,
-	incoming: mpsc::Sender<Charged<ReceivedMessage<T::Body>>>,
+	/// `None` once the remote has closed its side: the read handle then gets what was queued,
+	/// and then the end of the connection.
+	incoming: Option<mpsc::Sender<Charged<ReceivedMessage<T::Body>>>>,
 	shared: Arc<Shared<T::Body>>,
 	pending: Option<Pending<T::Body>>,
 	/// Set after a local close: drain the queue, flush, shut down.
@@ -158,6 +199,16 @@ pub struct Peer<T: Transport> {
 	budget: PollSemaphore,
 	budget_total: usize,
 	auto_replies: usize,
+	/// Bytes of the outgoing budget taken back from the queue and not yet written: given back to
+	/// the handles once the writer has flushed.
+	written_cost: usize,
+	/// `Config::frame_timeout`, and the deadline of the frame being read, once it has begun.
+	frame_timeout: Option<Duration>,
+	frame_deadline: Option<Pin<Box<Sleep>>>,
+	/// `Config::idle_timeout`, its timer, and the last time a message went either way.
+	idle_timeout: Option<Duration>,
+	idle_deadline: Option<Pin<Box<Sleep>>>,
+	last_activity: Instant,
 }
 
 struct WeakLink<B> {
@@ -175,6 +226,7 @@ impl<T: Transport> Peer<T> {
 		let (command_tx, commands) = mpsc::unbounded_channel();
 		let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
 		let budget_total = config.max_buffered_incoming.clamp(1, Semaphore::MAX_PERMITS);
+		let write_bytes_total = config.max_buffered_outgoing.clamp(1, Semaphore::MAX_PERMITS);
 		let shared = Arc::new(Shared {
 			tracker: Mutex::new(Tracker {
 				sent: SentTable::new(config.max_open_requests),
@@ -184,8 +236,11 @@ impl<T: Transport> Peer<T> {
 			close_reason: OnceLock::new(),
 			stopped: CancellationToken::new(),
 			close_requested: CancellationToken::new(),
+			remote_finished: std::sync::atomic::AtomicBool::new(false),
 			incoming_budget: Arc::new(Semaphore::new(budget_total)),
 			write_permits: Semaphore::new(config.write_queue.max(1)),
+			write_bytes: Semaphore::new(write_bytes_total),
+			write_bytes_total,
 			unmetered: AtomicUsize::new(0),
 			info,
 			// The handles check against these, so they must be the tighter of the two limits.
@@ -202,8 +257,10 @@ impl<T: Transport> Peer<T> {
 			reader,
 			writer,
 			commands,
+			unanswered: 0,
+			remote_done: false,
 			link: weak,
-			incoming,
+			incoming: Some(incoming),
 			shared,
 			pending: None,
 			closing: false,
@@ -214,6 +271,12 @@ impl<T: Transport> Peer<T> {
 			budget: PollSemaphore::new(budget),
 			budget_total,
 			auto_replies: 0,
+			written_cost: 0,
+			frame_timeout: config.frame_timeout,
+			frame_deadline: None,
+			idle_timeout: config.idle_timeout,
+			idle_deadline: config.idle_timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+			last_activity: Instant::now(),
 		};
 		(peer, PeerHandle::new(incoming_rx, link))
 	}
@@ -268,6 +331,8 @@ impl<T: Transport> Peer<T> {
 	fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
 		for _ in 0..ROUNDS_BEFORE_YIELD {
 			let mut progress = false;
+			// A message went either way this round (for the idle timeout).
+			let mut active = false;
 
 			// Take what the handles queued, as much as the writer wants for one batch.
 			// Noticed even while the writer is full, so that the close deadline starts at once.
@@ -281,24 +346,36 @@ impl<T: Transport> Peer<T> {
 
 			// Permits go back once per batch: each return takes the semaphore's lock.
 			let mut permits = 0;
+			// The queue was seen empty this round.
+			let mut drained = false;
 			while self.writer.wants_more() && !self.commands_done {
 				match self.commands.poll_recv(cx) {
-					Poll::Ready(Some(Command { message, metered })) => {
+					Poll::Ready(Some(Command { message, metered, cost })) => {
 						if metered {
 							permits += 1;
 						} else {
 							self.shared.unmetered.fetch_sub(1, Ordering::Relaxed);
 						}
+						self.written_cost += cost as usize;
+						// This side sends responses only to requests it received: one each.
+						if message.header.message_type == MessageType::Response {
+							self.unanswered = self.unanswered.saturating_sub(1);
+						}
 						self.write(message);
 						progress = true;
+						active = true;
 					},
 					Poll::Ready(None) => {
 						// Every handle is gone, or a close has drained the queue.
 						self.closing = true;
 						self.commands_done = true;
+						drained = true;
 						break;
 					},
-					Poll::Pending => break,
+					Poll::Pending => {
+						drained = true;
+						break;
+					},
 				}
 			}
 			if permits > 0 {
@@ -309,21 +386,36 @@ impl<T: Transport> Peer<T> {
 				if let Poll::Ready(result) = self.writer.poll_flush(cx) {
 					result?;
 					self.auto_replies = 0;
+					self.release_written();
 					progress = true;
 				}
+			} else {
+				self.release_written();
 			}
 
-			if self.closing {
+			if self.closing || self.remote_done {
 				let timeout = self.close_timeout;
 				let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
 				if deadline.as_mut().poll(cx).is_ready() {
-					tracing::warn!("closing took longer than {timeout:?}: the remote is not reading; giving up");
+					if self.remote_done && self.unanswered > 0 {
+						tracing::warn!(
+							"the remote closed its side and {} of its requests were not answered within {timeout:?}; giving up",
+							self.unanswered
+						);
+					} else {
+						tracing::warn!("closing took longer than {timeout:?}: the remote is not reading; giving up");
+					}
 					return Poll::Ready(Ok(()));
 				}
 			}
 
 			if self.commands_done && !self.writer.has_queued() {
 				return self.writer.poll_shutdown(cx);
+			}
+			if self.remote_done && self.unanswered == 0 && drained && !self.writer.has_queued() {
+				// Everything the remote asked is answered and on the wire: close our side too.
+				ready!(self.writer.poll_shutdown(cx))?;
+				return Poll::Ready(Err(Error::closed_by_remote()));
 			}
 
 			if let Some(Pending::Budget(cost, _)) = &self.pending {
@@ -350,7 +442,11 @@ impl<T: Transport> Peer<T> {
 				}
 			}
 
-			if self.closing {
+			// Whether the reader is waiting for the remote's bytes (rather than for us).
+			let mut waiting_for_remote = false;
+			if self.remote_done {
+				// Nothing more will come.
+			} else if self.closing {
 				// Keep reading, so that a remote that hangs up ends the wait for the flush.
 				for _ in 0..READ_BATCH {
 					match self.reader.poll_read_message(cx) {
@@ -358,7 +454,11 @@ impl<T: Transport> Peer<T> {
 							tracing::debug!(header = ?message.header, "closing: dropped an incoming message");
 							progress = true;
 						},
-						Poll::Ready(Ok(None)) => return Poll::Ready(Err(Error::closed_by_remote())),
+						Poll::Ready(Ok(None)) => {
+							self.on_remote_done();
+							progress = true;
+							break;
+						},
 						Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
 						Poll::Pending => break,
 					}
@@ -372,22 +472,52 @@ impl<T: Transport> Peer<T> {
 					}
 					match self.reader.poll_read_message(cx) {
 						Poll::Ready(Ok(Some(message))) => {
+							self.frame_deadline = None;
 							self.dispatch(message);
 							progress = true;
+							active = true;
 							if self.pending.is_some() {
 								break;
 							}
 						},
-						Poll::Ready(Ok(None)) => return Poll::Ready(Err(Error::closed_by_remote())),
+						Poll::Ready(Ok(None)) => {
+							self.on_remote_done();
+							progress = true;
+							break;
+						},
 						Poll::Ready(Err(error)) => {
 							if let Some(violation) = error.protocol_violation() {
 								tracing::warn!("protocol violation by the remote: {violation}");
 							}
 							return Poll::Ready(Err(error));
 						},
-						Poll::Pending => break,
+						Poll::Pending => {
+							waiting_for_remote = true;
+							break;
+						},
 					}
 				}
+			}
+
+			if let Some(timeout) = self.frame_timeout {
+				if waiting_for_remote && self.reader.mid_frame() {
+					let deadline = self.frame_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+					if deadline.as_mut().poll(cx).is_ready() {
+						tracing::warn!("the remote began a frame and did not finish it within {timeout:?}");
+						return Poll::Ready(Err(Error::timeout(timeout)));
+					}
+				} else {
+					// Between frames, or not reading because of our own backpressure: the next
+					// frame gets the whole timeout.
+					self.frame_deadline = None;
+				}
+			}
+
+			if active && self.idle_timeout.is_some() {
+				self.last_activity = Instant::now();
+			}
+			if self.poll_idle(cx) {
+				progress = true;
 			}
 
 			if !progress {
@@ -397,6 +527,66 @@ impl<T: Transport> Peer<T> {
 		// Plenty more to do: let other tasks run first.
 		cx.waker().wake_by_ref();
 		Poll::Pending
+	}
+
+	/// Give the outgoing byte budget of what has been written back to the handles.
+	fn release_written(&mut self) {
+		if self.written_cost > 0 {
+			self.shared.write_bytes.add_permits(std::mem::take(&mut self.written_cost));
+		}
+	}
+
+	/// The remote has closed its sending side (end of stream, or a 0-byte datagram). Requests
+	/// this side sent can no longer be answered: fail them now. Requests it received are still
+	/// answered: the connection closes once they are, and what is queued is written.
+	fn on_remote_done(&mut self) {
+		tracing::debug!(
+			unanswered = self.unanswered,
+			"the remote closed its side; answering what it asked, then closing"
+		);
+		self.remote_done = true;
+		self.shared.remote_finished.store(true, Ordering::Relaxed);
+		// Set first, so that every handle woken below reports it.
+		let _ = self.shared.close_reason.set(Error::closed_by(Error::closed_by_remote()));
+		// The read handle gets what is queued, then the end of the connection.
+		self.incoming = None;
+		// No response can come for a sent request, and no requester update for a received one.
+		let (sent, received) = {
+			let mut tracker = self.shared.tracker();
+			tracker.closed = true;
+			(tracker.sent.drain(), tracker.received.drain().collect::<Vec<_>>())
+		};
+		// Dropping the senders fails every sent request's handle and ends the update queues of
+		// the received ones (which can still be answered); done outside the lock.
+		drop((sent, received));
+	}
+
+	/// Close the connection once it has been idle for `Config::idle_timeout`: no request open
+	/// either way, nothing written or read. Returns whether it asked for the close.
+	fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
+		let (Some(timeout), Some(deadline)) = (self.idle_timeout, self.idle_deadline.as_mut()) else {
+			return false;
+		};
+		if self.closing || self.remote_done || deadline.as_mut().poll(cx).is_pending() {
+			return false;
+		}
+		let now = Instant::now();
+		let idle = now.duration_since(self.last_activity) >= timeout
+			&& self.unanswered == 0
+			&& !self.writer.has_queued()
+			&& self.shared.tracker().sent.is_empty();
+		if idle {
+			tracing::info!("idle for {timeout:?}: closing the connection");
+			self.idle_deadline = None;
+			self.shared.request_close();
+			return true;
+		}
+		// Not idle after all: wait a whole timeout from the last message (or from now, while a
+		// request is open), and register for that.
+		let next = if now.duration_since(self.last_activity) < timeout { self.last_activity } else { now };
+		deadline.as_mut().reset((next + timeout).into());
+		let _ = deadline.as_mut().poll(cx);
+		false
 	}
 
 	/// Queue a message for the writer; a message the transport refuses is dropped with an error
@@ -457,7 +647,7 @@ impl<T: Transport> Peer<T> {
 
 	fn open_received(&mut self, message: Message<T::Body>) {
 		let id = message.header.request_id;
-		if self.incoming.is_closed() {
+		if self.incoming.as_ref().is_none_or(mpsc::Sender::is_closed) {
 			// No read handle: answer as a dropped handle would, but here, where the reply counts
 			// towards the reading limit.
 			self.auto_reply(id, crate::handle::DROPPED_REQUEST_TEXT);
@@ -472,6 +662,7 @@ impl<T: Transport> Peer<T> {
 		let opened = self.shared.tracker().received.insert(id, sender);
 		match opened {
 			Ok(serial) => {
+				self.unanswered += 1;
 				let request = ReceivedRequestHandle::new(link, message.header, serial, receiver);
 				self.deliver_incoming(ReceivedMessage::Request(request, message.body));
 			},
@@ -507,18 +698,21 @@ impl<T: Transport> Peer<T> {
 
 	fn hand_over(&mut self, target: Target<T::Body>, budget: OwnedSemaphorePermit) {
 		match target {
-			Target::Incoming(item) => match self.incoming.try_send(Charged { item, _budget: budget }) {
-				Ok(()) => {},
-				Err(mpsc::error::TrySendError::Full(item)) => {
-					self.pending = Some(Pending::Incoming(PollSender::new(self.incoming.clone()), item));
-				},
-				// The read handle is gone. A request handle dropped here answers itself with an
-				// error response; a stream message has no one to go to.
-				Err(mpsc::error::TrySendError::Closed(_)) => {
-					tracing::debug!("no read handle: dropped an incoming message")
-				},
+			Target::Incoming(item) => {
+				match self.incoming.as_ref().map(|incoming| incoming.try_send(Charged { item, budget })) {
+					Some(Ok(())) => {},
+					Some(Err(mpsc::error::TrySendError::Full(item))) => {
+						let incoming = self.incoming.clone().expect("just used");
+						self.pending = Some(Pending::Incoming(PollSender::new(incoming), item));
+					},
+					// The read handle is gone. A request handle dropped here answers itself with an
+					// error response; a stream message has no one to go to.
+					Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {
+						tracing::debug!("no read handle: dropped an incoming message")
+					},
+				}
 			},
-			Target::Request(sender, message) => match sender.try_send(Charged { item: message, _budget: budget }) {
+			Target::Request(sender, message) => match sender.try_send(Charged { item: message, budget }) {
 				Ok(()) => {},
 				Err(mpsc::error::TrySendError::Full(message)) => {
 					self.pending = Some(Pending::Request(PollSender::new(sender), message));
@@ -537,6 +731,7 @@ impl<T: Transport> Drop for Peer<T> {
 		// set first so that every handle woken below reports it.
 		let _ = self.shared.close_reason.set(Error::closed_locally());
 		self.shared.write_permits.close();
+		self.shared.write_bytes.close();
 		self.commands.close();
 		let (sent, received) = {
 			let mut tracker = self.shared.tracker();

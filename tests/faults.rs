@@ -122,21 +122,24 @@ async fn the_remote_closing_mid_frame_fails_every_handle_with_truncated_frame() 
 }
 
 /// A thousand requests open in each direction when the remote goes away, cleanly (FIN) or by a
-/// reset (RST): every sent and every received handle fails promptly, and nothing hangs when the
-/// handles are dropped afterwards.
+/// reset (RST): every sent handle and every wait for a requester update fails promptly, and
+/// nothing hangs when the handles are dropped afterwards. After a FIN the remote still reads, so
+/// the received requests are answered; after a reset, answering fails at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_open_requests_each_way_fail_promptly_when_the_remote_dies() {
 	let _serial = SERIAL.lock().await;
 	for reset in [false, true] {
 		let (mut peer, mut remote) = RawRemote::connect(Config::default()).await;
 		let (sent, received) = open_both_ways(&mut peer, &mut remote, 1000, 1000).await;
-		if reset {
+		let mut half_closed = if reset {
 			// Close with SO_LINGER 0: the kernel answers with a reset, the peer's read fails.
 			remote.stream.set_zero_linger().unwrap();
 			drop(remote);
+			None
 		} else {
 			remote.stream.shutdown().await.unwrap();
-		}
+			Some(remote)
+		};
 
 		let (sent_errors, received_errors, elapsed) = fail_all(sent, received).await;
 		assert!(elapsed < PROMPTLY, "reset {reset}: 2,000 handles took {elapsed:?} to fail");
@@ -149,13 +152,30 @@ async fn a_thousand_open_requests_each_way_fail_promptly_when_the_remote_dies() 
 				assert!(error.is_closed_by_remote(), "{error}");
 			}
 		}
-		// The received requests are released: answering fails at once instead of queuing, and
-		// dropping them (which would send an error response on a live connection) returns.
 		within(async {
-			for (request, _) in &received_errors {
-				assert!(request.send_response(0, "late").await.unwrap_err().is_connection_closed());
+			if reset {
+				// The received requests are released: answering fails at once instead of
+				// queuing, and dropping them (which would send an error response on a live
+				// connection) returns.
+				for (request, _) in &received_errors {
+					assert!(request.send_response(0, "late").await.unwrap_err().is_connection_closed());
+				}
+				drop(received_errors);
+			} else {
+				// A half-close: no update can come any more, but the remote still reads, so
+				// every request is answered, and then the peer closes.
+				let remote = half_closed.as_mut().unwrap();
+				for (request, _) in &received_errors {
+					request.send_response(0, "late").await.unwrap();
+				}
+				drop(received_errors);
+				for _ in 0..1000 {
+					let response = remote.recv().await.unwrap();
+					assert_eq!(response.header.message_type, MessageType::Response);
+					assert_eq!(&response.body[..], b"late");
+				}
+				assert!(remote.recv().await.is_none(), "the peer closes once everything is answered");
 			}
-			drop(received_errors);
 		})
 		.await;
 		assert!(within(peer.recv_message()).await.unwrap_err().is_connection_closed());

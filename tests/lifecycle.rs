@@ -150,6 +150,10 @@ async fn dropping_handles_in_any_order_ends_every_task() {
 	drop(client);
 	// The client side is gone (its request handle too), so the server sees the close.
 	assert!(within(server.recv_message()).await.unwrap_err().is_connection_closed());
+	// A remote that closed only its sending side could still read the answer, so answering is
+	// allowed; once it is answered the server's side closes too.
+	let _ = received.send_response(0, "").await;
+	within(received.closed()).await;
 	assert!(received.send_response(0, "").await.unwrap_err().is_connection_closed());
 
 	let (client, server) = connected(Kind::Tcp).await;
@@ -170,12 +174,17 @@ async fn dropping_handles_in_any_order_ends_every_task() {
 
 #[tokio::test]
 async fn a_held_request_learns_when_its_connection_ends() {
-	let (client, mut server) = connected(Kind::Unix).await;
+	// After the remote's end of stream the connection stays up for the answers still owed, at
+	// most `close_timeout`; a request nobody answers learns of the end then.
+	let config = Config { close_timeout: Duration::from_millis(300), ..Config::default() };
+	let (client, mut server, _, _) = connected_with(Kind::Unix, config).await;
 	let request = client.send_request(1, "").await.unwrap();
-	let (received, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
+	let (mut received, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
 	let writer = received.write_handle();
 	assert!(!received.is_closed() && !request.is_closed());
 	drop((request, client));
+	// No requester update can come any more.
+	assert!(within(received.recv_update()).await.unwrap_err().is_closed_by_remote());
 	within(received.closed()).await;
 	within(writer.closed()).await;
 	assert!(writer.is_closed());

@@ -289,8 +289,8 @@ async fn a_consumer_that_went_away_is_skipped() {
 	leaving_peer.close();
 	drop(leaving);
 	within(leaving_peer.closed()).await;
-	// Nothing tells the server's channel that the get's connection is gone until it answers it;
-	// give the server's side of the connection time to see the end.
+	// The server's channel learns that the get's connection is going when it would answer it;
+	// give the server's side of the connection time to see the end of stream.
 	tokio::time::sleep(Duration::from_millis(300)).await;
 
 	within(observer.put(&channel, "the only job", None)).await.unwrap();

@@ -144,6 +144,12 @@ async fn run_channel(mut arrivals: mpsc::Receiver<Arrival>, mut deleted: oneshot
 			let get = gets.pop_front().expect("checked non-empty");
 			let (_, payload) = puts.front().expect("checked non-empty");
 			// The consumer first: if its connection is gone, the payload stays for the next one.
+			// A consumer whose remote has finished sending may have gone entirely (over TCP that
+			// cannot be told before a write fails), so it gets nothing rather than lose the job.
+			if get.request.is_remote_finished() {
+				let _ = get.request.send_error_response("the consumer's connection is closing").await;
+				continue;
+			}
 			if get.request.send_response(0, payload.clone()).await.is_ok() {
 				let (put, _) = puts.pop_front().expect("checked non-empty");
 				let _ = put.request.send_response(0, Bytes::new()).await;

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{SemaphorePermit, TryAcquireError, mpsc};
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 
 use crate::error::Error;
 use crate::message::{Body, Message};
-use crate::peer::{Command, IncomingReceiver, Shared};
+use crate::peer::{Charged, Command, IncomingReceiver, Shared};
 use crate::transport::ConnectionInfo;
 
 mod request;
@@ -29,11 +29,23 @@ impl<B> Clone for Link<B> {
 	}
 }
 
-/// A reserved place in the write queue: sending through it cannot wait any more, so everything
-/// after `reserve().await` is cancel-safe. Dropped unused, it gives its place back.
+/// A reserved place in the write queue, and room for the message's bytes: sending through it
+/// cannot wait any more, so everything after `reserve(..).await` is cancel-safe. Dropped unused,
+/// it gives both back.
 pub(crate) struct Reservation<'a, B> {
 	link: &'a Link<B>,
 	permit: SemaphorePermit<'a>,
+	bytes: SemaphorePermit<'a>,
+}
+
+/// Take `n` permits from `semaphore`, without the machinery of a future that may wait when
+/// there is room (the common case).
+async fn acquire(semaphore: &Semaphore, n: u32) -> Result<SemaphorePermit<'_>, ()> {
+	match semaphore.try_acquire_many(n) {
+		Ok(permit) => Ok(permit),
+		Err(TryAcquireError::Closed) => Err(()),
+		Err(TryAcquireError::NoPermits) => semaphore.acquire_many(n).await.map_err(drop),
+	}
 }
 
 impl<B: Body> Link<B> {
@@ -60,30 +72,26 @@ impl<B: Body> Link<B> {
 		Ok(())
 	}
 
-	/// Wait for room in the write queue.
-	pub(crate) async fn reserve(&self) -> Result<Reservation<'_, B>, Error> {
-		// The common case, a queue with room, without the machinery of a future that may wait.
-		let permit = match self.shared.write_permits.try_acquire() {
-			Ok(permit) => permit,
-			Err(TryAcquireError::Closed) => return Err(self.closed_error()),
-			Err(TryAcquireError::NoPermits) => {
-				self.shared.write_permits.acquire().await.map_err(|_| self.closed_error())?
-			},
-		};
-		Ok(Reservation { link: self, permit })
+	/// Wait for room in the write queue for one message with a body of `body_len` bytes: a place
+	/// in the queue (`Config::write_queue`) and its bytes (`Config::max_buffered_outgoing`).
+	pub(crate) async fn reserve(&self, body_len: usize) -> Result<Reservation<'_, B>, Error> {
+		let permit = acquire(&self.shared.write_permits, 1).await.map_err(|()| self.closed_error())?;
+		let cost = self.shared.outgoing_cost(body_len);
+		let bytes = acquire(&self.shared.write_bytes, cost).await.map_err(|()| self.closed_error())?;
+		Ok(Reservation { link: self, permit, bytes })
 	}
 
 	/// Check and queue a message, waiting for room if the queue is full.
 	pub(crate) async fn send(&self, message: Message<B>) -> Result<(), Error> {
 		self.check(&message.body)?;
-		self.reserve().await?.send(message)
+		self.reserve(message.body.len()).await?.send(message)
 	}
 
 	/// Queue a message without a write-queue permit. Only for messages whose number is bounded
 	/// by something else (the error response of a dropped request: at most one per open request).
 	pub(crate) fn send_unmetered(&self, message: Message<B>) -> Result<(), Error> {
 		self.shared.unmetered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-		self.commands.send(Command { message, metered: false }).map_err(|_| {
+		self.commands.send(Command { message, metered: false, cost: 0 }).map_err(|_| {
 			self.shared.unmetered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 			self.closed_error()
 		})
@@ -91,20 +99,21 @@ impl<B: Body> Link<B> {
 
 	/// Ask the peer to flush what is queued and close the connection.
 	pub(crate) fn close(&self) {
-		// Refuse new sends at once; the peer drains what is already queued.
-		self.shared.write_permits.close();
-		self.shared.close_requested.cancel();
+		self.shared.request_close();
 	}
 }
 
 impl<B> Reservation<'_, B> {
-	/// Queue the message; its permit now travels with it and the peer gives it back.
+	/// Queue the message; its permits now travel with it and the peer gives them back once the
+	/// transport has taken the message.
 	pub(crate) fn send(self, message: Message<B>) -> Result<(), Error>
 	where
 		B: Body,
 	{
+		let cost = self.bytes.num_permits() as u32;
 		self.permit.forget();
-		self.link.commands.send(Command { message, metered: true }).map_err(|_| self.link.closed_error())
+		self.bytes.forget();
+		self.link.commands.send(Command { message, metered: true, cost }).map_err(|_| self.link.closed_error())
 	}
 }
 
@@ -228,7 +237,7 @@ impl<B: Body> PeerReadHandle<B> {
 	/// Cancel-safe. Fails with [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed)
 	/// once the connection has ended and everything received before has been taken.
 	pub async fn recv_message(&mut self) -> Result<ReceivedMessage<B>, Error> {
-		self.incoming.recv().await.map(|charged| charged.item).ok_or_else(|| self.link.closed_error())
+		self.incoming.recv().await.map(Charged::take).ok_or_else(|| self.link.closed_error())
 	}
 
 	/// Flush what is queued, then close the connection.
@@ -257,7 +266,7 @@ impl<B: Body> PeerWriteHandle<B> {
 	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error> {
 		let body = body.into();
 		self.link.check(&body)?;
-		let reservation = self.link.reserve().await?;
+		let reservation = self.link.reserve(body.len()).await?;
 		// From here on nothing waits: the request is opened and queued, or neither.
 		SentRequestHandle::open(&self.link, reservation, service_id, body)
 	}

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::{Link, Reservation};
 use crate::error::Error;
@@ -37,7 +37,7 @@ impl<B: Body> Drop for SentState<B> {
 impl<B: Body> SentState<B> {
 	async fn send_update(&self, service_id: i32, body: B) -> Result<(), Error> {
 		self.link.check(&body)?;
-		let reservation = self.link.reserve().await?;
+		let reservation = self.link.reserve(body.len()).await?;
 		let (open, closed) = {
 			let tracker = self.link.shared.tracker();
 			(tracker.sent.is_open(self.request_id, self.serial), tracker.closed)
@@ -220,6 +220,10 @@ struct ReceivedState<B: Body> {
 	/// request are dropped at once, instead of holding the connection's reading (a full queue)
 	/// or its incoming budget for as long as a handle is kept.
 	updates: Mutex<RequestReceiver<B>>,
+	/// The request's share of the incoming budget, from when the read handle took it until it is
+	/// answered: work handed to the application counts against the connection's memory bound,
+	/// so a handler per request cannot escape it.
+	charge: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl<B: Body> ReceivedState<B> {
@@ -239,7 +243,13 @@ impl<B: Body> ReceivedState<B> {
 		let mut updates = self.updates();
 		updates.close();
 		while updates.try_recv().is_ok() {}
+		drop(self.charge().take());
 		true
+	}
+
+	fn charge(&self) -> MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+		// Only an `Option` behind it: a panic elsewhere cannot leave it inconsistent.
+		self.charge.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 	}
 
 	fn updates(&self) -> MutexGuard<'_, RequestReceiver<B>> {
@@ -249,7 +259,7 @@ impl<B: Body> ReceivedState<B> {
 
 	async fn send_update(&self, service_id: i32, body: B) -> Result<(), Error> {
 		self.link.check(&body)?;
-		let reservation = self.link.reserve().await?;
+		let reservation = self.link.reserve(body.len()).await?;
 		let responded = self.responded();
 		if *responded {
 			return Err(Error::request_closed(self.request_id));
@@ -259,7 +269,7 @@ impl<B: Body> ReceivedState<B> {
 
 	async fn send_response(&self, service_id: i32, body: B) -> Result<(), Error> {
 		self.link.check(&body)?;
-		let reservation = self.link.reserve().await?;
+		let reservation = self.link.reserve(body.len()).await?;
 		let mut responded = self.responded();
 		if !self.close(&mut responded) {
 			return Err(Error::request_closed(self.request_id));
@@ -300,8 +310,17 @@ impl<B: Body> ReceivedRequestHandle<B> {
 			serial,
 			responded: Mutex::new(false),
 			updates: Mutex::new(incoming),
+			charge: Mutex::new(None),
 		};
 		Self { state: Arc::new(state) }
+	}
+
+	/// Keep `charge` (the request's share of the incoming budget) until the request is answered.
+	pub(crate) fn hold_charge(&self, charge: OwnedSemaphorePermit) {
+		let responded = self.state.responded();
+		if !*responded {
+			*self.state.charge() = Some(charge);
+		}
 	}
 
 	/// The id the remote gave this request.
@@ -329,6 +348,20 @@ impl<B: Body> ReceivedRequestHandle<B> {
 	/// Whether the connection this request lives on has ended.
 	pub fn is_closed(&self) -> bool {
 		self.state.link.shared.stopped.is_cancelled()
+	}
+
+	/// Whether the remote has finished sending on this connection (its end of stream has
+	/// arrived), or the connection has ended.
+	///
+	/// After the remote's end of stream the connection stays up until every request it sent is
+	/// answered (at most [`Config::close_timeout`](crate::Config::close_timeout)): a remote
+	/// that only shut down its sending side still reads the answers. But a remote that closed
+	/// its socket entirely looks the same until a write fails, and over TCP the first write
+	/// after such a close still succeeds. A server that must not hand something valuable to a
+	/// remote that may be gone (a job from a queue) checks this first.
+	pub fn is_remote_finished(&self) -> bool {
+		let shared = &self.state.link.shared;
+		shared.remote_finished.load(std::sync::atomic::Ordering::Relaxed) || shared.stopped.is_cancelled()
 	}
 
 	/// A cloneable handle that sends updates and the response, so that another task can answer

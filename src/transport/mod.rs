@@ -52,6 +52,13 @@ pub trait TransportRead: Send + Unpin + 'static {
 	/// final: the transport must not be read again. Must be cancel-safe: a `Pending` return
 	/// loses nothing.
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<Self::Body>>, Error>>;
+
+	/// Whether part of a message has arrived and the rest has not (for
+	/// [`Config::frame_timeout`](crate::Config::frame_timeout)). A transport whose messages
+	/// arrive whole keeps the default, `false`.
+	fn mid_frame(&self) -> bool {
+		false
+	}
 }
 
 /// The write half of a transport.

@@ -390,7 +390,11 @@ impl UnixSeqpacketReader {
 			return Err(Error::too_many_fds(fds.len(), self.max_fds));
 		}
 		if len == 0 && fds.is_empty() {
-			// End of stream: the remote shut down or closed its end.
+			// The kernel reports the remote's shutdown or close and a 0-byte datagram alike.
+			// No valid message is empty (the header alone is 12 bytes), so both end reading.
+			tracing::debug!(
+				"received 0 bytes: the remote closed its side, or sent an empty datagram; reading ends here"
+			);
 			return Ok(None);
 		}
 		let datagram = if len <= self.fast_len {
@@ -400,6 +404,14 @@ impl UnixSeqpacketReader {
 			datagram.extend_from_slice(&self.arena[..self.fast_len]);
 			let overflow = self.overflow.as_deref().unwrap_or_default();
 			datagram.extend_from_slice(&overflow[..len - self.fast_len]);
+			// The pages this datagram touched stay resident for as long as the mapping lives:
+			// map afresh, so that an idle connection does not keep its largest message.
+			if let Some(mapping) = &self.overflow {
+				match MmapOptions::new().len(mapping.len()).no_reserve_swap().map_anon() {
+					Ok(fresh) => self.overflow = Some(fresh),
+					Err(error) => tracing::debug!("kept the receive overflow mapping: {error}"),
+				}
+			}
 			datagram.freeze()
 		};
 		let message = decode_datagram(datagram, self.endian, self.max_body_len)?;

@@ -24,6 +24,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A large frame is read into room reserved at most this far ahead of what has arrived, doubling
 /// from there: a hostile length costs memory only in proportion to the bytes actually sent.
 const RESERVE_AHEAD: usize = 1 << 20;
+/// A read buffer or staging buffer grown past this (by a large message, or a burst) is let go once
+/// it is empty, so that an idle connection costs kilobytes, not its largest message.
+const RELEASE_ABOVE: usize = 2 * READ_CHUNK;
 /// Bodies up to this size are copied into the staging buffer; larger ones are written in place.
 const COPY_THRESHOLD: usize = 4 * 1024;
 /// Stop taking messages for a batch once this much is queued.
@@ -130,6 +133,11 @@ impl<R: AsyncRead + Send + Unpin + 'static> TransportRead for StreamReader<R> {
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<Bytes>>, Error>> {
 		loop {
 			if let Some(message) = self.codec.decode(&mut self.buffer)? {
+				if self.buffer.is_empty() && self.buffer.capacity() > RELEASE_ABOVE {
+					// The rest of a large allocation: the body just split off shares it, and
+					// frees it when dropped only if this buffer lets go too.
+					self.buffer = BytesMut::new();
+				}
 				return Poll::Ready(Ok(Some(message)));
 			}
 			if self.eof {
@@ -145,6 +153,10 @@ impl<R: AsyncRead + Send + Unpin + 'static> TransportRead for StreamReader<R> {
 				self.eof = true;
 			}
 		}
+	}
+
+	fn mid_frame(&self) -> bool {
+		!self.buffer.is_empty()
 	}
 }
 
@@ -206,8 +218,13 @@ impl<W: AsyncWrite + Send + Unpin + 'static> StreamWriter<W> {
 			}
 			self.consume(written);
 		}
-		// Fully written: let the staging buffer reuse its allocation from the start.
-		self.staging.clear();
+		// Fully written: let the staging buffer reuse its allocation from the start, unless a
+		// burst grew it large.
+		if self.staging.capacity() > RELEASE_ABOVE {
+			self.staging = BytesMut::new();
+		} else {
+			self.staging.clear();
+		}
 		Poll::Ready(Ok(()))
 	}
 }
