@@ -67,8 +67,11 @@ pub struct Config {
 	pub request_queue: usize,
 
 	/// The most bytes of received messages waiting in the handles' queues, all queues of the
-	/// connection together (the incoming queue and every request's). When it is spent, the peer
-	/// stops reading from the socket until a handle takes something, which pushes back on the
+	/// connection together (the incoming queue and every request's), plus the bodies of received
+	/// requests handed to the application and not yet answered: a request is charged from when
+	/// it is read until its response is queued or its handle dropped, so a server that spawns a
+	/// task per request is bounded too. When it is spent, the peer stops reading from the
+	/// socket until a handle takes something or a request is answered, which pushes back on the
 	/// remote. A single message larger than this is let through alone.
 	///
 	/// As with any flow control over one connection, a handle that waits for a message queued
@@ -89,6 +92,9 @@ pub struct Config {
 	/// How long a closing connection (after [`close`](crate::PeerHandle::close), or once every
 	/// handle is gone) may take to write what was queued. A remote that stops reading cannot keep
 	/// the connection, its task and its buffers alive past this; what is left unwritten is lost.
+	///
+	/// Also the bound after the remote's end of stream: the connection stays up until every
+	/// request the remote sent is answered and written, for at most this long.
 	///
 	/// Default: 10 s.
 	pub close_timeout: std::time::Duration,
