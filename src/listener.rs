@@ -366,3 +366,29 @@ impl<A: Acceptor> Listener<A> {
 		&self.acceptor
 	}
 }
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	fn classify(errno: i32) -> &'static str {
+		match AcceptError::from_accept(io::Error::from_raw_os_error(errno)) {
+			AcceptError::Connection(_) => "connection",
+			AcceptError::Listener(error) if is_exhaustion(&error) => "exhaustion",
+			AcceptError::Listener(_) => "listener",
+		}
+	}
+
+	#[test]
+	fn accept_errors_are_told_apart_by_errno() {
+		for errno in [libc::ECONNABORTED, libc::ECONNRESET, libc::ENOTCONN, libc::EPROTO, libc::EPERM, libc::EINTR] {
+			assert_eq!(classify(errno), "connection", "errno {errno}");
+		}
+		for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+			assert_eq!(classify(errno), "exhaustion", "errno {errno}");
+		}
+		for errno in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK] {
+			assert_eq!(classify(errno), "listener", "errno {errno}");
+		}
+	}
+}
