@@ -93,7 +93,7 @@ pub use handle::{
 	DROPPED_REQUEST_TEXT, PeerHandle, PeerReadHandle, PeerWriteHandle, ReceivedMessage, ReceivedRequestHandle,
 	ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
 };
-pub use listener::{Acceptor, Listener};
+pub use listener::{AcceptError, AcceptRetry, Acceptor, Listener};
 pub use message::{Body, Message, MessageHeader, MessageType};
 pub use peer::Peer;
 pub use reconnect::{Backoff, Connection, Reconnecting};

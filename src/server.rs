@@ -22,10 +22,6 @@ use crate::transport::Transport;
 /// The error text sent for a request that arrives while the server shuts down.
 pub const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
 
-/// After an accept error (for example out of descriptors), wait this long before the next try,
-/// so that a persistent error does not spin the accept loop.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// How long a closing connection may take to flush its last messages once the grace period is
 /// over. A remote that never reads cannot hold the shutdown longer than this (the peer task
 /// itself gives up after [`Config::close_timeout`](crate::Config::close_timeout)).
@@ -38,8 +34,10 @@ pub const MAX_HANDLERS_PER_CONNECTION: usize = 1024;
 /// Accept connections from `listener` and serve each with `handler` until `shutdown` is
 /// cancelled, then shut down gracefully within `grace` (see [`serve_connection`]).
 ///
-/// Accept errors are logged and the listener keeps serving. Returns once every connection is
-/// closed.
+/// Accept errors never stop the server: a connection that fails while being accepted is skipped,
+/// and the listener backs off by itself when it runs out of descriptors (see
+/// [`Listener::accept`]). The listener's connection limit, if set, applies. Returns once every
+/// connection is closed.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), peerwire::Error> {
@@ -80,13 +78,8 @@ where
 					tracing::debug!(remote = ?info.remote_address, "accepted a connection");
 					connections.spawn(serve_connection(peer, shutdown.clone(), grace, handler.clone()));
 				},
-				Err(error) => {
-					tracing::warn!("accept failed: {error}");
-					tokio::select! {
-						_ = shutdown.cancelled() => break,
-						_ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {},
-					}
-				},
+				// The listener logged it, and waits before its next try.
+				Err(error) => tracing::debug!("accept failed: {error}"),
 			},
 			Some(_) = connections.join_next(), if !connections.is_empty() => {},
 		}

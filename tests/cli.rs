@@ -485,3 +485,90 @@ fn seqpacket_carries_descriptors_through_call_and_tap() {
 	let _ = std::fs::remove_file(&path);
 	let _ = std::fs::remove_file(&tap_path);
 }
+
+/// A runtime for the async clients of the tests below.
+fn runtime() -> tokio::runtime::Runtime {
+	tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// `tcp://HOST:PORT` to a socket address.
+fn tcp_address(address: &str) -> SocketAddr {
+	address.strip_prefix("tcp://").unwrap().parse().unwrap()
+}
+
+#[test]
+fn listen_answers_pipelined_requests_without_a_timer_per_request() {
+	const REQUESTS: usize = 5_000;
+	let (_listener, address) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--echo", "--json"]);
+	let address = tcp_address(&address);
+	runtime().block_on(async {
+		let (client, _) = peerwire::TcpPeer::connect(address, &Config::default()).await.unwrap();
+		let started = Instant::now();
+		let mut requests = Vec::with_capacity(REQUESTS);
+		for n in 0..REQUESTS {
+			requests.push(client.send_request(1, format!("{n}")).await.unwrap());
+		}
+		for (n, mut request) in requests.into_iter().enumerate() {
+			let response = tokio::time::timeout(WAIT, request.recv_response()).await.unwrap().unwrap();
+			assert_eq!(response.body, format!("{n}"));
+		}
+		let took = started.elapsed();
+		assert!(took < Duration::from_secs(1), "{REQUESTS} pipelined requests took {took:?}");
+	});
+}
+
+#[test]
+fn listen_serves_a_client_promptly_despite_resets_before_accept() {
+	let (listener, address) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--echo", "--json"]);
+	let address = tcp_address(&address);
+	// Reset 100 connections (SO_LINGER 0, then close); most of them before the listener accepts.
+	for _ in 0..100 {
+		let stream = std::net::TcpStream::connect(address).unwrap();
+		rustix::net::sockopt::set_socket_linger(&stream, Some(Duration::ZERO)).unwrap();
+		drop(stream);
+	}
+	runtime().block_on(async {
+		let started = Instant::now();
+		let (client, _) = peerwire::TcpPeer::connect(address, &Config::default()).await.unwrap();
+		for round in 0..10 {
+			let mut request = client.send_request(1, "ping").await.unwrap();
+			let response = tokio::time::timeout(WAIT, request.recv_response()).await.unwrap().unwrap();
+			assert_eq!(response.body, "ping");
+			let took = started.elapsed();
+			assert!(took < Duration::from_millis(50 * (round + 1)), "echo {round} after the resets: {took:?} so far");
+		}
+	});
+	drop(listener);
+}
+
+#[test]
+fn listen_closes_connections_past_max_connections() {
+	let (_listener, address) = Background::listening(&[
+		"listen",
+		"tcp://127.0.0.1:0",
+		"--echo",
+		"--json",
+		"--max-connections",
+		"1",
+		"--frame-timeout",
+		"10s",
+		"--idle-timeout",
+		"1m",
+	]);
+	let address = tcp_address(&address);
+	runtime().block_on(async {
+		let (first, _) = peerwire::TcpPeer::connect(address, &Config::default()).await.unwrap();
+		let mut request = first.send_request(1, "first").await.unwrap();
+		assert_eq!(tokio::time::timeout(WAIT, request.recv_response()).await.unwrap().unwrap().body, "first");
+
+		// The second is accepted and closed at once instead of waiting in the backlog.
+		let started = Instant::now();
+		let mut second = tokio::net::TcpStream::connect(address).await.unwrap();
+		let read = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut second, &mut [0; 16])).await.unwrap();
+		assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+		assert!(started.elapsed() < Duration::from_millis(500), "closed after {:?}", started.elapsed());
+	});
+
+	let output = run(&["listen", "tcp://127.0.0.1:0", "--idle-timeout", "soon"], b"");
+	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+}

@@ -121,7 +121,7 @@ use crate::codec::{Endian, decode_datagram, encode_header};
 use crate::config::Config;
 use crate::error::{Error, ProtocolViolation};
 use crate::handle::PeerHandle;
-use crate::listener::{Acceptor, Listener};
+use crate::listener::{AcceptError, Acceptor, Listener};
 use crate::message::{Body, HEADER_LEN, Message};
 use crate::peer::Peer;
 use crate::sys::fd;
@@ -586,9 +586,15 @@ impl Peer<UnixSeqpacketTransport> {
 impl Acceptor for tokio_seqpacket::UnixSeqpacketListener {
 	type Transport = UnixSeqpacketTransport;
 
-	fn poll_accept(&mut self, cx: &mut Context<'_>, config: &Config) -> Poll<io::Result<UnixSeqpacketTransport>> {
-		let socket = ready!(tokio_seqpacket::UnixSeqpacketListener::poll_accept(self, cx))?;
-		Poll::Ready(UnixSeqpacketTransport::from_socket(socket, config))
+	fn poll_accept(
+		&mut self,
+		cx: &mut Context<'_>,
+		config: &Config,
+	) -> Poll<Result<UnixSeqpacketTransport, AcceptError>> {
+		let socket =
+			ready!(tokio_seqpacket::UnixSeqpacketListener::poll_accept(self, cx)).map_err(AcceptError::from_accept)?;
+		// Reading the credentials or sizing the buffers fails for this connection only.
+		Poll::Ready(UnixSeqpacketTransport::from_socket(socket, config).map_err(AcceptError::Connection))
 	}
 }
 

@@ -1,5 +1,6 @@
 //! TCP: the stream transport over `tokio::net::TcpStream`.
 
+use std::net::SocketAddr;
 use std::task::{Context, Poll, ready};
 
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -9,7 +10,7 @@ use super::{ConnectionInfo, RemoteAddress, StreamTransport, Transport};
 use crate::config::Config;
 use crate::error::Error;
 use crate::handle::PeerHandle;
-use crate::listener::{Acceptor, Listener};
+use crate::listener::{AcceptError, Acceptor, Listener};
 use crate::peer::Peer;
 
 /// The transport of a TCP connection.
@@ -23,8 +24,16 @@ impl TcpTransport {
 	/// Wrap a connected TCP stream. Turns Nagle's algorithm off: the transport batches writes
 	/// itself, and small requests must not wait for an acknowledgement.
 	pub fn from_tcp(stream: TcpStream, config: &Config) -> std::io::Result<Self> {
+		let address = stream.peer_addr()?;
+		Self::from_tcp_with_address(stream, address, config)
+	}
+
+	/// [`from_tcp`](Self::from_tcp) with the remote address already known (from `accept`), so
+	/// that a connection reset in the meantime still yields a transport, which then reports the
+	/// reset when read.
+	fn from_tcp_with_address(stream: TcpStream, address: SocketAddr, config: &Config) -> std::io::Result<Self> {
 		stream.set_nodelay(true)?;
-		let info = ConnectionInfo { remote_address: Some(RemoteAddress::Tcp(stream.peer_addr()?)), credentials: None };
+		let info = ConnectionInfo { remote_address: Some(RemoteAddress::Tcp(address)), credentials: None };
 		let (read, write) = stream.into_split();
 		Ok(Self::with_info(read, write, config, info))
 	}
@@ -43,9 +52,10 @@ impl Peer<TcpTransport> {
 impl Acceptor for tokio::net::TcpListener {
 	type Transport = TcpTransport;
 
-	fn poll_accept(&mut self, cx: &mut Context<'_>, config: &Config) -> Poll<std::io::Result<TcpTransport>> {
-		let (stream, _) = ready!(tokio::net::TcpListener::poll_accept(self, cx))?;
-		Poll::Ready(TcpTransport::from_tcp(stream, config))
+	fn poll_accept(&mut self, cx: &mut Context<'_>, config: &Config) -> Poll<Result<TcpTransport, AcceptError>> {
+		let (stream, address) =
+			ready!(tokio::net::TcpListener::poll_accept(self, cx)).map_err(AcceptError::from_accept)?;
+		Poll::Ready(TcpTransport::from_tcp_with_address(stream, address, config).map_err(AcceptError::Connection))
 	}
 }
 

@@ -11,7 +11,7 @@ use super::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transpo
 use crate::config::Config;
 use crate::error::Error;
 use crate::handle::PeerHandle;
-use crate::listener::{Acceptor, Listener};
+use crate::listener::{AcceptError, Acceptor, Listener};
 use crate::peer::Peer;
 
 /// The transport of a Unix stream connection.
@@ -24,8 +24,14 @@ pub type UnixStreamListener = Listener<tokio::net::UnixListener>;
 impl UnixStreamTransport {
 	/// Wrap a connected Unix stream, recording the remote's credentials.
 	pub fn from_unix(stream: UnixStream, config: &Config) -> std::io::Result<Self> {
+		let path = stream.peer_addr()?.as_pathname().map(Path::to_path_buf);
+		Self::from_unix_with_path(stream, path, config)
+	}
+
+	/// [`from_unix`](Self::from_unix) with the remote's path already known (from `accept`).
+	fn from_unix_with_path(stream: UnixStream, path: Option<PathBuf>, config: &Config) -> std::io::Result<Self> {
 		let info = ConnectionInfo {
-			remote_address: Some(RemoteAddress::Unix(stream.peer_addr()?.as_pathname().map(Path::to_path_buf))),
+			remote_address: Some(RemoteAddress::Unix(path)),
 			credentials: Some(Credentials::from(stream.peer_cred()?)),
 		};
 		let (read, write) = stream.into_split();
@@ -52,9 +58,11 @@ impl Peer<UnixStreamTransport> {
 impl Acceptor for tokio::net::UnixListener {
 	type Transport = UnixStreamTransport;
 
-	fn poll_accept(&mut self, cx: &mut Context<'_>, config: &Config) -> Poll<std::io::Result<UnixStreamTransport>> {
-		let (stream, _) = ready!(tokio::net::UnixListener::poll_accept(self, cx))?;
-		Poll::Ready(UnixStreamTransport::from_unix(stream, config))
+	fn poll_accept(&mut self, cx: &mut Context<'_>, config: &Config) -> Poll<Result<UnixStreamTransport, AcceptError>> {
+		let (stream, address) =
+			ready!(tokio::net::UnixListener::poll_accept(self, cx)).map_err(AcceptError::from_accept)?;
+		let path = address.as_pathname().map(Path::to_path_buf);
+		Poll::Ready(UnixStreamTransport::from_unix_with_path(stream, path, config).map_err(AcceptError::Connection))
 	}
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use peerwire::{
@@ -37,7 +37,9 @@ impl Answers {
 }
 
 pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
-	let config = global.config();
+	let config =
+		peerwire::Config { frame_timeout: args.frame_timeout, idle_timeout: args.idle_timeout, ..global.config() };
+	let limit = args.max_connections;
 	let printer = Printer::new(global.json, Some(args.preview));
 	let answers = Arc::new(Answers::load(&args)?);
 	let cannot = |error: peerwire::Error| {
@@ -45,17 +47,20 @@ pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 	};
 	match &args.address {
 		Address::Tcp(host_port) => {
-			let listener = TcpListener::bind(host_port.as_str(), config).await.map_err(cannot)?;
+			let mut listener = TcpListener::bind(host_port.as_str(), config).await.map_err(cannot)?;
+			listener.set_max_connections(limit);
 			// Port 0 becomes a real port: say which.
 			let local = listener.local_addr().map_err(cannot)?;
 			serve(listener, &format!("tcp://{local}"), None, answers, printer).await
 		},
 		Address::Unix(path) => {
-			let listener = UnixStreamListener::bind(path, config).await.map_err(cannot)?;
+			let mut listener = UnixStreamListener::bind(path, config).await.map_err(cannot)?;
+			listener.set_max_connections(limit);
 			serve(listener, &args.address.to_string(), Some(path.clone()), answers, printer).await
 		},
 		Address::Seqpacket(path) => {
-			let listener = UnixSeqpacketListener::bind(path, config).await.map_err(cannot)?;
+			let mut listener = UnixSeqpacketListener::bind(path, config).await.map_err(cannot)?;
+			listener.set_max_connections(limit);
 			serve(listener, &args.address.to_string(), Some(path.clone()), answers, printer).await
 		},
 	}
@@ -94,11 +99,9 @@ where
 					printer.event("connected", Some(conn), &fields);
 					tokio::spawn(connection(conn, peer, answers.clone(), printer));
 				},
-				Err(error) => {
-					// This one accept failed (out of descriptors, say); the listener still works.
-					eprintln!("peerwire: accepting a connection on {address}: {}", describe(&error));
-					tokio::time::sleep(Duration::from_millis(100)).await;
-				},
+				// The listening socket failed in a way waiting does not cure; the listener waits
+				// before its next try, so this is printed at most once a second.
+				Err(error) => eprintln!("peerwire: accepting a connection on {address}: {}", describe(&error)),
 			},
 			() = &mut shutdown => break,
 		}
@@ -121,7 +124,7 @@ async fn connection<B: CliBody>(conn: u64, mut peer: PeerHandle<B>, answers: Arc
 				print_message(&printer, conn, header, &body);
 				// Requester updates that came with the request are shown before it is answered;
 				// later ones find it closed (the protocol drops them quietly).
-				while let Ok(Ok(Some(update))) = tokio::time::timeout(Duration::ZERO, request.recv_update()).await {
+				while let Some(Ok(Some(update))) = ready_now(request.recv_update()) {
 					print(&update);
 				}
 				// A failed answer means the connection is going; the next receive says why.
@@ -141,6 +144,17 @@ async fn connection<B: CliBody>(conn: u64, mut peer: PeerHandle<B>, answers: Arc
 	};
 	let reason = (!error.is_closed_by_remote()).then(|| describe(&error));
 	printer.event("closed", Some(conn), &[("error", json!(reason))]);
+}
+
+/// Poll `future` once and return its output if it is ready now. A zero `timeout` would do the
+/// same at the cost of a timer, which the runtime only fires on its next turn (a 1 ms wait on
+/// every request).
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+	let future = std::pin::pin!(future);
+	match future.poll(&mut Context::from_waker(Waker::noop())) {
+		Poll::Ready(output) => Some(output),
+		Poll::Pending => None,
+	}
 }
 
 async fn answer<B: CliBody>(request: &peerwire::ReceivedRequestHandle<B>, body: Bytes) -> Result<(), peerwire::Error> {

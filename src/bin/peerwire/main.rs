@@ -149,13 +149,15 @@ enum Command {
 	Listen(ListenArgs),
 
 	/// A transparent proxy: accept connections on LISTEN, connect each to UPSTREAM, forward
-	/// every byte both ways unchanged and print each message decoded.
+	/// everything both ways unchanged and print each message decoded.
 	///
-	/// Both addresses must be byte streams (tcp:// or unix://, mixed as you like). Bytes are
-	/// forwarded verbatim, so the tap is transparent whatever the peers speak; --endian only
-	/// sets how it decodes what it shows. A malformed frame (or one with a body over
-	/// --max-body) is reported with its byte offset, and that direction of the connection is
-	/// forwarded undecoded from there on. Bodies over 1 MiB show progress on standard error.
+	/// Either both addresses are byte streams (tcp:// or unix://, mixed as you like) or both
+	/// are seqpacket:// sockets, whose datagrams are forwarded one by one with their file
+	/// descriptors. What passes is forwarded verbatim, so the tap is transparent whatever the
+	/// peers speak; --endian only sets how it decodes what it shows. A malformed frame (or one
+	/// with a body over --max-body) is reported with its byte offset on a byte stream, after
+	/// which that direction is forwarded undecoded, and with its index on a seqpacket socket.
+	/// Bodies over 1 MiB show progress on standard error.
 	#[command(after_help = concat!(addresses_help!(), "\n\n", output_help!()))]
 	Tap(TapArgs),
 }
@@ -232,6 +234,21 @@ struct ListenArgs {
 	/// Show at most this many bytes of each body.
 	#[arg(long, value_name = "BYTES", default_value = "64", value_parser = body::parse_size)]
 	preview: usize,
+
+	/// Keep at most N connections open; past it, new connections are accepted and closed at
+	/// once (the client sees the connection close). Default: no limit.
+	#[arg(long, value_name = "N")]
+	max_connections: Option<usize>,
+
+	/// Disconnect a client that starts a frame and does not finish it within DURATION (500ms,
+	/// 10s, 1m, 1h; plain numbers are seconds). Default: no limit.
+	#[arg(long, value_name = "DURATION", value_parser = body::parse_duration)]
+	frame_timeout: Option<Duration>,
+
+	/// Close a connection that stays idle (no request open, nothing read or written) for
+	/// DURATION (500ms, 10s, 1m, 1h; plain numbers are seconds). Default: no limit.
+	#[arg(long, value_name = "DURATION", value_parser = body::parse_duration)]
+	idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -10,9 +10,10 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
 
 use peerwire::codec::Endian;
+use peerwire::{AcceptError, AcceptRetry};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_seqpacket::UnixSeqpacket;
@@ -84,24 +85,26 @@ enum Client {
 }
 
 impl RawListener {
-	async fn accept(&mut self) -> io::Result<Client> {
+	/// Accept one connection. Failures of that connection alone (reset before it was accepted,
+	/// say) are [`AcceptError::Connection`], which [`AcceptRetry`] skips.
+	fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Result<Client, AcceptError>> {
 		match self {
 			Self::Tcp(listener) => {
-				let (stream, address) = listener.accept().await?;
-				stream.set_nodelay(true)?;
+				let (stream, address) = ready!(listener.poll_accept(cx)).map_err(AcceptError::from_accept)?;
+				stream.set_nodelay(true).map_err(AcceptError::Connection)?;
 				let (read, write) = stream.into_split();
-				Ok(Client::Stream(Box::new(read), Box::new(write), format!("tcp://{address}")))
+				Poll::Ready(Ok(Client::Stream(Box::new(read), Box::new(write), format!("tcp://{address}"))))
 			},
 			Self::Unix(listener) => {
-				let (stream, _) = listener.accept().await?;
+				let (stream, _) = ready!(listener.poll_accept(cx)).map_err(AcceptError::from_accept)?;
 				let name = process_name(stream.peer_cred().ok().and_then(|cred| cred.pid()));
 				let (read, write) = stream.into_split();
-				Ok(Client::Stream(Box::new(read), Box::new(write), name))
+				Poll::Ready(Ok(Client::Stream(Box::new(read), Box::new(write), name)))
 			},
 			Self::Seqpacket(listener) => {
-				let socket = listener.accept().await?;
+				let socket = ready!(listener.poll_accept(cx)).map_err(AcceptError::from_accept)?;
 				let name = process_name(socket.peer_cred().ok().and_then(|cred| cred.pid()));
-				Ok(Client::Seqpacket(socket, name))
+				Poll::Ready(Ok(Client::Seqpacket(socket, name)))
 			},
 		}
 	}
@@ -156,17 +159,18 @@ pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
 	let shutdown = shutdown_signal();
 	tokio::pin!(shutdown);
 	let mut connections = 0u64;
+	// The library's accept policy: skip failed connections, wait out running out of descriptors.
+	let mut retry = AcceptRetry::new();
 	loop {
 		tokio::select! {
-			accepted = listener.accept() => match accepted {
+			accepted = retry.accept(|cx| listener.poll_accept(cx)) => match accepted {
 				Ok(client) => {
 					connections += 1;
 					tokio::spawn(relay(tap.clone(), connections, client));
 				},
-				Err(error) => {
-					eprintln!("peerwire: accepting a connection on {listening}: {}", describe_io(&error));
-					tokio::time::sleep(Duration::from_millis(100)).await;
-				},
+				// The listening socket failed in a way waiting does not cure; `retry` waits before
+				// the next try, so this is printed at most once a second.
+				Err(error) => eprintln!("peerwire: accepting a connection on {listening}: {}", describe_io(&error)),
 			},
 			() = &mut shutdown => break,
 		}
