@@ -275,7 +275,8 @@ impl<T: Transport> Peer<T> {
 			frame_timeout: config.frame_timeout,
 			frame_deadline: None,
 			idle_timeout: config.idle_timeout,
-			idle_deadline: config.idle_timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+			// Made on the first poll: `new` may be called outside a runtime.
+			idle_deadline: None,
 			last_activity: Instant::now(),
 		};
 		(peer, PeerHandle::new(incoming_rx, link))
@@ -564,10 +565,17 @@ impl<T: Transport> Peer<T> {
 	/// Close the connection once it has been idle for `Config::idle_timeout`: no request open
 	/// either way, nothing written or read. Returns whether it asked for the close.
 	fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
-		let (Some(timeout), Some(deadline)) = (self.idle_timeout, self.idle_deadline.as_mut()) else {
+		let Some(timeout) = self.idle_timeout else {
 			return false;
 		};
-		if self.closing || self.remote_done || deadline.as_mut().poll(cx).is_pending() {
+		if self.closing || self.remote_done {
+			return false;
+		}
+		let last_activity = self.last_activity;
+		let deadline = self
+			.idle_deadline
+			.get_or_insert_with(|| Box::pin(tokio::time::sleep_until((last_activity + timeout).into())));
+		if deadline.as_mut().poll(cx).is_pending() {
 			return false;
 		}
 		let now = Instant::now();
@@ -577,7 +585,6 @@ impl<T: Transport> Peer<T> {
 			&& self.shared.tracker().sent.is_empty();
 		if idle {
 			tracing::info!("idle for {timeout:?}: closing the connection");
-			self.idle_deadline = None;
 			self.shared.request_close();
 			return true;
 		}

@@ -391,3 +391,23 @@ on_every_kind!(
 	open_request_is_not_idle,
 	silent_client_stays_without_idle_timeout,
 );
+
+/// A peer made outside a runtime, with both timeouts set, can be run later on one: its timers
+/// are made on the first poll, not in `Peer::new`.
+#[test]
+fn a_peer_with_timeouts_can_be_made_outside_a_runtime() {
+	let config = Config {
+		frame_timeout: Some(Duration::from_millis(100)),
+		idle_timeout: Some(Duration::from_millis(100)),
+		..Config::default()
+	};
+	let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+	a.set_nonblocking(true).unwrap();
+	let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+	let a = runtime.block_on(async { tokio::net::UnixStream::from_std(a).unwrap() });
+	let (read, write) = a.into_split();
+	let (peer, handle) = peerwire::Peer::new(peerwire::StreamTransport::new(read, write, &config), &config);
+	// Idle from the start: the idle timeout ends it.
+	runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), peer.run()).await.unwrap().unwrap() });
+	drop(handle);
+}
