@@ -534,8 +534,10 @@ fn listen_serves_a_client_promptly_despite_resets_before_accept() {
 			let mut request = client.send_request(1, "ping").await.unwrap();
 			let response = tokio::time::timeout(WAIT, request.recv_response()).await.unwrap().unwrap();
 			assert_eq!(response.body, "ping");
+			// Before the fix each reset cost the accept loop 100 ms: 10 s before the first echo.
+			// Generous for a loaded machine; tests/accept_resets.rs holds the median to 50 ms.
 			let took = started.elapsed();
-			assert!(took < Duration::from_millis(50 * (round + 1)), "echo {round} after the resets: {took:?} so far");
+			assert!(took < Duration::from_secs(1), "echo {round} after the resets: {took:?} so far");
 		}
 	});
 	drop(listener);
