@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender, WaitForCancellationFutureOwned};
 use tracing::Instrument;
@@ -31,12 +31,13 @@ const READ_BATCH: usize = 64;
 /// Rounds of work before the peer yields to the runtime even if more is ready.
 const ROUNDS_BEFORE_YIELD: usize = 32;
 
-/// A message the handles ask the peer task to write. `metered` says whether it holds a
-/// write-queue permit to give back, `cost` how many permits of the outgoing byte budget.
-pub(crate) struct Command<B> {
-	pub(crate) message: Message<B>,
-	pub(crate) metered: bool,
-	pub(crate) cost: u32,
+/// What the handles ask of the peer task, in the order they asked.
+pub(crate) enum Command<B> {
+	/// Write a message. `metered` says whether it holds a write-queue permit to give back,
+	/// `cost` how many permits of the outgoing byte budget.
+	Send { message: Message<B>, metered: bool, cost: u32 },
+	/// Say so once everything queued before this has been written to the transport.
+	Flush(oneshot::Sender<()>),
 }
 
 /// The open requests of both directions, behind the lock that handles and the peer share.
@@ -202,6 +203,8 @@ pub struct Peer<T: Transport> {
 	/// Bytes of the outgoing budget taken back from the queue and not yet written: given back to
 	/// the handles once the writer has flushed.
 	written_cost: usize,
+	/// Flushes asked for, answered once the writer has nothing queued.
+	flush_waiters: Vec<oneshot::Sender<()>>,
 	/// `Config::frame_timeout`, and the deadline of the frame being read, once it has begun.
 	frame_timeout: Option<Duration>,
 	frame_deadline: Option<Pin<Box<Sleep>>>,
@@ -272,6 +275,7 @@ impl<T: Transport> Peer<T> {
 			budget_total,
 			auto_replies: 0,
 			written_cost: 0,
+			flush_waiters: Vec::new(),
 			frame_timeout: config.frame_timeout,
 			frame_deadline: None,
 			idle_timeout: config.idle_timeout,
@@ -351,7 +355,11 @@ impl<T: Transport> Peer<T> {
 			let mut drained = false;
 			while self.writer.wants_more() && !self.commands_done {
 				match self.commands.poll_recv(cx) {
-					Poll::Ready(Some(Command { message, metered, cost })) => {
+					Poll::Ready(Some(Command::Flush(done))) => {
+						self.flush_waiters.push(done);
+						progress = true;
+					},
+					Poll::Ready(Some(Command::Send { message, metered, cost })) => {
 						if metered {
 							permits += 1;
 						} else {
@@ -392,6 +400,12 @@ impl<T: Transport> Peer<T> {
 				}
 			} else {
 				self.release_written();
+			}
+			if !self.writer.has_queued() {
+				// Everything taken so far is written, so everything queued before each of these.
+				for done in self.flush_waiters.drain(..) {
+					let _ = done.send(());
+				}
 			}
 
 			if self.closing || self.remote_done {

@@ -91,10 +91,17 @@ impl<B: Body> Link<B> {
 	/// by something else (the error response of a dropped request: at most one per open request).
 	pub(crate) fn send_unmetered(&self, message: Message<B>) -> Result<(), Error> {
 		self.shared.unmetered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-		self.commands.send(Command { message, metered: false, cost: 0 }).map_err(|_| {
+		self.commands.send(Command::Send { message, metered: false, cost: 0 }).map_err(|_| {
 			self.shared.unmetered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 			self.closed_error()
 		})
+	}
+
+	/// Wait until everything queued before this call has been written to the transport.
+	pub(crate) async fn flush(&self) -> Result<(), Error> {
+		let (done, written) = tokio::sync::oneshot::channel();
+		self.commands.send(Command::Flush(done)).map_err(|_| self.closed_error())?;
+		written.await.map_err(|_| self.closed_error())
 	}
 
 	/// Ask the peer to flush what is queued and close the connection.
@@ -113,7 +120,7 @@ impl<B> Reservation<'_, B> {
 		let cost = self.bytes.num_permits() as u32;
 		self.permit.forget();
 		self.bytes.forget();
-		self.link.commands.send(Command { message, metered: true, cost }).map_err(|_| self.link.closed_error())
+		self.link.commands.send(Command::Send { message, metered: true, cost }).map_err(|_| self.link.closed_error())
 	}
 }
 
@@ -204,6 +211,11 @@ impl<B: Body> PeerHandle<B> {
 		self.write.send_stream(service_id, body).await
 	}
 
+	/// Wait until everything queued so far is written. See [`PeerWriteHandle::flush`].
+	pub async fn flush(&self) -> Result<(), Error> {
+		self.write.flush().await
+	}
+
 	/// Flush what is queued, then close the connection. See [`PeerWriteHandle::close`].
 	pub fn close(&self) {
 		self.write.close()
@@ -260,9 +272,10 @@ pub struct PeerWriteHandle<B: Body = bytes::Bytes> {
 impl<B: Body> PeerWriteHandle<B> {
 	/// Open a request for `service_id` and return its handle.
 	///
-	/// Returns once the request is queued for writing; waits first if the write queue is full.
-	/// Fails for this request only if the body is over the write limit or the open-request
-	/// limit is reached, and with a connection error if the connection has ended.
+	/// Returns once the request is queued for writing (not once it is on the wire: see
+	/// [`flush`](Self::flush)); waits first if the write queue is full. Fails for this request
+	/// only if the body is over the write limit or the open-request limit is reached, and with
+	/// a connection error if the connection has ended.
 	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error> {
 		let body = body.into();
 		self.link.check(&body)?;
@@ -272,8 +285,31 @@ impl<B: Body> PeerWriteHandle<B> {
 	}
 
 	/// Send a one-way stream message (request id 0).
+	///
+	/// Returns once the message is queued for writing, waiting first if the write queue is
+	/// full; the peer task writes it soon after. It is not on the wire yet: a process that exits
+	/// (or a runtime that shuts down) right after may lose it. Await [`flush`](Self::flush) first
+	/// when that matters, for example for a last command before exit.
 	pub async fn send_stream(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
 		self.link.send(Message::stream(0, service_id, body)).await
+	}
+
+	/// Wait until everything queued before this call, through any handle of this connection,
+	/// has been written to the transport (the socket has taken it: the remote may not have read
+	/// it yet). The connection stays open.
+	///
+	/// Fails with [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed) if the
+	/// connection ends first.
+	///
+	/// ```no_run
+	/// # async fn demo(arm: peerwire::PeerWriteHandle) -> Result<(), peerwire::Error> {
+	/// arm.send_stream(10, "stop").await?; // queued
+	/// arm.flush().await?; // written: safe to exit now
+	/// # Ok(())
+	/// # }
+	/// ```
+	pub async fn flush(&self) -> Result<(), Error> {
+		self.link.flush().await
 	}
 
 	/// Flush what is queued, then close the connection.

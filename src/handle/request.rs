@@ -390,6 +390,9 @@ impl<B: Body> ReceivedRequestHandle<B> {
 
 	/// Send the response, closing the request. A second response fails with
 	/// [`ErrorKind::RequestClosed`](crate::ErrorKind::RequestClosed).
+	///
+	/// Like every `send_*`, returns once the message is queued for writing; await
+	/// [`PeerWriteHandle::flush`](crate::PeerWriteHandle::flush) to know it is written.
 	pub async fn send_response(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
 		self.state.send_response(service_id, body.into()).await
 	}
