@@ -67,11 +67,8 @@ pub struct Config {
 	pub request_queue: usize,
 
 	/// The most bytes of received messages waiting in the handles' queues, all queues of the
-	/// connection together (the incoming queue and every request's), plus the bodies of received
-	/// requests handed to the application and not yet answered: a request is charged from when
-	/// it is read until its response is queued or its handle dropped, so a server that spawns a
-	/// task per request is bounded too. When it is spent, the peer stops reading from the
-	/// socket until a handle takes something or a request is answered, which pushes back on the
+	/// connection together (the incoming queue and every request's). When it is spent, the peer
+	/// stops reading from the socket until a handle takes something, which pushes back on the
 	/// remote. A single message larger than this is let through alone.
 	///
 	/// As with any flow control over one connection, a handle that waits for a message queued
@@ -80,6 +77,18 @@ pub struct Config {
 	///
 	/// Default: 64 MiB.
 	pub max_buffered_incoming: usize,
+
+	/// The most bytes of requests received from the remote and not yet answered, counted from
+	/// when a request is read until its response is queued (or its handle dropped): work handed
+	/// to the application counts against the connection's memory, so a server that spawns a
+	/// task per request is bounded too. A request past it is answered at once with an error
+	/// response ([`BUSY_TEXT`](crate::BUSY_TEXT)) and the connection stays up, as past
+	/// [`max_open_requests`](Self::max_open_requests). Reading goes on: a request held until
+	/// an update or a response arrives never keeps those from being read. A single request
+	/// larger than this is let through when no other is unanswered.
+	///
+	/// Default: 64 MiB.
+	pub max_unanswered_incoming: usize,
 
 	/// The most requests open at once in each direction.
 	///
@@ -135,6 +144,7 @@ impl Default for Config {
 			incoming_queue: 128,
 			request_queue: 32,
 			max_buffered_incoming: 64 << 20,
+			max_unanswered_incoming: 64 << 20,
 			max_open_requests: 1 << 16,
 			close_timeout: std::time::Duration::from_secs(10),
 			max_buffered_outgoing: 64 << 20,

@@ -90,8 +90,8 @@ pub mod typed;
 pub use config::Config;
 pub use error::{Error, ErrorKind, ProtocolViolation};
 pub use handle::{
-	DROPPED_REQUEST_TEXT, PeerHandle, PeerReadHandle, PeerWriteHandle, ReceivedMessage, ReceivedRequestHandle,
-	ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
+	BUSY_TEXT, DROPPED_REQUEST_TEXT, PeerHandle, PeerReadHandle, PeerWriteHandle, ReceivedMessage,
+	ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
 };
 pub use listener::{AcceptError, AcceptRetry, Acceptor, Listener};
 pub use message::{Body, Message, MessageHeader, MessageType};

@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
@@ -61,6 +61,9 @@ pub(crate) struct Shared<B> {
 	pub(crate) remote_finished: std::sync::atomic::AtomicBool,
 	/// Bytes of received messages that may wait in the handles' queues, all queues together.
 	incoming_budget: Arc<Semaphore>,
+	/// Bytes of received requests not yet answered (`Config::max_unanswered_incoming`).
+	unanswered_budget: Arc<Semaphore>,
+	unanswered_total: usize,
 	/// One permit per message the handles may queue (the write queue's bound).
 	pub(crate) write_permits: Semaphore,
 	/// One permit per byte the handles may queue for writing (`Config::max_buffered_outgoing`).
@@ -108,23 +111,10 @@ impl<B> Shared<B> {
 }
 
 /// A received item waiting in a handle's queue, holding its share of the incoming budget until
-/// a handle takes it (or the queue is dropped). A received request keeps its share longer,
-/// until it is answered ([`Charged::take`]).
+/// a handle takes it (or the queue is dropped).
 pub(crate) struct Charged<T> {
 	pub(crate) item: T,
-	budget: OwnedSemaphorePermit,
-}
-
-impl<B: Body> Charged<ReceivedMessage<B>> {
-	/// The item, for the read handle. A stream message's charge ends here; a request's moves to
-	/// its handle and ends when the request is answered or dropped.
-	pub(crate) fn take(self) -> ReceivedMessage<B> {
-		let Charged { item, budget } = self;
-		if let ReceivedMessage::Request(request, _) = &item {
-			request.hold_charge(budget);
-		}
-		item
-	}
+	_budget: OwnedSemaphorePermit,
 }
 
 /// The queue of one request's updates (and, for sent requests, its response).
@@ -230,6 +220,7 @@ impl<T: Transport> Peer<T> {
 		let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
 		let budget_total = config.max_buffered_incoming.clamp(1, Semaphore::MAX_PERMITS);
 		let write_bytes_total = config.max_buffered_outgoing.clamp(1, Semaphore::MAX_PERMITS);
+		let unanswered_total = config.max_unanswered_incoming.clamp(1, Semaphore::MAX_PERMITS);
 		let shared = Arc::new(Shared {
 			tracker: Mutex::new(Tracker {
 				sent: SentTable::new(config.max_open_requests),
@@ -241,6 +232,8 @@ impl<T: Transport> Peer<T> {
 			close_requested: CancellationToken::new(),
 			remote_finished: std::sync::atomic::AtomicBool::new(false),
 			incoming_budget: Arc::new(Semaphore::new(budget_total)),
+			unanswered_budget: Arc::new(Semaphore::new(unanswered_total)),
+			unanswered_total,
 			write_permits: Semaphore::new(config.write_queue.max(1)),
 			write_bytes: Semaphore::new(write_bytes_total),
 			write_bytes_total,
@@ -356,6 +349,8 @@ impl<T: Transport> Peer<T> {
 			while self.writer.wants_more() && !self.commands_done {
 				match self.commands.poll_recv(cx) {
 					Poll::Ready(Some(Command::Flush(done))) => {
+						// Flushes given up on (their future dropped) need no answer.
+						self.flush_waiters.retain(|waiter| !waiter.is_closed());
 						self.flush_waiters.push(done);
 						progress = true;
 					},
@@ -586,9 +581,8 @@ impl<T: Transport> Peer<T> {
 			return false;
 		}
 		let last_activity = self.last_activity;
-		let deadline = self
-			.idle_deadline
-			.get_or_insert_with(|| Box::pin(tokio::time::sleep_until((last_activity + timeout).into())));
+		let deadline =
+			self.idle_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last_activity + timeout)));
 		if deadline.as_mut().poll(cx).is_pending() {
 			return false;
 		}
@@ -596,6 +590,10 @@ impl<T: Transport> Peer<T> {
 		let idle = now.duration_since(self.last_activity) >= timeout
 			&& self.unanswered == 0
 			&& !self.writer.has_queued()
+			&& !self.reader.mid_frame()
+			&& self.pending.is_none()
+			// Nothing read waits in a queue for the application.
+			&& self.shared.incoming_budget.available_permits() == self.budget_total
 			&& self.shared.tracker().sent.is_empty();
 		if idle {
 			tracing::info!("idle for {timeout:?}: closing the connection");
@@ -605,9 +603,10 @@ impl<T: Transport> Peer<T> {
 		// Not idle after all: wait a whole timeout from the last message (or from now, while a
 		// request is open), and register for that.
 		let next = if now.duration_since(self.last_activity) < timeout { self.last_activity } else { now };
-		deadline.as_mut().reset((next + timeout).into());
-		let _ = deadline.as_mut().poll(cx);
-		false
+		deadline.as_mut().reset(next + timeout);
+		// In the future, so this registers the waker (a paused test clock may say otherwise:
+		// then the next round looks again).
+		deadline.as_mut().poll(cx).is_ready()
 	}
 
 	/// Queue a message for the writer; a message the transport refuses is dropped with an error
@@ -679,12 +678,23 @@ impl<T: Transport> Peer<T> {
 			self.auto_reply(id, "peer is shutting down");
 			return;
 		};
+		// Work handed to the application counts until it is answered: past the budget, the remote
+		// is told so, as past the open-request limit, and reading goes on (a request held until
+		// an update or a response arrives must not stop those from being read).
+		let cost = message.body.len().saturating_add(MESSAGE_OVERHEAD).min(self.shared.unanswered_total);
+		let Ok(charge) =
+			self.shared.unanswered_budget.clone().try_acquire_many_owned(cost.min(u32::MAX as usize) as u32)
+		else {
+			tracing::warn!(request_id = id, "refused a request: too many bytes of requests unanswered");
+			self.auto_reply(id, crate::handle::BUSY_TEXT);
+			return;
+		};
 		let (sender, receiver) = mpsc::channel(self.shared.request_queue);
 		let opened = self.shared.tracker().received.insert(id, sender);
 		match opened {
 			Ok(serial) => {
 				self.unanswered += 1;
-				let request = ReceivedRequestHandle::new(link, message.header, serial, receiver);
+				let request = ReceivedRequestHandle::new(link, message.header, serial, receiver, charge);
 				self.deliver_incoming(ReceivedMessage::Request(request, message.body));
 			},
 			Err(OpenError::Duplicate) => {
@@ -720,7 +730,7 @@ impl<T: Transport> Peer<T> {
 	fn hand_over(&mut self, target: Target<T::Body>, budget: OwnedSemaphorePermit) {
 		match target {
 			Target::Incoming(item) => {
-				match self.incoming.as_ref().map(|incoming| incoming.try_send(Charged { item, budget })) {
+				match self.incoming.as_ref().map(|incoming| incoming.try_send(Charged { item, _budget: budget })) {
 					Some(Ok(())) => {},
 					Some(Err(mpsc::error::TrySendError::Full(item))) => {
 						let incoming = self.incoming.clone().expect("just used");
@@ -733,7 +743,7 @@ impl<T: Transport> Peer<T> {
 					},
 				}
 			},
-			Target::Request(sender, message) => match sender.try_send(Charged { item: message, budget }) {
+			Target::Request(sender, message) => match sender.try_send(Charged { item: message, _budget: budget }) {
 				Ok(()) => {},
 				Err(mpsc::error::TrySendError::Full(message)) => {
 					self.pending = Some(Pending::Request(PollSender::new(sender), message));

@@ -230,3 +230,33 @@ async fn no_update_reaches_the_wire_after_the_response() {
 	}
 	let _peer = within(answering).await.unwrap();
 }
+
+/// Requests handed to the application count against `max_unanswered_incoming` until answered.
+/// Past it a request is refused with an error response, and reading goes on: a handler that waits
+/// for an update before it answers still gets the update (no deadlock on the held bytes).
+#[tokio::test]
+async fn unanswered_requests_are_bounded_in_bytes_without_stopping_reads() {
+	let config = Config { max_unanswered_incoming: 1 << 20, ..Config::default() };
+	let (client, mut server, _, _) = connected_with(Kind::Tcp, config).await;
+	let body = vec![7u8; 600 << 10];
+	let mut first = client.send_request(1, body.clone()).await.unwrap();
+	let (mut held, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
+
+	// 600 KiB more would pass 1 MiB unanswered: refused at once, the connection stays up.
+	let mut second = client.send_request(2, body.clone()).await.unwrap();
+	let refused = within(second.recv_response()).await.unwrap();
+	assert_eq!(refused.error_text().as_deref(), Some(peerwire::BUSY_TEXT), "{refused:?}");
+
+	// The held request still gets its update, and answers.
+	first.send_update(5, "go").await.unwrap();
+	let update = within(held.recv_update()).await.unwrap().unwrap();
+	assert_eq!(update.body, "go");
+	held.send_response(0, "done").await.unwrap();
+	assert_eq!(within(first.recv_response()).await.unwrap().body, "done");
+
+	// Answered, its bytes are free again.
+	let mut third = client.send_request(3, body).await.unwrap();
+	let (again, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
+	again.send_response(0, "ok").await.unwrap();
+	assert_eq!(within(third.recv_response()).await.unwrap().body, "ok");
+}

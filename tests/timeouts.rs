@@ -338,6 +338,24 @@ async fn silent_client_stays_without_idle_timeout(kind: Kind) {
 	client.round_trip(1, 1, b"still here", &context).await;
 }
 
+/// A frame that arrives slowly, over longer than the idle timeout, is traffic, not idleness: the
+/// connection stays up and the request is answered.
+async fn slow_frame_is_not_idle(kind: Kind) {
+	let context = format!("{kind:?}, one frame sent over 3 × idle_timeout");
+	let address = server(kind, idle_timeout()).await;
+	let mut client = Raw::connect(&address).await;
+	let body = [9; 600];
+	let frame = request_frame(1, 1, &body);
+	for chunk in frame.chunks(100) {
+		client.send_bytes(chunk).await;
+		tokio::time::sleep(TIMEOUT / 2).await;
+	}
+	match client.recv(CLOSED_WITHIN).await {
+		Read::Message(RESPONSE, 1, 0, echoed) if echoed == body => {},
+		other => panic!("{context}: expected the echo, got {other:?}"),
+	}
+}
+
 macro_rules! on_streams {
 	($($name:ident),* $(,)?) => {
 		$(
@@ -382,6 +400,7 @@ on_streams!(
 	partial_body_is_disconnected_after_frame_timeout,
 	whole_frames_with_pauses_survive_frame_timeout,
 	partial_frame_waits_without_frame_timeout,
+	slow_frame_is_not_idle,
 );
 
 on_every_kind!(

@@ -7,13 +7,14 @@ use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 
 use crate::error::Error;
 use crate::message::{Body, Message};
-use crate::peer::{Charged, Command, IncomingReceiver, Shared};
+use crate::peer::{Command, IncomingReceiver, Shared};
 use crate::transport::ConnectionInfo;
 
 mod request;
 
 pub use request::{
-	DROPPED_REQUEST_TEXT, ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
+	BUSY_TEXT, DROPPED_REQUEST_TEXT, ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle,
+	SentRequestWriteHandle,
 };
 
 /// The connection to the peer task that every handle holds. While any link exists (other than
@@ -249,7 +250,7 @@ impl<B: Body> PeerReadHandle<B> {
 	/// Cancel-safe. Fails with [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed)
 	/// once the connection has ended and everything received before has been taken.
 	pub async fn recv_message(&mut self) -> Result<ReceivedMessage<B>, Error> {
-		self.incoming.recv().await.map(Charged::take).ok_or_else(|| self.link.closed_error())
+		self.incoming.recv().await.map(|charged| charged.item).ok_or_else(|| self.link.closed_error())
 	}
 
 	/// Flush what is queued, then close the connection.

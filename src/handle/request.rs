@@ -15,6 +15,11 @@ use crate::transport::ConnectionInfo;
 /// The text of the error response sent for a received request dropped without an answer.
 pub const DROPPED_REQUEST_TEXT: &str = "request dropped without a response";
 
+/// The text of the error response sent for a request refused because the requests received and
+/// not yet answered hold [`Config::max_unanswered_incoming`](crate::Config::max_unanswered_incoming)
+/// bytes already.
+pub const BUSY_TEXT: &str = "busy: too many bytes of requests not yet answered";
+
 /// What the read and write parts of a sent request share. When the last part goes, the request
 /// is forgotten locally at once: its id is free and late messages for it are dropped quietly.
 struct SentState<B: Body> {
@@ -220,9 +225,9 @@ struct ReceivedState<B: Body> {
 	/// request are dropped at once, instead of holding the connection's reading (a full queue)
 	/// or its incoming budget for as long as a handle is kept.
 	updates: Mutex<RequestReceiver<B>>,
-	/// The request's share of the incoming budget, from when the read handle took it until it is
-	/// answered: work handed to the application counts against the connection's memory bound,
-	/// so a handler per request cannot escape it.
+	/// The request's share of `Config::max_unanswered_incoming`, from when it was read until it
+	/// is answered: work handed to the application counts against the connection's memory
+	/// bound, so a handler per request cannot escape it.
 	charge: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
@@ -302,7 +307,13 @@ pub struct ReceivedRequestHandle<B: Body = bytes::Bytes> {
 }
 
 impl<B: Body> ReceivedRequestHandle<B> {
-	pub(crate) fn new(link: Link<B>, header: MessageHeader, serial: Serial, incoming: RequestReceiver<B>) -> Self {
+	pub(crate) fn new(
+		link: Link<B>,
+		header: MessageHeader,
+		serial: Serial,
+		incoming: RequestReceiver<B>,
+		charge: OwnedSemaphorePermit,
+	) -> Self {
 		let state = ReceivedState {
 			link,
 			request_id: header.request_id,
@@ -310,17 +321,9 @@ impl<B: Body> ReceivedRequestHandle<B> {
 			serial,
 			responded: Mutex::new(false),
 			updates: Mutex::new(incoming),
-			charge: Mutex::new(None),
+			charge: Mutex::new(Some(charge)),
 		};
 		Self { state: Arc::new(state) }
-	}
-
-	/// Keep `charge` (the request's share of the incoming budget) until the request is answered.
-	pub(crate) fn hold_charge(&self, charge: OwnedSemaphorePermit) {
-		let responded = self.state.responded();
-		if !*responded {
-			*self.state.charge() = Some(charge);
-		}
 	}
 
 	/// The id the remote gave this request.

@@ -348,6 +348,8 @@ pub struct UnixSeqpacketReader {
 	/// Where the rest of a datagram larger than `fast_len` goes, up to the receive size: an
 	/// anonymous mapping, so that untouched pages cost nothing (`None` if nothing goes there).
 	overflow: Option<MmapMut>,
+	/// A datagram has used `overflow` since it was last mapped.
+	overflow_touched: bool,
 	/// Room for one descriptor more than the limit.
 	control: Vec<MaybeUninit<u8>>,
 }
@@ -372,8 +374,24 @@ impl UnixSeqpacketReader {
 			arena: BytesMut::new(),
 			fast_len,
 			overflow,
+			overflow_touched: false,
 			control: fd::control_buffer(config.max_fds_read.min(SCM_MAX_FD) + 1),
 		})
+	}
+
+	/// Map the overflow area afresh if a datagram used it, so that an idle connection does not
+	/// keep the pages of its largest message. Done only when no datagram waits: a steady flow of
+	/// large datagrams keeps its mapping.
+	fn release_overflow(&mut self) {
+		if !std::mem::take(&mut self.overflow_touched) {
+			return;
+		}
+		if let Some(mapping) = &self.overflow {
+			match MmapOptions::new().len(mapping.len()).no_reserve_swap().map_anon() {
+				Ok(fresh) => self.overflow = Some(fresh),
+				Err(error) => tracing::debug!("kept the receive overflow mapping: {error}"),
+			}
+		}
 	}
 
 	/// Check a received datagram and turn it into a message. Its descriptors are owned already:
@@ -405,13 +423,8 @@ impl UnixSeqpacketReader {
 			let overflow = self.overflow.as_deref().unwrap_or_default();
 			datagram.extend_from_slice(&overflow[..len - self.fast_len]);
 			// The pages this datagram touched stay resident for as long as the mapping lives:
-			// map afresh, so that an idle connection does not keep its largest message.
-			if let Some(mapping) = &self.overflow {
-				match MmapOptions::new().len(mapping.len()).no_reserve_swap().map_anon() {
-					Ok(fresh) => self.overflow = Some(fresh),
-					Err(error) => tracing::debug!("kept the receive overflow mapping: {error}"),
-				}
-			}
+			// once no more datagrams wait, it is mapped afresh (`release_overflow`).
+			self.overflow_touched = true;
 			datagram.freeze()
 		};
 		let message = decode_datagram(datagram, self.endian, self.max_body_len)?;
@@ -427,9 +440,16 @@ impl TransportRead for UnixSeqpacketReader {
 			// Used up (what was split off lives on in the messages); start a fresh one.
 			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
 		}
-		let Self { socket, arena, fast_len, overflow, control, .. } = self;
 		let received = loop {
-			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
+			let mut guard = match self.socket.as_async_fd().poll_read_ready(cx) {
+				Poll::Ready(guard) => guard?,
+				Poll::Pending => {
+					// Nothing waits: a good time to give back what a large datagram touched.
+					self.release_overflow();
+					return Poll::Pending;
+				},
+			};
+			let Self { arena, fast_len, overflow, control, .. } = self;
 			let overflow = overflow.as_deref_mut().unwrap_or_default();
 			let mut buffers = [IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)];
 			match guard.try_io(|inner| fd::recv_datagram(inner.get_ref().as_fd(), &mut buffers, control)) {

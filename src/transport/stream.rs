@@ -105,12 +105,15 @@ pub struct StreamReader<R> {
 	inner: R,
 	codec: StreamCodec,
 	buffer: BytesMut,
+	/// The buffer's allocation grew past [`RELEASE_ABOVE`]: let it go once the buffer is empty.
+	/// (Its `capacity()` cannot tell: after a frame is split off, it counts only what is left.)
+	grown: bool,
 	eof: bool,
 }
 
 impl<R: AsyncRead + Send + Unpin + 'static> StreamReader<R> {
 	fn new(inner: R, codec: StreamCodec) -> Self {
-		Self { inner, codec, buffer: BytesMut::new(), eof: false }
+		Self { inner, codec, buffer: BytesMut::new(), grown: false, eof: false }
 	}
 
 	/// Make room for the next read, sized for what the frame at the front still needs.
@@ -123,6 +126,7 @@ impl<R: AsyncRead + Send + Unpin + 'static> StreamReader<R> {
 		}
 		let ahead = RESERVE_AHEAD.max(self.buffer.len());
 		self.buffer.reserve(needed.clamp(READ_CHUNK, ahead));
+		self.grown |= self.buffer.capacity() > RELEASE_ABOVE;
 		Ok(())
 	}
 }
@@ -133,10 +137,11 @@ impl<R: AsyncRead + Send + Unpin + 'static> TransportRead for StreamReader<R> {
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<Bytes>>, Error>> {
 		loop {
 			if let Some(message) = self.codec.decode(&mut self.buffer)? {
-				if self.buffer.is_empty() && self.buffer.capacity() > RELEASE_ABOVE {
+				if self.grown && self.buffer.is_empty() {
 					// The rest of a large allocation: the body just split off shares it, and
 					// frees it when dropped only if this buffer lets go too.
 					self.buffer = BytesMut::new();
+					self.grown = false;
 				}
 				return Poll::Ready(Ok(Some(message)));
 			}
@@ -386,6 +391,21 @@ mod tests {
 		let mut reader = StreamReader::new(std::io::Cursor::new(wire.to_vec()), codec);
 		assert!(poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().is_some());
 		assert!(poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().is_none());
+	}
+
+	#[tokio::test]
+	async fn the_read_buffer_lets_go_of_a_large_allocation_once_empty() {
+		// Sizes whose last reserve leaves a small tail after the frame is split off: the
+		// buffer's capacity then looks small although it holds the whole allocation.
+		let codec = StreamCodec::new(Default::default(), 32 << 20, 32 << 20);
+		for len in [300_000, 1_500_000, 2_097_152 - 16, 16_649_287 - 16] {
+			let mut wire = BytesMut::new();
+			codec.encode(&Message::stream(0, 0, Bytes::from(vec![1; len])), &mut wire).unwrap();
+			let mut reader = StreamReader::new(std::io::Cursor::new(wire.to_vec()), codec);
+			let message = poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().unwrap();
+			assert_eq!(message.body.len(), len);
+			assert_eq!(reader.buffer.capacity(), 0, "{len}: the reader still holds its allocation");
+		}
 	}
 
 	#[tokio::test]
