@@ -15,7 +15,7 @@ pub mod memory;
 #[cfg(all(unix, feature = "unix-seqpacket"))]
 pub mod seqpacket;
 #[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
-mod socket_file;
+pub(crate) mod socket_file;
 pub mod stream;
 #[cfg(feature = "tcp")]
 pub mod tcp;
