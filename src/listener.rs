@@ -230,7 +230,7 @@ impl ConnectionLimit {
 				tracing::warn!(max = self.max, "connection limit reached: closing new connections until one ends");
 			}
 			self.refused += 1;
-			tracing::debug!(remote = ?info.remote_address, "closed a connection past the limit");
+			tracing::debug!(remote = %info, "closed a connection past the limit");
 			return None;
 		}
 		if self.refused > 0 {
@@ -355,7 +355,9 @@ impl<A: Acceptor> Listener<A> {
 			let info = transport.info();
 			// Past the limit the transport is dropped here, which closes the connection.
 			if let Some(open) = self.limit.admit(&info) {
-				return Poll::Ready(Ok((Peer::spawn_with(transport, &self.config, open), info)));
+				let span = crate::transport::connection_span(&info);
+				tracing::info!(parent: &span, "accepted a connection");
+				return Poll::Ready(Ok((Peer::spawn_with(transport, &self.config, open, span), info)));
 			}
 		}
 	}

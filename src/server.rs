@@ -115,8 +115,8 @@ where
 			biased;
 			_ = shutdown.cancelled() => break,
 			accepted = listener.accept() => match accepted {
-				Ok((peer, info)) => {
-					tracing::debug!(remote = ?info.remote_address, "accepted a connection");
+				// The listener logged it, in the connection's span.
+				Ok((peer, _info)) => {
 					connections.spawn(serve_connection(peer, shutdown.clone(), grace, handler.clone()));
 				},
 				// The listener logged it, and waits before its next try.

@@ -578,8 +578,7 @@ impl Peer<UnixSeqpacketTransport> {
 		config: &Config,
 	) -> Result<(PeerHandle<UnixBody>, ConnectionInfo), Error> {
 		let transport = UnixSeqpacketTransport::connect(path, config).await?;
-		let info = transport.info();
-		Ok((Peer::spawn(transport, config), info))
+		Ok(super::spawn_connected(transport, config))
 	}
 }
 

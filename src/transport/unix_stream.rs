@@ -7,7 +7,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::socket_file::remove_stale_socket;
-use super::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
+use super::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport};
 use crate::config::Config;
 use crate::error::Error;
 use crate::handle::PeerHandle;
@@ -50,8 +50,7 @@ impl Peer<UnixStreamTransport> {
 	pub async fn connect(path: impl AsRef<Path>, config: &Config) -> Result<(PeerHandle, ConnectionInfo), Error> {
 		let stream = UnixStream::connect(path).await?;
 		let transport = UnixStreamTransport::from_unix(stream, config)?;
-		let info = transport.info();
-		Ok((Peer::spawn(transport, config), info))
+		Ok(super::spawn_connected(transport, config))
 	}
 }
 
