@@ -230,7 +230,7 @@ impl ConnectionLimit {
 				tracing::warn!(max = self.max, "connection limit reached: closing new connections until one ends");
 			}
 			self.refused += 1;
-			tracing::debug!(remote = ?info.remote_address, "closed a connection past the limit");
+			tracing::debug!(remote = %info, "closed a connection past the limit");
 			return None;
 		}
 		if self.refused > 0 {
@@ -271,12 +271,30 @@ pub struct Listener<A: Acceptor> {
 	config: Config,
 	retry: AcceptRetry,
 	limit: ConnectionLimit,
+	/// The socket file this listener bound, removed when it is dropped.
+	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+	socket_file: Option<crate::transport::socket_file::SocketFile>,
 }
 
 impl<A: Acceptor> Listener<A> {
 	/// A listener over an already bound socket, with no connection limit.
 	pub fn new(acceptor: A, config: Config) -> Self {
-		Self { acceptor, config, retry: AcceptRetry::new(), limit: ConnectionLimit::default() }
+		Self {
+			acceptor,
+			config,
+			retry: AcceptRetry::new(),
+			limit: ConnectionLimit::default(),
+			#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+			socket_file: None,
+		}
+	}
+
+	/// Remove the socket file at `path` when this listener is dropped, if it is still the file
+	/// there now.
+	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+	pub(crate) fn remove_on_drop(mut self, path: &std::path::Path) -> Self {
+		self.socket_file = crate::transport::socket_file::SocketFile::bound(path);
+		self
 	}
 
 	/// Limit the connections [`accept`](Self::accept) keeps open at once to `max` (see
@@ -337,7 +355,9 @@ impl<A: Acceptor> Listener<A> {
 			let info = transport.info();
 			// Past the limit the transport is dropped here, which closes the connection.
 			if let Some(open) = self.limit.admit(&info) {
-				return Poll::Ready(Ok((Peer::spawn_with(transport, &self.config, open), info)));
+				let span = crate::transport::connection_span(&info);
+				tracing::info!(parent: &span, "accepted a connection");
+				return Poll::Ready(Ok((Peer::spawn_with(transport, &self.config, open, span), info)));
 			}
 		}
 	}

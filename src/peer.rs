@@ -283,18 +283,31 @@ impl<T: Transport> Peer<T> {
 	///
 	/// An error that ends the connection is logged (`tracing`) and reported to every handle.
 	pub fn spawn(transport: T, config: &Config) -> PeerHandle<T::Body> {
-		Self::spawn_with(transport, config, ())
+		let span = crate::transport::connection_span(&transport.info());
+		tracing::info!(parent: &span, "peer started");
+		Self::spawn_with(transport, config, (), span)
 	}
 
-	/// [`spawn`](Self::spawn), with `guard` dropped when the peer task ends (a listener's
+	/// [`spawn`](Self::spawn), in `span` (see `transport::connection_span`; the caller logs the
+	/// start of the connection in it), with `guard` dropped when the peer task ends (a listener's
 	/// connection count, for example).
-	pub(crate) fn spawn_with<G: Send + 'static>(transport: T, config: &Config, guard: G) -> PeerHandle<T::Body> {
-		let span = tracing::debug_span!("peer", remote = ?transport.info().remote_address);
+	///
+	/// The end is logged once in the span: at `info` with who closed it, or at `warn` with the
+	/// error that ended it.
+	pub(crate) fn spawn_with<G: Send + 'static>(
+		transport: T,
+		config: &Config,
+		guard: G,
+		span: tracing::Span,
+	) -> PeerHandle<T::Body> {
 		let (peer, handle) = Self::new(transport, config);
+		let shared = peer.shared.clone();
 		tokio::spawn(
 			async move {
-				if let Err(error) = peer.run().await {
-					tracing::warn!("connection closed: {error}");
+				match peer.run().await {
+					Ok(()) if shared.closed_error().is_closed_locally() => tracing::info!("connection closed locally"),
+					Ok(()) => tracing::info!("connection closed by the remote"),
+					Err(error) => tracing::warn!("connection closed: {error}"),
 				}
 				drop(guard);
 			}

@@ -6,7 +6,38 @@
 //! error response, requests already being handled get a grace period to finish, and then every
 //! connection is closed. A handler still running at the deadline is aborted; the requests it held
 //! are answered with the automatic error response of a dropped request, so no remote waits forever.
+//!
+//! # Order
+//!
+//! Within one connection:
+//!
+//! - **Stream messages are handled in order, one at a time.** The handler of a stream message
+//!   starts only once the handler of the one before it has returned, so a `set_speed` followed
+//!   by a `stop` is never run as `stop`, then `set_speed`. A stream handler that awaits holds up
+//!   the stream messages behind it (not the requests); a long job should be spawned by the
+//!   handler if later stream messages must not wait for it.
+//! - **Requests are handled concurrently**: each on a task of its own, started in the order the
+//!   requests arrived, finishing in any order (at most [`MAX_HANDLERS_PER_CONNECTION`] at once).
+//!   A remote that needs one request done before the next starts waits for the response.
+//! - **Between requests and stream messages there is no order**: a request handler may run
+//!   before, after or while a stream message that arrived earlier is handled.
+//!
+//! Different connections are served independently, with no order between them.
+//!
+//! # Backpressure
+//!
+//! A connection is read only while there is room for what it may bring: fewer than
+//! [`MAX_HANDLERS_PER_CONNECTION`] request handlers running, and fewer than
+//! [`MAX_QUEUED_STREAM_MESSAGES`] stream messages (and [`MAX_QUEUED_STREAM_BYTES`] of their
+//! bodies) waiting for the stream handler. Otherwise the connection is not read until a handler
+//! finishes: the remote is pushed back through the socket, and its requests wait behind its
+//! stream messages too, since the next message cannot be looked at without reading it.
+//!
+//! On shutdown, stream messages that arrived before it are still handled, in order, within the
+//! grace period; at the deadline the running stream handler is aborted and the stream messages
+//! still waiting are dropped. Stream messages that arrive after the shutdown are dropped.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,7 +47,7 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::handle::{PeerHandle, PeerWriteHandle, ReceivedMessage};
 use crate::listener::{Acceptor, Listener};
-use crate::message::Body;
+use crate::message::{Body, Message};
 use crate::transport::Transport;
 
 /// The error text sent for a request that arrives while the server shuts down.
@@ -27,9 +58,19 @@ pub const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
 /// itself gives up after [`Config::close_timeout`](crate::Config::close_timeout)).
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The most handlers running at once for one connection. At the limit the connection is not
-/// read until one finishes, which pushes back on the remote instead of spawning without bound.
+/// The most request handlers running at once for one connection. At the limit the connection is
+/// not read until one finishes, which pushes back on the remote instead of spawning without bound.
 pub const MAX_HANDLERS_PER_CONNECTION: usize = 1024;
+
+/// The most stream messages of one connection waiting for the one being handled. With the queue
+/// full the connection is not read until the stream handler catches up.
+pub const MAX_QUEUED_STREAM_MESSAGES: usize = 64;
+
+/// The most body bytes of stream messages of one connection waiting for the one being handled
+/// (a single larger message still waits alone). Once taken from the connection, a stream message
+/// no longer counts against [`Config::max_buffered_incoming`](crate::Config::max_buffered_incoming),
+/// so this bounds the memory the queue can hold.
+pub const MAX_QUEUED_STREAM_BYTES: usize = 1 << 20;
 
 /// Accept connections from `listener` and serve each with `handler` until `shutdown` is
 /// cancelled, then shut down gracefully within `grace` (see [`serve_connection`]).
@@ -74,8 +115,8 @@ where
 			biased;
 			_ = shutdown.cancelled() => break,
 			accepted = listener.accept() => match accepted {
-				Ok((peer, info)) => {
-					tracing::debug!(remote = ?info.remote_address, "accepted a connection");
+				// The listener logged it, in the connection's span.
+				Ok((peer, _info)) => {
 					connections.spawn(serve_connection(peer, shutdown.clone(), grace, handler.clone()));
 				},
 				// The listener logged it, and waits before its next try.
@@ -89,13 +130,19 @@ where
 	while connections.join_next().await.is_some() {}
 }
 
-/// Serve one connection: run `handler` on its own task for every message received (at most
-/// [`MAX_HANDLERS_PER_CONNECTION`] at once), until the connection ends or `shutdown` is cancelled.
+/// Serve one connection: run `handler` for every message received, until the connection ends
+/// or `shutdown` is cancelled.
+///
+/// Stream messages are handled one after another, in the order they arrived; each request gets a
+/// task of its own (at most [`MAX_HANDLERS_PER_CONNECTION`] at once). See the [module
+/// docs](self) for the ordering guarantees and for how the remote is pushed back.
 ///
 /// On shutdown, requests that arrive are answered with the error response
-/// [`SHUTTING_DOWN_TEXT`] and stream messages are dropped; handlers already running have until
-/// `grace` has passed to finish, after which they are aborted (their requests get the automatic
-/// error response of a dropped request). Then the connection is closed, flushing what was queued.
+/// [`SHUTTING_DOWN_TEXT`] and stream messages are dropped; handlers already running, and stream
+/// messages that arrived before the shutdown, have until `grace` has passed to finish, after which
+/// running handlers are aborted (their requests get the automatic error response of a dropped
+/// request) and stream messages still waiting are dropped. Then the connection is closed,
+/// flushing what was queued.
 pub async fn serve_connection<B, H, F>(peer: PeerHandle<B>, shutdown: CancellationToken, grace: Duration, handler: H)
 where
 	B: Body,
@@ -104,6 +151,7 @@ where
 {
 	let (mut read, write) = peer.split();
 	let mut handlers = JoinSet::new();
+	let mut streams = OrderedStreams::new();
 
 	// Serve until the shutdown or the end of the connection.
 	let mut ended = loop {
@@ -111,10 +159,16 @@ where
 			biased;
 			_ = shutdown.cancelled() => break false,
 			Some(finished) = handlers.join_next(), if !handlers.is_empty() => log_handler_end(finished),
-			// At the handler limit, stop reading: the remote is pushed back through the socket.
-			message = read.recv_message(), if handlers.len() < MAX_HANDLERS_PER_CONNECTION => match message {
-				Ok(message) => {
-					handlers.spawn(handler(message, write.clone()));
+			Some(finished) = streams.join_next(), if streams.is_running() => {
+				log_handler_end(finished);
+				streams.start_next(&handler, &write);
+			},
+			// At the handler limit, or with the stream queue full, stop reading: the remote is
+			// pushed back through the socket.
+			message = read.recv_message(), if handlers.len() < MAX_HANDLERS_PER_CONNECTION && streams.has_room() => match message {
+				Ok(ReceivedMessage::Stream(message)) => streams.push(message, &handler, &write),
+				Ok(request) => {
+					handlers.spawn(handler(request, write.clone()));
 				},
 				Err(error) => {
 					tracing::debug!("connection ended: {error}");
@@ -125,32 +179,44 @@ where
 	};
 
 	if ended {
-		// Nothing more can arrive. Running handlers finish on their own (their sends fail), but a
-		// shutdown still bounds how long they may take.
-		loop {
+		// Nothing more can arrive. Running handlers and the stream messages already received
+		// finish on their own (their sends fail), but a shutdown still bounds how long they take.
+		while !handlers.is_empty() || streams.is_running() {
 			tokio::select! {
-				finished = handlers.join_next() => match finished {
-					Some(finished) => log_handler_end(finished),
-					None => return,
+				Some(finished) = handlers.join_next(), if !handlers.is_empty() => log_handler_end(finished),
+				Some(finished) = streams.join_next(), if streams.is_running() => {
+					log_handler_end(finished);
+					streams.start_next(&handler, &write);
 				},
 				_ = shutdown.cancelled() => break,
 			}
 		}
+		if !shutdown.is_cancelled() {
+			return;
+		}
 	}
 
-	// Shutting down: refuse new requests, give running handlers until the deadline.
+	// Shutting down: refuse new requests, give running handlers and the stream messages already
+	// received until the deadline.
 	let deadline = Instant::now() + grace;
-	loop {
+	// Until every handler is done: nothing that arrives now starts another.
+	while !handlers.is_empty() || streams.is_running() {
 		tokio::select! {
 			biased;
 			_ = tokio::time::sleep_until(deadline) => {
-				tracing::debug!(running = handlers.len(), "grace period over: aborting handlers");
+				tracing::debug!(
+					running = handlers.len() + usize::from(streams.is_running()),
+					queued_streams = streams.queue.len(),
+					"grace period over: aborting handlers, dropping queued stream messages"
+				);
 				handlers.abort_all();
+				streams.abort();
 				break;
 			},
-			finished = handlers.join_next() => match finished {
-				Some(finished) => log_handler_end(finished),
-				None => break,
+			Some(finished) = handlers.join_next(), if !handlers.is_empty() => log_handler_end(finished),
+			Some(finished) = streams.join_next(), if streams.is_running() => {
+				log_handler_end(finished);
+				streams.start_next(&handler, &write);
 			},
 			message = read.recv_message(), if !ended => match message {
 				Ok(ReceivedMessage::Request(request, _)) => {
@@ -169,11 +235,78 @@ where
 		}
 	}
 	while handlers.join_next().await.is_some() {}
+	while streams.join_next().await.is_some() {}
 
 	write.close();
 	drop(read);
 	if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write.closed()).await.is_err() {
 		tracing::warn!("connection did not finish closing in time (the remote is not reading)");
+	}
+}
+
+/// The stream messages of one connection: handled one at a time, in arrival order, each on a task
+/// of its own (so that a panicking handler loses only its own message), with the messages that
+/// wait behind the running one bounded in count and bytes.
+struct OrderedStreams<B> {
+	/// Holds the one running stream handler, if any: a `JoinSet` so that it is aborted when the
+	/// connection's future is dropped.
+	running: JoinSet<()>,
+	queue: VecDeque<Message<B>>,
+	/// Body bytes in `queue`.
+	queued_bytes: usize,
+}
+
+impl<B: Body> OrderedStreams<B> {
+	fn new() -> Self {
+		Self { running: JoinSet::new(), queue: VecDeque::new(), queued_bytes: 0 }
+	}
+
+	fn is_running(&self) -> bool {
+		!self.running.is_empty()
+	}
+
+	/// Whether another stream message may be read. A message larger than the byte bound is still
+	/// taken when the queue is empty: it waits alone.
+	fn has_room(&self) -> bool {
+		self.queue.is_empty()
+			|| (self.queue.len() < MAX_QUEUED_STREAM_MESSAGES && self.queued_bytes < MAX_QUEUED_STREAM_BYTES)
+	}
+
+	/// Handle `message` now if no stream handler runs, or after those that arrived before it.
+	fn push<H, F>(&mut self, message: Message<B>, handler: &H, write: &PeerWriteHandle<B>)
+	where
+		H: Fn(ReceivedMessage<B>, PeerWriteHandle<B>) -> F,
+		F: Future<Output = ()> + Send + 'static,
+	{
+		self.queued_bytes += message.body.len();
+		self.queue.push_back(message);
+		if !self.is_running() {
+			self.start_next(handler, write);
+		}
+	}
+
+	/// Start the handler of the oldest waiting message, if any; called when none runs.
+	fn start_next<H, F>(&mut self, handler: &H, write: &PeerWriteHandle<B>)
+	where
+		H: Fn(ReceivedMessage<B>, PeerWriteHandle<B>) -> F,
+		F: Future<Output = ()> + Send + 'static,
+	{
+		if let Some(message) = self.queue.pop_front() {
+			self.queued_bytes -= message.body.len();
+			self.running.spawn(handler(ReceivedMessage::Stream(message), write.clone()));
+		}
+	}
+
+	/// Wait for the running handler to end (cancel-safe). `None` if none runs.
+	async fn join_next(&mut self) -> Option<Result<(), tokio::task::JoinError>> {
+		self.running.join_next().await
+	}
+
+	/// Abort the running handler and drop the waiting messages.
+	fn abort(&mut self) {
+		self.running.abort_all();
+		self.queue.clear();
+		self.queued_bytes = 0;
 	}
 }
 

@@ -401,12 +401,16 @@ async fn listener_connect_credentials_and_stale_socket_files() {
 	let message = recv_stream(&mut server).await;
 	assert_eq!(contents(message.body.fds.into_iter().next().unwrap()), b"via listener");
 
-	// The server is gone but its socket file stays: the next bind removes it.
+	// A listener dropped removes its socket file.
 	drop(listener);
+	assert!(!path.exists());
+	// A server that died without dropping its listener leaves its socket file: the next bind
+	// removes it.
+	drop(tokio_seqpacket::UnixSeqpacketListener::bind(&path).unwrap());
 	assert!(path.exists());
 	let listener = UnixSeqpacketListener::bind(&path, config).await.unwrap();
 	drop(listener);
-	let _ = std::fs::remove_file(&path);
+	assert!(!path.exists());
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@ async fn main() -> Result<(), peerwire::Error> {
 		api::INTERFACE.streams.len()
 	);
 
+	// Commands are handled in the order sent; this request is not ordered after the command, so the
+	// move may take its first step at the old speed (see `motor::run_module`).
 	motor.send_set_speed(&Speed { steps_per_second: 200 }).await?;
 	let mut moving = motor.move_to(&5).await?;
 	while let Some(api::move_to::ResponderUpdate::Moved(position)) = moving.recv_update().await? {

@@ -49,6 +49,12 @@ impl Motor {
 
 /// Serve the motor interface on `peer` until the connection ends or `shutdown` is cancelled;
 /// a move in progress then has `grace` to finish.
+///
+/// `serve_connection` runs commands (stream messages such as `set_speed`) one after another, in
+/// the order they were sent, so a later command always wins. Requests (`move_to`, `position`)
+/// run concurrently with each other and with the commands: a `move_to` sent right after a
+/// `set_speed` may take its first step before the new speed is set. That is why a move reads the
+/// step time again before every step, instead of once when it starts.
 pub async fn run_module(peer: PeerHandle, motor: Arc<Mutex<Motor>>, shutdown: CancellationToken, grace: Duration) {
 	serve_connection(peer, shutdown, grace, move |message, _peer: PeerWriteHandle| handle(message, motor.clone())).await
 }

@@ -6,6 +6,7 @@
 //! queued messages with [`TransportWrite::start_send`] and puts them on the wire in one
 //! [`TransportWrite::poll_flush`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use crate::error::Error;
@@ -15,7 +16,7 @@ pub mod memory;
 #[cfg(all(unix, feature = "unix-seqpacket"))]
 pub mod seqpacket;
 #[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
-mod socket_file;
+pub(crate) mod socket_file;
 pub mod stream;
 #[cfg(feature = "tcp")]
 pub mod tcp;
@@ -128,6 +129,52 @@ impl std::fmt::Display for RemoteAddress {
 	}
 }
 
+/// `tcp://127.0.0.1:37030`, `unix:///run/arm.sock (uid 1000, pid 42)`, `unix (uid 1000, pid 42)`
+/// for an unnamed Unix peer (clients usually are), `in-process` for a transport that knows nothing
+/// of its remote (the in-memory pair).
+impl std::fmt::Display for ConnectionInfo {
+	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+		match (&self.remote_address, &self.credentials) {
+			(Some(RemoteAddress::Unix(None)), Some(_)) => f.write_str("unix")?,
+			(Some(address), _) => write!(f, "{address}")?,
+			(None, Some(_)) => f.write_str("unknown")?,
+			(None, None) => return f.write_str("in-process"),
+		}
+		if let Some(credentials) = &self.credentials {
+			write!(f, " (uid {}", credentials.uid)?;
+			if let Some(pid) = credentials.pid {
+				write!(f, ", pid {pid}")?;
+			}
+			f.write_str(")")?;
+		}
+		Ok(())
+	}
+}
+
+/// The number of the next connection in this process, for logs.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// The span of one connection's peer task: `peer{conn=7 remote=tcp://10.0.0.2:5000}`, with a
+/// number unique in the process so that the log lines of two connections from one address (or
+/// of two unnamed Unix clients) can be told apart. At `info`, so that the connection's
+/// `info!`/`warn!` lines carry it under the usual filters.
+pub(crate) fn connection_span(info: &ConnectionInfo) -> tracing::Span {
+	let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+	tracing::info_span!("peer", conn = number, remote = %info)
+}
+
+/// Spawn the peer task of a connection this side made, logging it at `info`.
+#[cfg(any(feature = "tcp", all(unix, any(feature = "unix-stream", feature = "unix-seqpacket"))))]
+pub(crate) fn spawn_connected<T: Transport>(
+	transport: T,
+	config: &crate::Config,
+) -> (crate::PeerHandle<T::Body>, ConnectionInfo) {
+	let info = transport.info();
+	let span = connection_span(&info);
+	tracing::info!(parent: &span, "connected");
+	(crate::Peer::spawn_with(transport, config, (), span), info)
+}
+
 /// The credentials of a Unix-socket peer process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Credentials {
@@ -143,5 +190,25 @@ pub struct Credentials {
 impl From<tokio::net::unix::UCred> for Credentials {
 	fn from(cred: tokio::net::unix::UCred) -> Self {
 		Self { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() }
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	#[test]
+	fn connection_info_names_the_remote() {
+		let credentials = Some(Credentials { uid: 1000, gid: 1000, pid: Some(42) });
+		let info = |remote_address, credentials| ConnectionInfo { remote_address, credentials };
+		let tcp = info(Some(RemoteAddress::Tcp("127.0.0.1:37030".parse().unwrap())), None);
+		assert_eq!(tcp.to_string(), "tcp://127.0.0.1:37030");
+		let named = info(Some(RemoteAddress::Unix(Some("/run/arm.sock".into()))), credentials);
+		assert_eq!(named.to_string(), "unix:///run/arm.sock (uid 1000, pid 42)");
+		assert_eq!(info(Some(RemoteAddress::Unix(None)), credentials).to_string(), "unix (uid 1000, pid 42)");
+		let no_pid = Some(Credentials { uid: 0, gid: 0, pid: None });
+		assert_eq!(info(Some(RemoteAddress::Unix(None)), no_pid).to_string(), "unix (uid 0)");
+		assert_eq!(info(Some(RemoteAddress::Unix(None)), None).to_string(), "unix://(unnamed)");
+		assert_eq!(ConnectionInfo::default().to_string(), "in-process");
 	}
 }

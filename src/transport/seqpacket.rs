@@ -598,8 +598,7 @@ impl Peer<UnixSeqpacketTransport> {
 		config: &Config,
 	) -> Result<(PeerHandle<UnixBody>, ConnectionInfo), Error> {
 		let transport = UnixSeqpacketTransport::connect(path, config).await?;
-		let info = transport.info();
-		Ok((Peer::spawn(transport, config), info))
+		Ok(super::spawn_connected(transport, config))
 	}
 }
 
@@ -623,10 +622,15 @@ impl Listener<tokio_seqpacket::UnixSeqpacketListener> {
 	///
 	/// A stale socket file left by a process that is gone is removed first. If another process
 	/// is still accepting on `path`, binding fails with `AddrInUse` instead of stealing it.
+	///
+	/// The socket file is removed when the listener is dropped (at the end of
+	/// [`serve`](crate::server::serve), for example), unless it is no longer the file this
+	/// listener bound: a newer server's socket at the same path is left alone. A listener made
+	/// with [`Listener::new`] over a socket bound elsewhere leaves its file to whoever bound it.
 	pub async fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
 		let path = path.as_ref();
 		remove_stale_socket(path).await?;
-		Ok(Self::new(tokio_seqpacket::UnixSeqpacketListener::bind(path)?, config))
+		Ok(Self::new(tokio_seqpacket::UnixSeqpacketListener::bind(path)?, config).remove_on_drop(path))
 	}
 
 	/// The path this listener is bound to.

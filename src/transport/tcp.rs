@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-use super::{ConnectionInfo, RemoteAddress, StreamTransport, Transport};
+use super::{ConnectionInfo, RemoteAddress, StreamTransport};
 use crate::config::Config;
 use crate::error::Error;
 use crate::handle::PeerHandle;
@@ -44,8 +44,7 @@ impl Peer<TcpTransport> {
 	pub async fn connect(address: impl ToSocketAddrs, config: &Config) -> Result<(PeerHandle, ConnectionInfo), Error> {
 		let stream = TcpStream::connect(address).await?;
 		let transport = TcpTransport::from_tcp(stream, config)?;
-		let info = transport.info();
-		Ok((Peer::spawn(transport, config), info))
+		Ok(super::spawn_connected(transport, config))
 	}
 }
 

@@ -7,7 +7,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::socket_file::remove_stale_socket;
-use super::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
+use super::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport};
 use crate::config::Config;
 use crate::error::Error;
 use crate::handle::PeerHandle;
@@ -50,8 +50,7 @@ impl Peer<UnixStreamTransport> {
 	pub async fn connect(path: impl AsRef<Path>, config: &Config) -> Result<(PeerHandle, ConnectionInfo), Error> {
 		let stream = UnixStream::connect(path).await?;
 		let transport = UnixStreamTransport::from_unix(stream, config)?;
-		let info = transport.info();
-		Ok((Peer::spawn(transport, config), info))
+		Ok(super::spawn_connected(transport, config))
 	}
 }
 
@@ -71,10 +70,15 @@ impl Listener<tokio::net::UnixListener> {
 	///
 	/// A stale socket file left by a process that is gone is removed first. If another process
 	/// is still accepting on `path`, binding fails with `AddrInUse` instead of stealing it.
+	///
+	/// The socket file is removed when the listener is dropped (at the end of
+	/// [`serve`](crate::server::serve), for example), unless it is no longer the file this
+	/// listener bound: a newer server's socket at the same path is left alone. A listener made
+	/// with [`Listener::new`] over a socket bound elsewhere leaves its file to whoever bound it.
 	pub async fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
 		let path = path.as_ref();
 		remove_stale_socket(path).await?;
-		Ok(Self::new(tokio::net::UnixListener::bind(path)?, config))
+		Ok(Self::new(tokio::net::UnixListener::bind(path)?, config).remove_on_drop(path))
 	}
 
 	/// The path this listener is bound to.

@@ -1,0 +1,203 @@
+//! What peerwire logs about a connection: a span per connection naming it (address, or pid and
+//! uid of a Unix peer, and a connection number), its start and its end at `info`, once each.
+//!
+//! A tiny `tracing` subscriber records spans and events; the runtime is current-thread, so the
+//! spans entered by the peer tasks are on the thread-local stack of the one thread.
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{socket_path, within};
+use peerwire::{Config, TcpListener, TcpPeer, UnixStreamListener, UnixStreamPeer};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+/// One event: its level, its message and other fields, and the fields of the spans it is in.
+#[derive(Debug, Clone)]
+struct Captured {
+	level: Level,
+	message: String,
+	spans: String,
+}
+
+#[derive(Default)]
+struct State {
+	next_id: u64,
+	/// Fields of every span, and its parent.
+	spans: HashMap<u64, (String, Option<u64>)>,
+	events: Vec<Captured>,
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<State>>);
+
+thread_local! {
+	static ENTERED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Fields<'a>(&'a mut String, Option<&'a mut String>);
+
+impl Visit for Fields<'_> {
+	fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+		match (field.name(), &mut self.1) {
+			("message", Some(message)) => write!(message, "{value:?}").unwrap(),
+			(name, _) => write!(self.0, " {name}={value:?}").unwrap(),
+		}
+	}
+}
+
+impl Capture {
+	fn current() -> Option<u64> {
+		ENTERED.with(|entered| entered.borrow().last().copied())
+	}
+
+	/// The fields of `span` and its ancestors, innermost first.
+	fn span_fields(state: &State, mut span: Option<u64>) -> String {
+		let mut all = String::new();
+		while let Some(id) = span {
+			let (fields, parent) = &state.spans[&id];
+			all.push_str(fields);
+			span = *parent;
+		}
+		all
+	}
+
+	fn events(&self) -> Vec<Captured> {
+		self.0.lock().unwrap().events.clone()
+	}
+
+	/// The info (and above) events whose message is `message`.
+	fn logged(&self, message: &str) -> Vec<Captured> {
+		self.events().into_iter().filter(|event| event.message == message && event.level <= Level::INFO).collect()
+	}
+}
+
+impl Subscriber for Capture {
+	fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+		metadata.target().starts_with("peerwire")
+	}
+
+	fn new_span(&self, attributes: &Attributes<'_>) -> Id {
+		let mut fields = format!(" {}:", attributes.metadata().name());
+		attributes.record(&mut Fields(&mut fields, None));
+		let parent = if attributes.is_contextual() { Self::current() } else { attributes.parent().map(Id::into_u64) };
+		let mut state = self.0.lock().unwrap();
+		state.next_id += 1;
+		let id = state.next_id;
+		state.spans.insert(id, (fields, parent));
+		Id::from_u64(id)
+	}
+
+	fn record(&self, span: &Id, values: &Record<'_>) {
+		let mut state = self.0.lock().unwrap();
+		let (fields, _) = state.spans.get_mut(&span.into_u64()).unwrap();
+		values.record(&mut Fields(fields, None));
+	}
+
+	fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+	fn event(&self, event: &Event<'_>) {
+		let mut fields = String::new();
+		let mut message = String::new();
+		event.record(&mut Fields(&mut fields, Some(&mut message)));
+		let parent = if event.is_contextual() { Self::current() } else { event.parent().map(Id::into_u64) };
+		let mut state = self.0.lock().unwrap();
+		let spans = Self::span_fields(&state, parent);
+		state.events.push(Captured { level: *event.metadata().level(), message: message + &fields, spans });
+	}
+
+	fn enter(&self, span: &Id) {
+		ENTERED.with(|entered| entered.borrow_mut().push(span.into_u64()));
+	}
+
+	fn exit(&self, _span: &Id) {
+		ENTERED.with(|entered| entered.borrow_mut().pop());
+	}
+}
+
+/// The `conn=N` number in the fields of a span.
+fn connection_number(spans: &str) -> u64 {
+	let start = spans.find("conn=").expect("no connection number in the span") + "conn=".len();
+	spans[start..].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// Wait until `message` has been logged `count` times (the peer tasks log their end on their own).
+async fn until_logged(capture: &Capture, message: &str, count: usize) -> Vec<Captured> {
+	within(async {
+		loop {
+			let logged = capture.logged(message);
+			if logged.len() >= count {
+				return logged;
+			}
+			tokio::time::sleep(Duration::from_millis(10)).await;
+		}
+	})
+	.await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_unix_connection_is_named_by_pid_and_number_and_logged_once_at_each_end() {
+	let capture = Capture::default();
+	let _guard = tracing::subscriber::set_default(capture.clone());
+	let path = socket_path("logging");
+	let mut listener = UnixStreamListener::bind(&path, Config::default()).await.unwrap();
+	let config = Config::default();
+	let (client, server) = tokio::join!(UnixStreamPeer::connect(&path, &config), listener.accept());
+	let (client, _) = client.unwrap();
+	let (server, _) = server.unwrap();
+
+	let pid = format!("pid {}", std::process::id());
+	let accepted = capture.logged("accepted a connection");
+	assert_eq!(accepted.len(), 1, "{accepted:?}");
+	assert!(accepted[0].spans.contains(&pid), "no pid in the span: {}", accepted[0].spans);
+	assert!(accepted[0].spans.contains("remote=unix (uid "), "{}", accepted[0].spans);
+	let connected = capture.logged("connected");
+	assert_eq!(connected.len(), 1, "{connected:?}");
+	assert!(connected[0].spans.contains(&format!("remote=unix://{} (uid ", path.display())), "{}", connected[0].spans);
+	assert!(connected[0].spans.contains(&pid), "{}", connected[0].spans);
+	let (server_number, client_number) =
+		(connection_number(&accepted[0].spans), connection_number(&connected[0].spans));
+	assert_ne!(server_number, client_number);
+
+	client.close();
+	within(server.closed()).await;
+	let closed_by_remote = until_logged(&capture, "connection closed by the remote", 1).await;
+	let closed_locally = until_logged(&capture, "connection closed locally", 1).await;
+	tokio::time::sleep(Duration::from_millis(50)).await;
+	assert_eq!(capture.logged("connection closed by the remote").len(), 1, "{:?}", capture.events());
+	assert_eq!(capture.logged("connection closed locally").len(), 1, "{:?}", capture.events());
+	assert_eq!(connection_number(&closed_by_remote[0].spans), server_number);
+	assert_eq!(connection_number(&closed_locally[0].spans), client_number);
+	for event in [&closed_by_remote[0], &closed_locally[0]] {
+		assert_eq!(event.level, Level::INFO);
+	}
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tcp_connection_is_named_by_its_address() {
+	let capture = Capture::default();
+	let _guard = tracing::subscriber::set_default(capture.clone());
+	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let address = listener.local_addr().unwrap();
+	let config = Config::default();
+	let (client, server) = tokio::join!(TcpPeer::connect(address, &config), listener.accept());
+	let (_client, _) = client.unwrap();
+	let (server, server_info) = server.unwrap();
+	let connected = capture.logged("connected");
+	assert!(connected[0].spans.contains(&format!("remote=tcp://{address}")), "{}", connected[0].spans);
+	let accepted = capture.logged("accepted a connection");
+	assert!(
+		accepted[0].spans.contains(&format!("remote={}", server_info.remote_address.unwrap())),
+		"{}",
+		accepted[0].spans
+	);
+	server.close();
+	until_logged(&capture, "connection closed by the remote", 1).await;
+	until_logged(&capture, "connection closed locally", 1).await;
+}
