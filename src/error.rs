@@ -134,8 +134,9 @@ enum Repr {
 	Encode { what: String, source: BoxError },
 	#[error("failed to decode {what}: {source}")]
 	Decode { what: String, source: BoxError },
-	#[error("error response from the remote (service id {service_id}): {text}")]
-	Remote { service_id: i32, text: String },
+	/// `what` names the call the remote refused: `move_to (1)`.
+	#[error("{what}: {text}")]
+	Remote { what: String, text: String },
 	#[error("{what} is not declared")]
 	UnknownService { what: String },
 }
@@ -263,9 +264,10 @@ impl Error {
 		Self::new(Repr::Decode { what, source })
 	}
 
+	/// An error response to a call of `what` (the typed layer's `NAME (ID)`).
 	#[allow(dead_code)]
-	pub(crate) fn remote(service_id: i32, text: String) -> Self {
-		Self::new(Repr::Remote { service_id, text })
+	pub(crate) fn remote(what: String, text: String) -> Self {
+		Self::new(Repr::Remote { what, text })
 	}
 
 	#[allow(dead_code)]

@@ -334,6 +334,39 @@ impl<B: Body> Reconnecting<B> {
 		}
 	}
 
+	/// Wait until everything queued so far on the live connection has been written to the
+	/// transport (see [`PeerWriteHandle::flush`]). Returns at once if there is no live
+	/// connection; it does not connect.
+	///
+	/// `send_*` return once a message is queued: await this before the process exits, so that
+	/// a last command is not lost. Fails with a connection error if the connection ends first
+	/// (what was queued on it may be lost).
+	pub async fn flush(&self) -> Result<(), Error> {
+		let write = self.inner.state().current.as_ref().map(|current| current.write.clone());
+		match write {
+			Some(write) => write.flush().await,
+			None => Ok(()),
+		}
+	}
+
+	/// Flush what is queued on the live connection, then close it (see
+	/// [`PeerWriteHandle::close`]). The client is still usable: the next send connects again.
+	pub fn close(&self) {
+		if let Some(current) = &self.inner.state().current {
+			current.write.close();
+		}
+	}
+
+	/// Wait until the live connection has ended; at once if there is none. After
+	/// [`close`](Self::close), this returns once what was queued is written and the connection
+	/// is shut down.
+	pub async fn closed(&self) {
+		let write = self.inner.state().current.as_ref().map(|current| current.write.clone());
+		if let Some(write) = write {
+			write.closed().await;
+		}
+	}
+
 	/// The next connection whose read half no one has taken yet: the live connection if its read
 	/// half is still here, otherwise a new one once the current connection is lost (connecting
 	/// as needed, with backoff).

@@ -56,3 +56,29 @@ impl Format for MsgPack {
 		Ok(rmp_serde::from_slice(body)?)
 	}
 }
+
+/// The longest encoding of `()` a format may have for [`encode_body`] to notice it; longer
+/// bodies are not compared, so that large bodies cost no extra encoding.
+const UNIT_ENCODING_MAX: usize = 16;
+
+/// Encode `value` as a body in format `F`, as the typed layer does for every body: a value that
+/// `F` encodes exactly like `()` (JSON `null`, MessagePack nil: `()`, unit structs, `None`) is
+/// sent as an **empty body**, so that a body-less command is empty on the wire, as an untyped
+/// peer would send it.
+pub fn encode_body<F: Format, T: Serialize + ?Sized>(value: &T) -> Result<Bytes, BoxError> {
+	let body = F::encode(value)?;
+	if body.len() <= UNIT_ENCODING_MAX && body == F::encode(&())? {
+		return Ok(Bytes::new());
+	}
+	Ok(body)
+}
+
+/// Decode a body in format `F`, as the typed layer does for every body: an **empty body** reads
+/// as `F`'s encoding of `()`, so a `()` (or `Option`) body accepts what an untyped peer sends
+/// for "nothing", and what [`encode_body`] makes of it.
+pub fn decode_body<F: Format, T: DeserializeOwned>(body: &[u8]) -> Result<T, BoxError> {
+	if body.is_empty() {
+		return F::decode(&F::encode(&())?);
+	}
+	F::decode(body)
+}

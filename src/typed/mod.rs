@@ -74,6 +74,7 @@
 //! # fn main() {}
 //! ```
 
+use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -82,18 +83,20 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{BoxError, Error};
-use crate::handle::{PeerWriteHandle, ReceivedRequestHandle, SentRequestHandle};
-use crate::message::{Message, MessageType};
+use crate::handle::{ReceivedRequestHandle, SentRequestHandle};
+use crate::message::{Message, MessageType, SERVICE_ID_ERROR};
 
 mod format;
 #[doc(hidden)]
 pub mod macros;
+mod sender;
 
-pub use format::Format;
 #[cfg(feature = "json")]
 pub use format::Json;
 #[cfg(feature = "msgpack")]
 pub use format::MsgPack;
+pub use format::{Format, decode_body, encode_body};
+pub use sender::Sender;
 
 /// A service of an interface: its id, its request and response types and its updates.
 ///
@@ -114,6 +117,135 @@ pub trait Service: Send + Sync + 'static {
 	type RequesterUpdate: UpdateSet;
 	/// The updates the responder may send ([`NoUpdates`] if none).
 	type ResponderUpdate: UpdateSet;
+	/// How error responses are typed: [`Untyped`] (plain text), or [`Typed<E>`] for a service
+	/// declared with `error E`.
+	type ErrorResponse: ErrorSpec;
+}
+
+/// What a call of service `S` fails with: [`Error`] for a service without a declared error
+/// type, [`TypedError<E>`] for one declared with `error E`.
+pub type CallError<S> = <<S as Service>::ErrorResponse as ErrorSpec>::CallError;
+
+/// How the error responses of a service are typed: [`Untyped`] or [`Typed<E>`].
+pub trait ErrorSpec: Send + Sync + 'static {
+	/// What the responder passes to [`ReceivedRequest::send_error`]: `str` or `E`.
+	type Value: ?Sized;
+	/// What the requester's calls fail with: [`Error`] or [`TypedError<E>`].
+	type CallError: From<Error> + fmt::Debug + Send + 'static;
+
+	/// The body of an error response carrying `value`.
+	fn encode<F: Format>(value: &Self::Value) -> Result<Bytes, BoxError>;
+
+	/// What a call of service `S` fails with when the remote answers with an error response
+	/// whose body is `body`.
+	fn call_error<S: Service>(body: &[u8]) -> Self::CallError;
+}
+
+/// The error responses of a service without a declared error type: UTF-8 text, as every Fizyr
+/// RPC peer sends them. A call fails with [`Error`] of kind [`Remote`](crate::ErrorKind::Remote)
+/// whose text reads `NAME (ID): TEXT`.
+#[derive(Debug, Clone, Copy)]
+pub enum Untyped {}
+
+impl ErrorSpec for Untyped {
+	type Value = str;
+	type CallError = Error;
+
+	fn encode<F: Format>(value: &str) -> Result<Bytes, BoxError> {
+		Ok(Bytes::copy_from_slice(value.as_bytes()))
+	}
+
+	fn call_error<S: Service>(body: &[u8]) -> Error {
+		remote_error::<S>(body)
+	}
+}
+
+/// The error responses of a service declared with `error E`: the body is an `E` in the
+/// interface's format. With JSON that is readable text for any peer (`{"NotCalibrated":null}`);
+/// with a binary format an untyped peer sees the encoded bytes.
+///
+/// A call fails with [`TypedError::Remote`] carrying the decoded `E`. An error response whose
+/// body is not an `E` (an untyped peer's text, or one of peerwire's own, such as
+/// [`DROPPED_REQUEST_TEXT`](crate::DROPPED_REQUEST_TEXT)) is [`TypedError::Other`] with an
+/// [`Error`] of kind [`Remote`](crate::ErrorKind::Remote).
+#[derive(Debug)]
+pub struct Typed<E>(PhantomData<fn() -> E>);
+
+impl<E> ErrorSpec for Typed<E>
+where
+	E: Serialize + DeserializeOwned + fmt::Debug + Send + 'static,
+{
+	type Value = E;
+	type CallError = TypedError<E>;
+
+	fn encode<F: Format>(value: &E) -> Result<Bytes, BoxError> {
+		encode_body::<F, _>(value)
+	}
+
+	fn call_error<S: Service>(body: &[u8]) -> TypedError<E> {
+		match decode_body::<S::Format, E>(body) {
+			Ok(error) => TypedError::Remote(error),
+			Err(_) => TypedError::Other(remote_error::<S>(body)),
+		}
+	}
+}
+
+/// How a call of a service with a declared error type `E` failed.
+#[derive(Debug)]
+pub enum TypedError<E> {
+	/// The remote answered with an error response carrying an `E`.
+	Remote(E),
+	/// Anything else: the connection ended, a deadline passed, the response did not decode, or
+	/// the remote answered with an error response that is not an `E` (kind
+	/// [`Remote`](crate::ErrorKind::Remote), with its text).
+	Other(Error),
+}
+
+impl<E> TypedError<E> {
+	/// The remote's typed error, if that is what this is.
+	pub fn remote(&self) -> Option<&E> {
+		match self {
+			Self::Remote(error) => Some(error),
+			Self::Other(_) => None,
+		}
+	}
+
+	/// The untyped error, if that is what this is.
+	pub fn other(&self) -> Option<&Error> {
+		match self {
+			Self::Remote(_) => None,
+			Self::Other(error) => Some(error),
+		}
+	}
+}
+
+impl<E> From<Error> for TypedError<E> {
+	fn from(error: Error) -> Self {
+		Self::Other(error)
+	}
+}
+
+impl<E: fmt::Debug> fmt::Display for TypedError<E> {
+	fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+		match self {
+			Self::Remote(error) => write!(f, "error response: {error:?}"),
+			Self::Other(error) => fmt::Display::fmt(error, f),
+		}
+	}
+}
+
+impl<E: fmt::Debug> std::error::Error for TypedError<E> {
+	fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+		match self {
+			Self::Remote(_) => None,
+			Self::Other(error) => Some(error),
+		}
+	}
+}
+
+/// An error of kind `Remote` for an error response to service `S`: `NAME (ID): TEXT`.
+fn remote_error<S: Service>(body: &[u8]) -> Error {
+	Error::remote(format!("{} ({})", S::NAME, S::ID), String::from_utf8_lossy(body).into_owned())
 }
 
 /// A stream message of an interface.
@@ -226,11 +358,11 @@ pub struct StreamInfo {
 }
 
 fn encode<F: Format, T: Serialize + ?Sized>(value: &T, what: impl FnOnce() -> String) -> Result<Bytes, Error> {
-	F::encode(value).map_err(|source| Error::encode(what(), source))
+	encode_body::<F, _>(value).map_err(|source| Error::encode(what(), source))
 }
 
 fn decode<F: Format, T: DeserializeOwned>(body: &[u8], what: impl FnOnce() -> String) -> Result<T, Error> {
-	F::decode(body).map_err(|source| Error::decode(what(), source))
+	decode_body::<F, _>(body).map_err(|source| Error::decode(what(), source))
 }
 
 fn decode_update<S: Service, U: UpdateSet>(message: &Message, side: &str) -> Result<U, Error> {
@@ -244,15 +376,15 @@ fn decode_update<S: Service, U: UpdateSet>(message: &Message, side: &str) -> Res
 	})
 }
 
-/// Open a request for service `S`.
-pub async fn call<S: Service>(peer: &PeerWriteHandle, request: &S::Request) -> Result<SentRequest<S>, Error> {
+/// Open a request for service `S`; returns once it is queued.
+pub async fn call<S: Service>(peer: &impl Sender, request: &S::Request) -> Result<SentRequest<S>, Error> {
 	let body = encode::<S::Format, _>(request, || format!("request of service `{}` ({})", S::NAME, S::ID))?;
 	let inner = peer.send_request(S::ID, body).await?;
 	Ok(SentRequest { inner, _service: PhantomData })
 }
 
-/// Send a stream message `T`.
-pub async fn send_stream<T: StreamMessage>(peer: &PeerWriteHandle, body: &T::Body) -> Result<(), Error> {
+/// Send a stream message `T`; returns once it is queued.
+pub async fn send_stream<T: StreamMessage>(peer: &impl Sender, body: &T::Body) -> Result<(), Error> {
 	let body = encode::<T::Format, _>(body, || format!("stream message `{}` ({})", T::NAME, T::ID))?;
 	peer.send_stream(T::ID, body).await
 }
@@ -296,25 +428,28 @@ impl<S: Service> SentRequest<S> {
 		}
 	}
 
-	/// Receive the response. An error response from the remote is an error of kind
-	/// [`Remote`](crate::ErrorKind::Remote) carrying its text.
-	pub async fn recv_response(&mut self) -> Result<S::Response, Error> {
+	/// Receive the response.
+	///
+	/// An error response from the remote fails the call: for a service without a declared
+	/// error type with an [`Error`] of kind [`Remote`](crate::ErrorKind::Remote) whose text
+	/// names the service (`move_to (1): calibration sensor not found`), for one declared with
+	/// `error E` with [`TypedError::Remote`] carrying the `E`.
+	pub async fn recv_response(&mut self) -> Result<S::Response, CallError<S>> {
 		let response = self.inner.recv_response().await?;
 		Self::decode_response(response)
 	}
 
 	/// [`recv_response`](Self::recv_response) with a deadline.
-	pub async fn recv_response_timeout(&mut self, timeout: Duration) -> Result<S::Response, Error> {
+	pub async fn recv_response_timeout(&mut self, timeout: Duration) -> Result<S::Response, CallError<S>> {
 		let response = self.inner.recv_response_timeout(timeout).await?;
 		Self::decode_response(response)
 	}
 
-	fn decode_response(response: Message) -> Result<S::Response, Error> {
+	fn decode_response(response: Message) -> Result<S::Response, CallError<S>> {
 		if response.is_error_response() {
-			let text = String::from_utf8_lossy(&response.body).into_owned();
-			return Err(Error::remote(response.header.service_id, text));
+			return Err(<S::ErrorResponse as ErrorSpec>::call_error::<S>(&response.body));
 		}
-		decode::<S::Format, _>(&response.body, || format!("response of service `{}` ({})", S::NAME, S::ID))
+		Ok(decode::<S::Format, _>(&response.body, || format!("response of service `{}` ({})", S::NAME, S::ID))?)
 	}
 
 	/// The untyped handle.
@@ -372,8 +507,19 @@ impl<S: Service> ReceivedRequest<S> {
 		self.inner.send_response(0, body).await
 	}
 
-	/// Send an error response with `text`, closing the request.
-	pub async fn send_error(&self, text: &str) -> Result<(), Error> {
+	/// Send an error response, closing the request: the text for a service without a declared
+	/// error type, a value of the declared type for a service declared with `error E` (encoded
+	/// in the interface's format).
+	pub async fn send_error(&self, error: &<S::ErrorResponse as ErrorSpec>::Value) -> Result<(), Error> {
+		let body = <S::ErrorResponse as ErrorSpec>::encode::<S::Format>(error)
+			.map_err(|source| Error::encode(format!("error response of service `{}` ({})", S::NAME, S::ID), source))?;
+		self.inner.send_response(SERVICE_ID_ERROR, body).await
+	}
+
+	/// Send an error response with `text` as its body, whatever the service's error type: what
+	/// an untyped peer sends. The requester of a service declared with `error E` sees it as
+	/// [`TypedError::Other`].
+	pub async fn send_error_text(&self, text: &str) -> Result<(), Error> {
 		self.inner.send_error_response(text).await
 	}
 
