@@ -28,6 +28,9 @@ const MAX_AUTO_REPLIES: usize = 1024;
 const MESSAGE_OVERHEAD: usize = 64;
 /// Messages read in one go before the peer looks at its other work again.
 const READ_BATCH: usize = 64;
+/// How long a connection must be quiet before the transport lets go of buffers grown for a large
+/// message: long enough that a steady flow of large messages keeps them.
+const RELEASE_SPARE_AFTER: Duration = Duration::from_millis(100);
 /// Rounds of work before the peer yields to the runtime even if more is ready.
 const ROUNDS_BEFORE_YIELD: usize = 32;
 
@@ -202,6 +205,10 @@ pub struct Peer<T: Transport> {
 	idle_timeout: Option<Duration>,
 	idle_deadline: Option<Pin<Box<Sleep>>>,
 	last_activity: Instant,
+	/// While the transport holds spare memory: when to look again, and whether the connection
+	/// has been quiet since the last look.
+	release_deadline: Option<Pin<Box<Sleep>>>,
+	quiet_since_look: bool,
 }
 
 struct WeakLink<B> {
@@ -275,6 +282,8 @@ impl<T: Transport> Peer<T> {
 			// Made on the first poll: `new` may be called outside a runtime.
 			idle_deadline: None,
 			last_activity: Instant::now(),
+			release_deadline: None,
+			quiet_since_look: false,
 		};
 		(peer, PeerHandle::new(incoming_rx, link))
 	}
@@ -542,6 +551,11 @@ impl<T: Transport> Peer<T> {
 			if self.poll_idle(cx) {
 				progress = true;
 			}
+			if active {
+				self.quiet_since_look = false;
+			} else if !progress {
+				self.poll_release_spare(cx);
+			}
 
 			if !progress {
 				return Poll::Pending;
@@ -550,6 +564,31 @@ impl<T: Transport> Peer<T> {
 		// Plenty more to do: let other tasks run first.
 		cx.waker().wake_by_ref();
 		Poll::Pending
+	}
+
+	/// Let the transport give back buffers grown for a large message once the connection has been
+	/// quiet for [`RELEASE_SPARE_AFTER`]. Costs nothing (no timer) while it holds none.
+	fn poll_release_spare(&mut self, cx: &mut Context<'_>) {
+		if !self.reader.holds_spare_memory() && !self.writer.holds_spare_memory() {
+			self.release_deadline = None;
+			return;
+		}
+		if self.release_deadline.is_none() {
+			// Armed at a quiet moment: this round moved nothing.
+			self.quiet_since_look = true;
+		}
+		let deadline = self.release_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(RELEASE_SPARE_AFTER)));
+		while deadline.as_mut().poll(cx).is_ready() {
+			if self.quiet_since_look {
+				self.reader.release_spare_memory();
+				self.writer.release_spare_memory();
+				self.release_deadline = None;
+				return;
+			}
+			// Busy since the last look: look again after another quiet period.
+			self.quiet_since_look = true;
+			deadline.as_mut().reset(Instant::now() + RELEASE_SPARE_AFTER);
+		}
 	}
 
 	/// Give the outgoing byte budget of what has been written back to the handles.

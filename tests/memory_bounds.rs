@@ -1,9 +1,10 @@
 //! Memory per connection, measured as the process's resident set size (RSS).
 //!
 //! - A remote that writes requests and never reads holds at most about the configured budgets of
-//!   the server's memory (`Config::max_buffered_incoming`, which covers received requests until
-//!   they are answered, and `Config::max_buffered_outgoing`), whatever the message size and
-//!   whether the application answers in turn or spawns a task per request.
+//!   the server's memory (`Config::max_buffered_incoming` for what waits in the queues,
+//!   `Config::max_unanswered_incoming` for received requests until they are answered, and
+//!   `Config::max_buffered_outgoing`), whatever the message size and whether the application
+//!   answers in turn or spawns a task per request.
 //! - An idle connection that once carried a large message costs kilobytes, not the message size.
 //!
 //! Each measurement runs in a child process of this test binary (the `child_*` tests, ignored in
@@ -231,6 +232,7 @@ fn flood(kind: Kind, app: App, body_len: usize, count: u32) {
 		max_body_len_read: body_len + MIB,
 		max_body_len_write: body_len + MIB,
 		max_buffered_incoming: BUDGET,
+		max_unanswered_incoming: BUDGET,
 		max_buffered_outgoing: BUDGET,
 		..Config::default()
 	};

@@ -60,6 +60,17 @@ pub trait TransportRead: Send + Unpin + 'static {
 	fn mid_frame(&self) -> bool {
 		false
 	}
+
+	/// Whether the reader holds memory grown for a large message that it could let go of. The
+	/// peer calls [`release_spare_memory`](Self::release_spare_memory) once the connection has
+	/// been quiet for a moment, so that a steady flow of large messages keeps its buffers and
+	/// an idle connection costs kilobytes.
+	fn holds_spare_memory(&self) -> bool {
+		false
+	}
+
+	/// Let go of memory grown for a large message, if it is not in use.
+	fn release_spare_memory(&mut self) {}
 }
 
 /// The write half of a transport.
@@ -90,6 +101,15 @@ pub trait TransportWrite: Send + Unpin + 'static {
 	fn max_fds(&self) -> usize {
 		usize::MAX
 	}
+
+	/// Whether the writer holds memory grown for a large burst that it could let go of. See
+	/// [`TransportRead::holds_spare_memory`].
+	fn holds_spare_memory(&self) -> bool {
+		false
+	}
+
+	/// Let go of memory grown for a large burst, if it is not in use.
+	fn release_spare_memory(&mut self) {}
 
 	/// Write everything queued. An error is final.
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;

@@ -379,21 +379,6 @@ impl UnixSeqpacketReader {
 		})
 	}
 
-	/// Map the overflow area afresh if a datagram used it, so that an idle connection does not
-	/// keep the pages of its largest message. Done only when no datagram waits: a steady flow of
-	/// large datagrams keeps its mapping.
-	fn release_overflow(&mut self) {
-		if !std::mem::take(&mut self.overflow_touched) {
-			return;
-		}
-		if let Some(mapping) = &self.overflow {
-			match MmapOptions::new().len(mapping.len()).no_reserve_swap().map_anon() {
-				Ok(fresh) => self.overflow = Some(fresh),
-				Err(error) => tracing::debug!("kept the receive overflow mapping: {error}"),
-			}
-		}
-	}
-
 	/// Check a received datagram and turn it into a message. Its descriptors are owned already:
 	/// every error return closes them.
 	fn finish(&mut self, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
@@ -423,7 +408,7 @@ impl UnixSeqpacketReader {
 			let overflow = self.overflow.as_deref().unwrap_or_default();
 			datagram.extend_from_slice(&overflow[..len - self.fast_len]);
 			// The pages this datagram touched stay resident for as long as the mapping lives:
-			// once no more datagrams wait, it is mapped afresh (`release_overflow`).
+			// once the connection is quiet, it is mapped afresh (`release_spare_memory`).
 			self.overflow_touched = true;
 			datagram.freeze()
 		};
@@ -440,16 +425,9 @@ impl TransportRead for UnixSeqpacketReader {
 			// Used up (what was split off lives on in the messages); start a fresh one.
 			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
 		}
+		let Self { socket, arena, fast_len, overflow, control, .. } = self;
 		let received = loop {
-			let mut guard = match self.socket.as_async_fd().poll_read_ready(cx) {
-				Poll::Ready(guard) => guard?,
-				Poll::Pending => {
-					// Nothing waits: a good time to give back what a large datagram touched.
-					self.release_overflow();
-					return Poll::Pending;
-				},
-			};
-			let Self { arena, fast_len, overflow, control, .. } = self;
+			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
 			let overflow = overflow.as_deref_mut().unwrap_or_default();
 			let mut buffers = [IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)];
 			match guard.try_io(|inner| fd::recv_datagram(inner.get_ref().as_fd(), &mut buffers, control)) {
@@ -458,6 +436,24 @@ impl TransportRead for UnixSeqpacketReader {
 			}
 		};
 		Poll::Ready(self.finish(received))
+	}
+
+	fn holds_spare_memory(&self) -> bool {
+		self.overflow_touched
+	}
+
+	/// Map the overflow area afresh, so that an idle connection does not keep the pages of its
+	/// largest datagram.
+	fn release_spare_memory(&mut self) {
+		if !std::mem::take(&mut self.overflow_touched) {
+			return;
+		}
+		if let Some(mapping) = &self.overflow {
+			match MmapOptions::new().len(mapping.len()).no_reserve_swap().map_anon() {
+				Ok(fresh) => self.overflow = Some(fresh),
+				Err(error) => tracing::debug!("kept the receive overflow mapping: {error}"),
+			}
+		}
 	}
 }
 

@@ -24,8 +24,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A large frame is read into room reserved at most this far ahead of what has arrived, doubling
 /// from there: a hostile length costs memory only in proportion to the bytes actually sent.
 const RESERVE_AHEAD: usize = 1 << 20;
-/// A read buffer or staging buffer grown past this (by a large message, or a burst) is let go once
-/// it is empty, so that an idle connection costs kilobytes, not its largest message.
+/// A read buffer or staging buffer grown past this (by a large message, or a burst) is let go
+/// when the connection goes quiet, so that an idle connection costs kilobytes, not its largest
+/// message.
 const RELEASE_ABOVE: usize = 2 * READ_CHUNK;
 /// Bodies up to this size are copied into the staging buffer; larger ones are written in place.
 const COPY_THRESHOLD: usize = 4 * 1024;
@@ -105,8 +106,9 @@ pub struct StreamReader<R> {
 	inner: R,
 	codec: StreamCodec,
 	buffer: BytesMut,
-	/// The buffer's allocation grew past [`RELEASE_ABOVE`]: let it go once the buffer is empty.
-	/// (Its `capacity()` cannot tell: after a frame is split off, it counts only what is left.)
+	/// The buffer's allocation grew past [`RELEASE_ABOVE`]: spare memory to let go of once the
+	/// buffer is empty. (Its `capacity()` cannot tell: after a frame is split off, it counts
+	/// only what is left of the allocation.)
 	grown: bool,
 	eof: bool,
 }
@@ -137,12 +139,6 @@ impl<R: AsyncRead + Send + Unpin + 'static> TransportRead for StreamReader<R> {
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<Bytes>>, Error>> {
 		loop {
 			if let Some(message) = self.codec.decode(&mut self.buffer)? {
-				if self.grown && self.buffer.is_empty() {
-					// The rest of a large allocation: the body just split off shares it, and
-					// frees it when dropped only if this buffer lets go too.
-					self.buffer = BytesMut::new();
-					self.grown = false;
-				}
 				return Poll::Ready(Ok(Some(message)));
 			}
 			if self.eof {
@@ -162,6 +158,19 @@ impl<R: AsyncRead + Send + Unpin + 'static> TransportRead for StreamReader<R> {
 
 	fn mid_frame(&self) -> bool {
 		!self.buffer.is_empty()
+	}
+
+	fn holds_spare_memory(&self) -> bool {
+		self.grown
+	}
+
+	fn release_spare_memory(&mut self) {
+		if self.grown && self.buffer.is_empty() {
+			// The rest of a large allocation: a body split off it shares it, and frees it when
+			// dropped only if this buffer lets go too.
+			self.buffer = BytesMut::new();
+			self.grown = false;
+		}
 	}
 }
 
@@ -223,13 +232,8 @@ impl<W: AsyncWrite + Send + Unpin + 'static> StreamWriter<W> {
 			}
 			self.consume(written);
 		}
-		// Fully written: let the staging buffer reuse its allocation from the start, unless a
-		// burst grew it large.
-		if self.staging.capacity() > RELEASE_ABOVE {
-			self.staging = BytesMut::new();
-		} else {
-			self.staging.clear();
-		}
+		// Fully written: let the staging buffer reuse its allocation from the start.
+		self.staging.clear();
 		Poll::Ready(Ok(()))
 	}
 }
@@ -257,6 +261,16 @@ impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> 
 
 	fn has_queued(&self) -> bool {
 		self.queued > 0
+	}
+
+	fn holds_spare_memory(&self) -> bool {
+		self.staging.capacity() > RELEASE_ABOVE
+	}
+
+	fn release_spare_memory(&mut self) {
+		if self.queued == 0 {
+			self.staging = BytesMut::new();
+		}
 	}
 
 	fn max_body_len(&self) -> usize {
@@ -394,7 +408,7 @@ mod tests {
 	}
 
 	#[tokio::test]
-	async fn the_read_buffer_lets_go_of_a_large_allocation_once_empty() {
+	async fn the_read_buffer_can_let_go_of_a_large_allocation_once_empty() {
 		// Sizes whose last reserve leaves a small tail after the frame is split off: the
 		// buffer's capacity then looks small although it holds the whole allocation.
 		let codec = StreamCodec::new(Default::default(), 32 << 20, 32 << 20);
@@ -404,7 +418,10 @@ mod tests {
 			let mut reader = StreamReader::new(std::io::Cursor::new(wire.to_vec()), codec);
 			let message = poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().unwrap();
 			assert_eq!(message.body.len(), len);
+			assert!(reader.holds_spare_memory(), "{len}: the reader does not know its buffer grew");
+			reader.release_spare_memory();
 			assert_eq!(reader.buffer.capacity(), 0, "{len}: the reader still holds its allocation");
+			assert!(!reader.holds_spare_memory());
 		}
 	}
 
