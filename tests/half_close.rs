@@ -12,6 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::{Address, Kind};
 use common::{socket_path, within};
 use peerwire::{Acceptor, Body, Config, DROPPED_REQUEST_TEXT, Listener, PeerHandle, ReceivedMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,22 +37,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const EOF_WITHIN: Duration = Duration::from_secs(5);
 
 const RESPONSE: u32 = 1;
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-	Tcp,
-	Unix,
-	#[cfg(feature = "unix-seqpacket")]
-	Seqpacket,
-}
-
-/// Where a test server listens.
-enum Address {
-	Tcp(std::net::SocketAddr),
-	Unix(std::path::PathBuf),
-	#[cfg(feature = "unix-seqpacket")]
-	Seqpacket(std::path::PathBuf),
-}
 
 fn config() -> Config {
 	Config { close_timeout: CLOSE_TIMEOUT, ..Config::default() }
@@ -300,28 +285,6 @@ async fn unanswered_after_eof_closes_within_close_timeout(kind: Kind) {
 	let seen = exchange(&address, &[(7, HOLD, b"never answered".to_vec())]).await;
 	assert!(seen.eof_after < EOF_WITHIN, "{kind:?}: closed after {:?}", seen.eof_after);
 	assert!(response_to(&seen, 7).is_none(), "{kind:?}: {:?}", seen.messages);
-}
-
-macro_rules! on_every_kind {
-	($($name:ident),* $(,)?) => {
-		$(
-			mod $name {
-				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-				async fn tcp() {
-					super::$name(super::Kind::Tcp).await
-				}
-				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-				async fn unix() {
-					super::$name(super::Kind::Unix).await
-				}
-				#[cfg(feature = "unix-seqpacket")]
-				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-				async fn seqpacket() {
-					super::$name(super::Kind::Seqpacket).await
-				}
-			}
-		)*
-	};
 }
 
 on_every_kind!(

@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::raw::{Address, Kind};
 use common::{socket_path, within};
 use peerwire::{Acceptor, Body, Config, Listener, PeerHandle, ReceivedMessage};
 
@@ -117,21 +118,6 @@ fn report(values: &[(&str, usize)]) {
 
 fn mib(bytes: usize) -> String {
 	format!("{:.1} MiB", bytes as f64 / MIB as f64)
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-	Tcp,
-	Unix,
-	#[cfg(feature = "unix-seqpacket")]
-	Seqpacket,
-}
-
-enum Address {
-	Tcp(std::net::SocketAddr),
-	Unix(std::path::PathBuf),
-	#[cfg(feature = "unix-seqpacket")]
-	Seqpacket(std::path::PathBuf),
 }
 
 /// How the server application handles requests.

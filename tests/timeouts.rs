@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::{Address, Kind};
 use common::{socket_path, within};
 use peerwire::{Acceptor, Body, Config, Listener, PeerHandle, ReceivedMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,21 +27,6 @@ const HOLD: i32 = 3;
 const HOLD_FOR: Duration = Duration::from_millis(700);
 
 const RESPONSE: u32 = 1;
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-	Tcp,
-	Unix,
-	#[cfg(feature = "unix-seqpacket")]
-	Seqpacket,
-}
-
-enum Address {
-	Tcp(std::net::SocketAddr),
-	Unix(std::path::PathBuf),
-	#[cfg(feature = "unix-seqpacket")]
-	Seqpacket(std::path::PathBuf),
-}
 
 async fn server(kind: Kind, config: Config) -> Address {
 	match kind {
@@ -367,28 +353,6 @@ macro_rules! on_streams {
 				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 				async fn unix() {
 					super::$name(super::Kind::Unix).await
-				}
-			}
-		)*
-	};
-}
-
-macro_rules! on_every_kind {
-	($($name:ident),* $(,)?) => {
-		$(
-			mod $name {
-				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-				async fn tcp() {
-					super::$name(super::Kind::Tcp).await
-				}
-				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-				async fn unix() {
-					super::$name(super::Kind::Unix).await
-				}
-				#[cfg(feature = "unix-seqpacket")]
-				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-				async fn seqpacket() {
-					super::$name(super::Kind::Seqpacket).await
 				}
 			}
 		)*
