@@ -267,13 +267,15 @@ type Accepted<A> = (PeerHandle<<<A as Acceptor>::Transport as Transport>::Body>,
 /// ```
 #[derive(Debug)]
 pub struct Listener<A: Acceptor> {
+	/// The socket file this listener bound, removed when it is dropped. Declared (so dropped)
+	/// before the socket: while the socket is still bound, no new server can take the path and
+	/// the file's inode cannot be reused, so the removal can only hit this listener's own file.
+	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+	socket_file: Option<crate::transport::socket_file::SocketFile>,
 	acceptor: A,
 	config: Config,
 	retry: AcceptRetry,
 	limit: ConnectionLimit,
-	/// The socket file this listener bound, removed when it is dropped.
-	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
-	socket_file: Option<crate::transport::socket_file::SocketFile>,
 }
 
 impl<A: Acceptor> Listener<A> {

@@ -184,6 +184,10 @@ struct Inner<B: Body> {
 	attempts: tokio::sync::Mutex<Attempts>,
 	/// Woken when a connection is made or lost.
 	changed: Notify,
+	/// The oldest connection on which something was queued since the last [`Reconnecting::flush`]
+	/// (its generation and write handle): a flush must account for it even once a newer
+	/// connection has replaced it.
+	unflushed: Mutex<Option<(u64, PeerWriteHandle<B>)>>,
 }
 
 struct State<B: Body> {
@@ -255,6 +259,7 @@ impl<B: Body> Reconnecting<B> {
 			state: Mutex::new(state),
 			attempts: tokio::sync::Mutex::new(Attempts::default()),
 			changed: Notify::new(),
+			unflushed: Mutex::new(None),
 		};
 		Self { inner: Arc::new(inner) }
 	}
@@ -328,23 +333,49 @@ impl<B: Body> Reconnecting<B> {
 				self.inner.lost(generation);
 				let (generation, write) = self.connected().await?;
 				let result = write.send_stream(service_id, body).await;
+				self.queued(generation, &write, &result);
 				self.check(generation, result)
 			},
-			other => other,
+			other => {
+				self.queued(generation, &write, &other);
+				other
+			},
 		}
 	}
 
-	/// Wait until everything queued so far on the live connection has been written to the
-	/// transport (see [`PeerWriteHandle::flush`]). Returns at once if there is no live
-	/// connection; it does not connect.
+	/// Note that a stream message was queued on connection `generation` (if `result` says so),
+	/// for [`flush`](Self::flush). (A request's handle tells its fate: its response, or the
+	/// connection's end.)
+	fn queued<T>(&self, generation: u64, write: &PeerWriteHandle<B>, result: &Result<T, Error>) {
+		if result.is_ok() {
+			let mut unflushed = self.inner.unflushed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+			if unflushed.is_none() {
+				*unflushed = Some((generation, write.clone()));
+			}
+		}
+	}
+
+	/// Wait until everything queued so far through this client has been written to the
+	/// transport (see [`PeerWriteHandle::flush`]). It does not connect.
 	///
 	/// `send_*` return once a message is queued: await this before the process exits, so that
-	/// a last command is not lost. Fails with a connection error if the connection ends first
-	/// (what was queued on it may be lost).
+	/// a last command is not lost. Fails with a connection error if a connection that a stream
+	/// message was queued on since the last flush ended first, even if a newer connection has
+	/// replaced it: what was queued on it may be lost (this cannot tell whether it was written
+	/// before the end). Such a loss is reported once; the next flush looks at what was queued
+	/// since. Requests are not counted: each one's handle reports its fate.
 	pub async fn flush(&self) -> Result<(), Error> {
-		let write = self.inner.state().current.as_ref().map(|current| current.write.clone());
-		match write {
-			Some(write) => write.flush().await,
+		let current = self.inner.state().current.as_ref().map(|current| (current.generation, current.write.clone()));
+		let unflushed = self.inner.unflushed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+		if let Some((generation, write)) = unflushed {
+			if current.as_ref().is_none_or(|(live, _)| *live != generation) {
+				// Queued on a connection that is no longer the live one: it had to be written
+				// before that connection ended.
+				write.flush().await?;
+			}
+		}
+		match current {
+			Some((_, write)) => write.flush().await,
 			None => Ok(()),
 		}
 	}

@@ -14,8 +14,11 @@
 //! - **Stream messages are handled in order, one at a time.** The handler of a stream message
 //!   starts only once the handler of the one before it has returned, so a `set_speed` followed
 //!   by a `stop` is never run as `stop`, then `set_speed`. A stream handler that awaits holds up
-//!   the stream messages behind it (not the requests); a long job should be spawned by the
-//!   handler if later stream messages must not wait for it.
+//!   the stream messages behind it; a long job should be spawned by the handler if later stream
+//!   messages must not wait for it. **A stream handler must not wait for something the same
+//!   connection has to deliver** (the response to a request it sends, an update): once the
+//!   stream messages behind it fill their queue the connection is no longer read (see
+//!   Backpressure), so that response would never be read. Spawn such work instead.
 //! - **Requests are handled concurrently**: each on a task of its own, started in the order the
 //!   requests arrived, finishing in any order (at most [`MAX_HANDLERS_PER_CONNECTION`] at once).
 //!   A remote that needs one request done before the next starts waits for the response.
@@ -33,9 +36,13 @@
 //! finishes: the remote is pushed back through the socket, and its requests wait behind its
 //! stream messages too, since the next message cannot be looked at without reading it.
 //!
-//! On shutdown, stream messages that arrived before it are still handled, in order, within the
-//! grace period; at the deadline the running stream handler is aborted and the stream messages
-//! still waiting are dropped. Stream messages that arrive after the shutdown are dropped.
+//! On shutdown, the stream messages already taken into the connection's queue (at most
+//! [`MAX_QUEUED_STREAM_MESSAGES`]) are still handled, in order, within the grace period; at the
+//! deadline the running stream handler is aborted and those still waiting are dropped. Stream
+//! messages not yet read from the connection when the shutdown comes are dropped, even if the
+//! remote sent them before it. What is handled is always a prefix of what was sent, in order: a
+//! command that must not be lost at shutdown should be a request, whose sender learns whether
+//! it was handled.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -114,6 +121,8 @@ where
 		tokio::select! {
 			biased;
 			_ = shutdown.cancelled() => break,
+			// Before accepting: under a flood of new connections, finished ones are still reaped.
+			Some(_) = connections.join_next(), if !connections.is_empty() => {},
 			accepted = listener.accept() => match accepted {
 				// The listener logged it, in the connection's span.
 				Ok((peer, _info)) => {
@@ -122,7 +131,6 @@ where
 				// The listener logged it, and waits before its next try.
 				Err(error) => tracing::debug!("accept failed: {error}"),
 			},
-			Some(_) = connections.join_next(), if !connections.is_empty() => {},
 		}
 	}
 	// Stop accepting at once: the listening socket closes here.

@@ -418,3 +418,32 @@ async fn a_send_only_client_answers_requests_from_the_remote_at_once() {
 	let error = within(client.next_connection()).await.unwrap_err();
 	assert_eq!(error.io_error().map(std::io::Error::kind), Some(std::io::ErrorKind::Unsupported));
 }
+
+/// `flush` answers for everything queued through the client: a command queued on a connection
+/// that then ended is reported, even once a later send has made a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_reports_a_connection_lost_with_messages_queued_on_it() {
+	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let at = At::Tcp(listener.local_addr().unwrap());
+	let (client, _) = at.client(quick());
+
+	// Connection 1: a command is queued, then the server drops the connection.
+	let (sent, accepted) = tokio::join!(client.send_stream(1, "set_speed"), listener.accept());
+	sent.unwrap();
+	let (server, _) = accepted.unwrap();
+	let first = client.write_handle().await.unwrap();
+	server.close();
+	drop(server);
+	within(first.closed()).await;
+
+	// The next send finds the connection closed and makes connection 2.
+	let (sent, accepted) = tokio::join!(client.send_stream(10, "stop"), listener.accept());
+	sent.unwrap();
+	let (_server, _) = accepted.unwrap();
+	assert!(!client.write_handle().await.unwrap().same_peer(&first));
+
+	// "set_speed" was queued on a connection that ended: it may be lost, and flush says so once.
+	let error = within(client.flush()).await.unwrap_err();
+	assert_eq!(error.kind(), ErrorKind::ConnectionClosed, "{error}");
+	within(client.flush()).await.unwrap();
+}

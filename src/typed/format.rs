@@ -57,17 +57,14 @@ impl Format for MsgPack {
 	}
 }
 
-/// The longest encoding of `()` a format may have for [`encode_body`] to notice it; longer
-/// bodies are not compared, so that large bodies cost no extra encoding.
-const UNIT_ENCODING_MAX: usize = 16;
-
-/// Encode `value` as a body in format `F`, as the typed layer does for every body: a value that
-/// `F` encodes exactly like `()` (JSON `null`, MessagePack nil: `()`, unit structs, `None`) is
-/// sent as an **empty body**, so that a body-less command is empty on the wire, as an untyped
-/// peer would send it.
+/// Encode `value` as a body in format `F`, as the typed layer does for every body: a
+/// zero-sized value that `F` encodes exactly like `()` (`()` itself, unit structs) is sent as an
+/// **empty body**, so that a body-less command is empty on the wire, as an untyped peer would
+/// send it. Values that merely encode like `()` (`None`, JSON's `Value::Null`) keep their
+/// encoding: an untyped JSON peer reads `null`, which it could not read from an empty body.
 pub fn encode_body<F: Format, T: Serialize + ?Sized>(value: &T) -> Result<Bytes, BoxError> {
 	let body = F::encode(value)?;
-	if body.len() <= UNIT_ENCODING_MAX && body == F::encode(&())? {
+	if std::mem::size_of_val(value) == 0 && body == F::encode(&())? {
 		return Ok(Bytes::new());
 	}
 	Ok(body)

@@ -55,9 +55,10 @@ pub use pastey::paste;
 /// # Bodies
 ///
 /// A message without a body (`stream 10 stop;`, `service 2 home -> ();`) has type `()` and an
-/// empty body on the wire. In general a value the format encodes like `()` (JSON `null`, for
-/// `()`, unit structs and `None`) is sent as an empty body, and an empty body from any peer
-/// reads as that value (see [`encode_body`](crate::typed::encode_body)).
+/// empty body on the wire. In general a zero-sized value the format encodes like `()` (`()`,
+/// unit structs) is sent as an empty body, and an empty body from any peer reads as the
+/// format's `()` (JSON `null`, so also as `None`; see
+/// [`encode_body`](crate::typed::encode_body)). `None` itself is sent as `null`.
 ///
 /// # Errors
 ///
