@@ -79,3 +79,28 @@ pub fn decode_body<F: Format, T: DeserializeOwned>(body: &[u8]) -> Result<T, Box
 	}
 	F::decode(body)
 }
+
+#[cfg(all(test, feature = "json"))]
+mod tests {
+	use super::*;
+
+	#[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+	struct Stop;
+
+	#[test]
+	fn only_zero_sized_unit_values_go_out_empty() {
+		assert!(encode_body::<Json, _>(&()).unwrap().is_empty());
+		assert!(encode_body::<Json, _>(&Stop).unwrap().is_empty());
+		// `None` encodes like `()`, but an untyped JSON peer must be able to read it.
+		assert_eq!(&encode_body::<Json, Option<u32>>(&None).unwrap()[..], b"null");
+		assert_eq!(&encode_body::<Json, _>(&Some(7u32)).unwrap()[..], b"7");
+	}
+
+	#[test]
+	fn an_empty_body_reads_as_unit_and_as_none() {
+		decode_body::<Json, ()>(b"").unwrap();
+		assert_eq!(decode_body::<Json, Stop>(b"").unwrap(), Stop);
+		assert_eq!(decode_body::<Json, Option<u32>>(b"").unwrap(), None);
+		assert_eq!(decode_body::<Json, Option<u32>>(b"null").unwrap(), None);
+	}
+}
