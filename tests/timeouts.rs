@@ -342,23 +342,6 @@ async fn slow_frame_is_not_idle(kind: Kind) {
 	}
 }
 
-macro_rules! on_streams {
-	($($name:ident),* $(,)?) => {
-		$(
-			mod $name {
-				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-				async fn tcp() {
-					super::$name(super::Kind::Tcp).await
-				}
-				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-				async fn unix() {
-					super::$name(super::Kind::Unix).await
-				}
-			}
-		)*
-	};
-}
-
 on_streams!(
 	partial_length_is_disconnected_after_frame_timeout,
 	partial_body_is_disconnected_after_frame_timeout,

@@ -41,3 +41,22 @@ macro_rules! on_every_kind {
 		)*
 	};
 }
+
+/// Like [`on_every_kind!`], for the byte-stream transports only (`tcp`, `unix`).
+#[macro_export]
+macro_rules! on_streams {
+	($($name:ident),* $(,)?) => {
+		$(
+			mod $name {
+				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+				async fn tcp() {
+					super::$name(super::Kind::Tcp).await
+				}
+				#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+				async fn unix() {
+					super::$name(super::Kind::Unix).await
+				}
+			}
+		)*
+	};
+}
