@@ -40,7 +40,8 @@
 //! - [`codec`]: pure encoding and decoding of frames over byte buffers, no I/O.
 //! - [`transport`]: the [`Transport`] trait and its implementations.
 //! - [`Peer`] drives a transport; [`PeerHandle`] and the request handles are what you hold.
-//! - [`Listener`] accepts connections for any transport.
+//! - [`Listener`] accepts connections for any transport, with an optional admission check
+//!   ([`admission`]) over what is known about the remote.
 //! - [`Reconnecting`] is a client that reconnects with [`Backoff`]; [`reconnect`] says what
 //!   survives a reconnect and what does not.
 //!
@@ -50,6 +51,7 @@
 //! |---|---|---|
 //! | `tcp` | yes | [`TcpPeer`], [`TcpListener`], [`TcpTransport`](transport::tcp::TcpTransport) |
 //! | `unix-stream` | yes | [`UnixStreamPeer`], [`UnixStreamListener`], [`UnixStreamTransport`](transport::unix_stream::UnixStreamTransport) |
+//! | `tls` | no | TLS over TCP with rustls (`ring` provider): [`TlsPeer`], [`TlsListener`], [`TlsServerConfig`], [`TlsClientConfig`]; mutual TLS, the verified [`PeerCertificate`] in [`ConnectionInfo`] |
 //! | `unix-seqpacket` | no | [`UnixSeqpacketPeer`], [`UnixSeqpacketListener`], [`UnixSeqpacketTransport`](transport::seqpacket::UnixSeqpacketTransport), [`UnixBody`]: one datagram per message, file descriptors passed with it |
 //! | `typed` | no | typed interfaces: the `interface!` macro and `peerwire::typed` (serde) |
 //! | `json` | no | `typed` with JSON bodies (`typed::Json`) |
@@ -71,6 +73,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod codec;
 mod config;
 mod error;
@@ -97,12 +100,14 @@ pub use listener::{AcceptError, AcceptRetry, Acceptor, Listener};
 pub use message::{Body, Message, MessageHeader, MessageType};
 pub use peer::Peer;
 pub use reconnect::{Backoff, Connection, Reconnecting};
-pub use transport::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
+pub use transport::{ConnectionInfo, Credentials, PeerCertificate, RemoteAddress, StreamTransport, Transport};
 
 #[cfg(all(unix, feature = "unix-seqpacket"))]
 pub use transport::seqpacket::{UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer};
 #[cfg(feature = "tcp")]
 pub use transport::tcp::{TcpListener, TcpPeer};
+#[cfg(feature = "tls")]
+pub use transport::tls::{TlsClientConfig, TlsIdentity, TlsListener, TlsPeer, TlsRoots, TlsServerConfig};
 #[cfg(all(unix, feature = "unix-stream"))]
 pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer};
 

@@ -11,6 +11,10 @@
 //! - The listening socket fails (the process is out of descriptors or memory): accepting again at
 //!   once would spin, so the next try waits, from 10 ms doubling up to 1 s. One `warn!` marks the
 //!   start of such a burst and one `info!` its end, however many errors it holds.
+//!
+//! An [admission check](Listener::set_admission) then decides, from what is known about the
+//! remote ([`ConnectionInfo`]: its credentials, address, verified certificate), whether the
+//! connection may stay. A refused connection is closed before anything is read from it.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -242,6 +246,37 @@ impl ConnectionLimit {
 	}
 }
 
+/// The admission check of a [`Listener`]: a closure over what is known about the remote.
+#[derive(Clone)]
+struct Admission(Arc<dyn Fn(&ConnectionInfo) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Admission {
+	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+		f.write_str("Admission(..)")
+	}
+}
+
+impl Admission {
+	/// Whether the check lets `info` in; a refusal is logged at `warn` with what identifies the
+	/// remote.
+	fn admits(&self, info: &ConnectionInfo) -> bool {
+		if (self.0)(info) {
+			return true;
+		}
+		let credentials = info.credentials.as_ref();
+		let certificate = info.peer_certificate.as_ref().map(|certificate| certificate.subject.as_str());
+		tracing::warn!(
+			remote = %info,
+			uid = credentials.map(|credentials| credentials.uid),
+			gid = credentials.map(|credentials| credentials.gid),
+			pid = credentials.and_then(|credentials| credentials.pid),
+			certificate,
+			"refused a connection: the admission check does not allow it"
+		);
+		false
+	}
+}
+
 /// What [`Listener::accept`] yields: the handle of the spawned peer and what is known about the
 /// remote.
 type Accepted<A> = (PeerHandle<<<A as Acceptor>::Transport as Transport>::Body>, ConnectionInfo);
@@ -276,6 +311,10 @@ pub struct Listener<A: Acceptor> {
 	config: Config,
 	retry: AcceptRetry,
 	limit: ConnectionLimit,
+	admission: Option<Admission>,
+	/// The path the socket file was bound at, as given.
+	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+	path: Option<std::path::PathBuf>,
 }
 
 impl<A: Acceptor> Listener<A> {
@@ -286,8 +325,11 @@ impl<A: Acceptor> Listener<A> {
 			config,
 			retry: AcceptRetry::new(),
 			limit: ConnectionLimit::default(),
+			admission: None,
 			#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
 			socket_file: None,
+			#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+			path: None,
 		}
 	}
 
@@ -296,7 +338,48 @@ impl<A: Acceptor> Listener<A> {
 	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
 	pub(crate) fn remove_on_drop(mut self, path: &std::path::Path) -> Self {
 		self.socket_file = crate::transport::socket_file::SocketFile::bound(path);
+		self.path = Some(path.to_path_buf());
 		self
+	}
+
+	/// The path the socket file was bound at, if this listener bound it.
+	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+	pub(crate) fn bound_path(&self) -> Option<&std::path::Path> {
+		self.path.as_deref()
+	}
+
+	/// Admit only the connections that `check` returns `true` for (see
+	/// [`set_admission`](Self::set_admission)).
+	pub fn with_admission(mut self, check: impl Fn(&ConnectionInfo) -> bool + Send + Sync + 'static) -> Self {
+		self.set_admission(check);
+		self
+	}
+
+	/// Admit only the connections that `check` returns `true` for, replacing any earlier check.
+	///
+	/// `check` sees what is known about the remote when the connection is accepted: the
+	/// credentials of a Unix socket peer (uid, gid, pid, as the kernel saw them at connect), the
+	/// address of a TCP peer, the verified certificate of a TLS peer under mutual TLS.
+	/// [`crate::admission`] has ready-made checks (allow lists of uids, gids, addresses,
+	/// certificate names); combine them in a closure of your own.
+	///
+	/// A refused connection is closed at once, before any message is read from it, and logged
+	/// at `warn` with its address, credentials and certificate subject. It never reaches
+	/// [`accept`](Self::accept) nor [`accept_transport`](Self::accept_transport), and does not
+	/// count against the [connection limit](Self::set_max_connections). The remote sees its
+	/// connection closed; requests it sent in the meantime are never answered.
+	pub fn set_admission(&mut self, check: impl Fn(&ConnectionInfo) -> bool + Send + Sync + 'static) {
+		self.admission = Some(Admission(Arc::new(check)));
+	}
+
+	/// Remove the admission check: admit every connection.
+	pub fn clear_admission(&mut self) {
+		self.admission = None;
+	}
+
+	/// Whether an admission check is set.
+	pub fn has_admission(&self) -> bool {
+		self.admission.is_some()
 	}
 
 	/// Limit the connections [`accept`](Self::accept) keeps open at once to `max` (see
@@ -366,7 +449,8 @@ impl<A: Acceptor> Listener<A> {
 
 	/// Accept the next connection as a bare transport, to run its [`Peer`] yourself.
 	///
-	/// Errors as for [`accept`](Self::accept). The [connection limit](Self::set_max_connections)
+	/// Errors as for [`accept`](Self::accept); the [admission check](Self::set_admission)
+	/// applies. The [connection limit](Self::set_max_connections)
 	/// does not apply: the listener cannot know when a transport it handed over ends, so it
 	/// neither counts nor refuses these connections. Count them yourself if you need a limit.
 	pub async fn accept_transport(&mut self) -> Result<A::Transport, Error> {
@@ -374,8 +458,15 @@ impl<A: Acceptor> Listener<A> {
 	}
 
 	fn poll_accept_transport(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<A::Transport>> {
-		let Self { acceptor, config, retry, .. } = self;
-		retry.poll_accept(cx, |cx| acceptor.poll_accept(cx, config))
+		loop {
+			let Self { acceptor, config, retry, .. } = self;
+			let transport = ready!(retry.poll_accept(cx, |cx| acceptor.poll_accept(cx, config)))?;
+			match &self.admission {
+				// A refused transport is dropped here, unread, which closes the connection.
+				Some(admission) if !admission.admits(&transport.info()) => continue,
+				_ => return Poll::Ready(Ok(transport)),
+			}
+		}
 	}
 
 	/// The configuration every accepted connection gets.

@@ -501,6 +501,33 @@ impl Reconnecting<bytes::Bytes> {
 		})
 	}
 
+	/// A client of a TLS server at `address`, checked against `tls` and `server_name` on every
+	/// connection (see [`TlsPeer::connect`](crate::TlsPeer)), with `config` for every connection.
+	///
+	/// A failed handshake (the server's certificate does not verify) counts as a failed attempt
+	/// and is retried with the backoff like a refused connection: the certificate may be
+	/// replaced in the meantime.
+	#[cfg(feature = "tls")]
+	pub fn tls<A>(
+		address: A,
+		server_name: impl Into<String>,
+		tls: crate::TlsClientConfig,
+		config: crate::Config,
+		backoff: Backoff,
+	) -> Self
+	where
+		A: tokio::net::ToSocketAddrs + Clone + Send + Sync + 'static,
+	{
+		let server_name = server_name.into();
+		Self::new(backoff, move || {
+			let address = address.clone();
+			let server_name = server_name.clone();
+			let tls = tls.clone();
+			let config = config.clone();
+			async move { Ok(crate::TlsPeer::connect(address, &server_name, &tls, &config).await?.0) }
+		})
+	}
+
 	/// A client of a Unix stream socket server at `path`, with `config` for every connection.
 	#[cfg(all(unix, feature = "unix-stream"))]
 	pub fn unix_stream(path: impl Into<std::path::PathBuf>, config: crate::Config, backoff: Backoff) -> Self {

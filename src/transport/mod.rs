@@ -20,10 +20,14 @@ pub(crate) mod socket_file;
 pub mod stream;
 #[cfg(feature = "tcp")]
 pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(all(unix, feature = "unix-stream"))]
 pub mod unix_stream;
 
 pub use memory::MemoryTransport;
+#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+pub use socket_file::SocketPermissions;
 pub use stream::{StreamReader, StreamTransport, StreamWriter};
 
 /// A connection that carries messages with bodies of type [`Transport::Body`].
@@ -127,6 +131,39 @@ pub struct ConnectionInfo {
 	/// The credentials of the process on the other end of a Unix socket, as the kernel saw
 	/// them when the connection was made.
 	pub credentials: Option<Credentials>,
+	/// The certificate the remote presented over TLS, verified against the trusted roots: the
+	/// server's for a client, the client's under mutual TLS for a server. `None` on other
+	/// transports and for a TLS client that sent no certificate.
+	pub peer_certificate: Option<PeerCertificate>,
+}
+
+/// Who a verified TLS certificate names: its subject and its subject alternative names.
+///
+/// Only ever filled in from a certificate that the handshake verified against the trusted roots
+/// (and, for a server, checked for the name the client asked for), so an admission check may
+/// rely on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerCertificate {
+	/// The subject's distinguished name, as text: `CN=robot-1, O=Fizyr`.
+	pub subject: String,
+	/// The subject's common names (`CN`), in order.
+	pub common_names: Vec<String>,
+	/// The DNS names of the subject alternative name extension.
+	pub dns_names: Vec<String>,
+	/// The IP addresses of the subject alternative name extension.
+	pub ip_addresses: Vec<std::net::IpAddr>,
+	/// The URIs of the subject alternative name extension (SPIFFE identities, for example).
+	pub uris: Vec<String>,
+}
+
+impl PeerCertificate {
+	/// Whether the certificate names `name` as a DNS name, a URI or a common name (exactly,
+	/// ASCII case-insensitively for DNS names and common names).
+	pub fn names(&self, name: &str) -> bool {
+		self.dns_names.iter().chain(&self.common_names).any(|own| own.eq_ignore_ascii_case(name))
+			|| self.uris.iter().any(|uri| uri == name)
+	}
 }
 
 /// The address of the other side of a connection.
@@ -135,14 +172,27 @@ pub struct ConnectionInfo {
 pub enum RemoteAddress {
 	/// A TCP peer.
 	Tcp(std::net::SocketAddr),
+	/// A peer over TLS on TCP.
+	Tls(std::net::SocketAddr),
 	/// A Unix socket peer; the path it is bound to, if any (clients usually have none).
 	Unix(Option<std::path::PathBuf>),
+}
+
+impl RemoteAddress {
+	/// The IP address and port of a TCP or TLS peer.
+	pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+		match self {
+			Self::Tcp(address) | Self::Tls(address) => Some(*address),
+			Self::Unix(_) => None,
+		}
+	}
 }
 
 impl std::fmt::Display for RemoteAddress {
 	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
 		match self {
 			RemoteAddress::Tcp(address) => write!(f, "tcp://{address}"),
+			RemoteAddress::Tls(address) => write!(f, "tls://{address}"),
 			RemoteAddress::Unix(Some(path)) => write!(f, "unix://{}", path.display()),
 			RemoteAddress::Unix(None) => write!(f, "unix://(unnamed)"),
 		}
@@ -150,8 +200,9 @@ impl std::fmt::Display for RemoteAddress {
 }
 
 /// `tcp://127.0.0.1:37030`, `unix:///run/arm.sock (uid 1000, pid 42)`, `unix (uid 1000, pid 42)`
-/// for an unnamed Unix peer (clients usually are), `in-process` for a transport that knows nothing
-/// of its remote (the in-memory pair).
+/// for an unnamed Unix peer (clients usually are), `tls://10.0.0.2:5000 (CN=robot-1)` for a TLS
+/// peer with a verified certificate, `in-process` for a transport that knows nothing of its
+/// remote (the in-memory pair).
 impl std::fmt::Display for ConnectionInfo {
 	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
 		match (&self.remote_address, &self.credentials) {
@@ -166,6 +217,9 @@ impl std::fmt::Display for ConnectionInfo {
 				write!(f, ", pid {pid}")?;
 			}
 			f.write_str(")")?;
+		}
+		if let Some(certificate) = &self.peer_certificate {
+			write!(f, " ({})", certificate.subject)?;
 		}
 		Ok(())
 	}
@@ -184,7 +238,7 @@ pub(crate) fn connection_span(info: &ConnectionInfo) -> tracing::Span {
 }
 
 /// Spawn the peer task of a connection this side made, logging it at `info`.
-#[cfg(any(feature = "tcp", all(unix, any(feature = "unix-stream", feature = "unix-seqpacket"))))]
+#[cfg(any(feature = "tcp", feature = "tls", all(unix, any(feature = "unix-stream", feature = "unix-seqpacket"))))]
 pub(crate) fn spawn_connected<T: Transport>(
 	transport: T,
 	config: &crate::Config,
@@ -220,7 +274,7 @@ mod tests {
 	#[test]
 	fn connection_info_names_the_remote() {
 		let credentials = Some(Credentials { uid: 1000, gid: 1000, pid: Some(42) });
-		let info = |remote_address, credentials| ConnectionInfo { remote_address, credentials };
+		let info = |remote_address, credentials| ConnectionInfo { remote_address, credentials, peer_certificate: None };
 		let tcp = info(Some(RemoteAddress::Tcp("127.0.0.1:37030".parse().unwrap())), None);
 		assert_eq!(tcp.to_string(), "tcp://127.0.0.1:37030");
 		let named = info(Some(RemoteAddress::Unix(Some("/run/arm.sock".into()))), credentials);
@@ -230,5 +284,12 @@ mod tests {
 		assert_eq!(info(Some(RemoteAddress::Unix(None)), no_pid).to_string(), "unix (uid 0)");
 		assert_eq!(info(Some(RemoteAddress::Unix(None)), None).to_string(), "unix://(unnamed)");
 		assert_eq!(ConnectionInfo::default().to_string(), "in-process");
+		let certificate = PeerCertificate { subject: "CN=robot-1".into(), ..PeerCertificate::default() };
+		let tls = ConnectionInfo {
+			remote_address: Some(RemoteAddress::Tls("10.0.0.2:5000".parse().unwrap())),
+			credentials: None,
+			peer_certificate: Some(certificate),
+		};
+		assert_eq!(tls.to_string(), "tls://10.0.0.2:5000 (CN=robot-1)");
 	}
 }

@@ -260,6 +260,7 @@ impl UnixSeqpacketTransport {
 		let info = ConnectionInfo {
 			remote_address: Some(RemoteAddress::Unix(peer_path(&socket))),
 			credentials: Some(Credentials::from(socket.peer_cred()?)),
+			peer_certificate: None,
 		};
 		let socket = Arc::new(socket);
 		let writer = UnixSeqpacketWriter::new(socket.clone(), config)?;
@@ -629,8 +630,31 @@ impl Listener<tokio_seqpacket::UnixSeqpacketListener> {
 		Ok(Self::new(tokio_seqpacket::UnixSeqpacketListener::bind(path)?, config).remove_on_drop(path))
 	}
 
+	/// [`bind`](Self::bind), giving the socket file the mode and group of `permissions`.
+	///
+	/// The file has them from the first moment it exists at `path`: it is bound in a private
+	/// directory beside `path` (mode `0o700`), its mode and group set there, then linked to
+	/// `path`. So `path`'s directory must be writable, and `path` short enough to leave about 14
+	/// bytes of the 107 a socket path may have. Connecting peers that ask for this socket's
+	/// address see that temporary path; [`local_path`](Self::local_path) reports `path`.
+	pub async fn bind_with_permissions(
+		path: impl AsRef<Path>,
+		permissions: super::SocketPermissions,
+		config: Config,
+	) -> Result<Self, Error> {
+		let path = path.as_ref();
+		remove_stale_socket(path).await?;
+		let listener = super::socket_file::bind_with_permissions(path, permissions, |path| {
+			tokio_seqpacket::UnixSeqpacketListener::bind(path)
+		})?;
+		Ok(Self::new(listener, config).remove_on_drop(path))
+	}
+
 	/// The path this listener is bound to.
 	pub fn local_path(&self) -> Result<Option<PathBuf>, Error> {
+		if let Some(path) = self.bound_path() {
+			return Ok(Some(path.to_path_buf()));
+		}
 		let path = self.get_ref().local_addr()?;
 		Ok((!path.as_os_str().is_empty()).then_some(path))
 	}

@@ -81,3 +81,116 @@ impl Drop for SocketFile {
 		}
 	}
 }
+
+/// The mode and group a Unix listener gives its socket file, for
+/// [`UnixStreamListener::bind_with_permissions`](crate::UnixStreamListener::bind_with_permissions)
+/// and its seqpacket twin.
+///
+/// Connecting to a Unix socket takes write permission on its file, so `0o660` lets the owner and
+/// the group in, `0o600` the owner alone. The file has these permissions from the first moment
+/// it can be seen at its path: there is no window in which a process outside them could connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketPermissions {
+	mode: u32,
+	group: Option<u32>,
+}
+
+impl SocketPermissions {
+	/// The permission bits of the socket file (`0o660`, `0o600`); bits above `0o777` are
+	/// ignored.
+	pub fn mode(mode: u32) -> Self {
+		Self { mode: mode & 0o777, group: None }
+	}
+
+	/// Also give the file to group `gid` (the process must be a member of it, or privileged).
+	pub fn with_group(mut self, gid: u32) -> Self {
+		self.group = Some(gid);
+		self
+	}
+
+	/// The permission bits.
+	pub fn permission_bits(&self) -> u32 {
+		self.mode
+	}
+
+	/// The group, if one is set.
+	pub fn group(&self) -> Option<u32> {
+		self.group
+	}
+}
+
+/// Bind a socket at `path` with `permissions`, with no moment at which the file is reachable
+/// with wider permissions.
+///
+/// `bind(2)` creates the socket file with the process's umask, and a `chmod` after it leaves a
+/// window in which another process may connect. Setting the umask around the bind would close
+/// it, but the umask is per process, so another thread creating files at the same time would get
+/// it too. Instead the socket is bound inside a fresh directory of mode `0o700` next to `path`,
+/// which no other user can enter; there its mode and group are set, and then it is hard-linked to
+/// `path`. `link(2)`, unlike `rename(2)`, fails if `path` exists, so a live server's socket is
+/// never replaced. The temporary name and directory are removed at once, whatever happens.
+///
+/// Peers that ask the kernel for this socket's address (`getpeername`, `local_addr`) see the
+/// temporary path it was bound at, not `path`.
+pub(crate) fn bind_with_permissions<T>(
+	path: &Path,
+	permissions: SocketPermissions,
+	bind: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+	use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+	let private = PrivateDir::create(path)?;
+	let temporary = private.path.join("s");
+	let socket = bind(&temporary)?;
+	if let Some(gid) = permissions.group {
+		std::os::unix::fs::chown(&temporary, None, Some(gid))?;
+	}
+	std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(permissions.mode))?;
+	match std::fs::hard_link(&temporary, path) {
+		Ok(()) => {},
+		Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+			return Err(std::io::Error::new(
+				std::io::ErrorKind::AddrInUse,
+				format!("{} exists and is not a stale socket", path.display()),
+			));
+		},
+		Err(error) => return Err(error),
+	}
+	drop(private);
+	return Ok(socket);
+
+	/// A directory only this user can enter, removed with what is in it when dropped.
+	struct PrivateDir {
+		path: PathBuf,
+	}
+
+	impl PrivateDir {
+		fn create(beside: &Path) -> std::io::Result<Self> {
+			let parent = match beside.parent() {
+				Some(parent) if !parent.as_os_str().is_empty() => parent,
+				_ => Path::new("."),
+			};
+			static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+			let mut tries = 0;
+			loop {
+				// Short, so that the temporary socket path stays within the 107 bytes of sun_path
+				// whenever `beside` is within 93.
+				let nonce = std::process::id() ^ NEXT.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed);
+				let path = parent.join(format!(".pw{nonce:08x}"));
+				match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+					Ok(()) => return Ok(Self { path }),
+					Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+					Err(error) => return Err(error),
+				}
+			}
+		}
+	}
+
+	impl Drop for PrivateDir {
+		fn drop(&mut self) {
+			let _ = std::fs::remove_file(self.path.join("s"));
+			if let Err(error) = std::fs::remove_dir(&self.path) {
+				tracing::debug!(path = %self.path.display(), "could not remove the temporary socket directory: {error}");
+			}
+		}
+	}
+}

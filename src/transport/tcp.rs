@@ -33,7 +33,11 @@ impl TcpTransport {
 	/// reset when read.
 	fn from_tcp_with_address(stream: TcpStream, address: SocketAddr, config: &Config) -> std::io::Result<Self> {
 		stream.set_nodelay(true)?;
-		let info = ConnectionInfo { remote_address: Some(RemoteAddress::Tcp(address)), credentials: None };
+		let info = ConnectionInfo {
+			remote_address: Some(RemoteAddress::Tcp(address)),
+			credentials: None,
+			peer_certificate: None,
+		};
 		let (read, write) = stream.into_split();
 		Ok(Self::with_info(read, write, config, info))
 	}

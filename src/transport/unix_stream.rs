@@ -33,6 +33,7 @@ impl UnixStreamTransport {
 		let info = ConnectionInfo {
 			remote_address: Some(RemoteAddress::Unix(path)),
 			credentials: Some(Credentials::from(stream.peer_cred()?)),
+			peer_certificate: None,
 		};
 		let (read, write) = stream.into_split();
 		Ok(Self::with_info(read, write, config, info))
@@ -81,8 +82,30 @@ impl Listener<tokio::net::UnixListener> {
 		Ok(Self::new(tokio::net::UnixListener::bind(path)?, config).remove_on_drop(path))
 	}
 
+	/// [`bind`](Self::bind), giving the socket file the mode and group of `permissions`.
+	///
+	/// The file has them from the first moment it exists at `path`: it is bound in a private
+	/// directory beside `path` (mode `0o700`), its mode and group set there, then linked to
+	/// `path`. So `path`'s directory must be writable, and `path` short enough to leave about 14
+	/// bytes of the 107 a socket path may have. Connecting peers that ask for this socket's
+	/// address see that temporary path; [`local_path`](Self::local_path) reports `path`.
+	pub async fn bind_with_permissions(
+		path: impl AsRef<Path>,
+		permissions: super::SocketPermissions,
+		config: Config,
+	) -> Result<Self, Error> {
+		let path = path.as_ref();
+		remove_stale_socket(path).await?;
+		let listener =
+			super::socket_file::bind_with_permissions(path, permissions, |path| tokio::net::UnixListener::bind(path))?;
+		Ok(Self::new(listener, config).remove_on_drop(path))
+	}
+
 	/// The path this listener is bound to.
 	pub fn local_path(&self) -> Result<Option<PathBuf>, Error> {
+		if let Some(path) = self.bound_path() {
+			return Ok(Some(path.to_path_buf()));
+		}
 		Ok(self.get_ref().local_addr()?.as_pathname().map(Path::to_path_buf))
 	}
 }
