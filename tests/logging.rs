@@ -201,3 +201,31 @@ async fn a_tcp_connection_is_named_by_its_address() {
 	until_logged(&capture, "connection closed by the remote", 1).await;
 	until_logged(&capture, "connection closed locally", 1).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_connection_is_logged_at_warn_with_its_credentials() {
+	let capture = Capture::default();
+	let _guard = tracing::subscriber::set_default(capture.clone());
+	let uid = rustix::process::getuid().as_raw();
+	let path = socket_path("refused");
+	let mut listener = UnixStreamListener::bind(&path, Config::default())
+		.await
+		.unwrap()
+		.with_admission(peerwire::admission::uids([uid.wrapping_add(1)]));
+	let accepting = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+	let (client, _) = UnixStreamPeer::connect(&path, &Config::default()).await.unwrap();
+	within(client.closed()).await;
+	let refused: Vec<_> = capture
+		.events()
+		.into_iter()
+		.filter(|event| event.message.starts_with("refused a connection: the admission check does not allow it"))
+		.collect();
+	assert_eq!(refused.len(), 1, "{:?}", capture.events());
+	assert_eq!(refused[0].level, Level::WARN);
+	let fields = &refused[0].message;
+	assert!(fields.contains(&format!(" uid={uid} ")), "{fields}");
+	assert!(fields.contains(" gid="), "{fields}");
+	assert!(fields.contains(&format!(" pid={}", std::process::id())), "{fields}");
+	assert!(capture.logged("accepted a connection").is_empty(), "a refused connection was accepted");
+	accepting.abort();
+}
