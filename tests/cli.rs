@@ -574,3 +574,140 @@ fn listen_closes_connections_past_max_connections() {
 	let output = run(&["listen", "tcp://127.0.0.1:0", "--idle-timeout", "soon"], b"");
 	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
 }
+
+/// PEM files of a CA, a server certificate for 127.0.0.1 and a client certificate, in a
+/// directory of their own.
+struct Pki {
+	dir: PathBuf,
+}
+
+impl Pki {
+	fn new(name: &str) -> Self {
+		use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+		let dir = std::env::temp_dir().join(format!("peerwire-cli-pki-{name}-{}", std::process::id()));
+		let _ = std::fs::remove_dir_all(&dir);
+		std::fs::create_dir(&dir).unwrap();
+		let ca = |common_name: &str| {
+			let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+			params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+			params.distinguished_name.push(DnType::CommonName, common_name);
+			CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+		};
+		let (ca, other) = (ca("cli CA"), ca("other CA"));
+		std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+		std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
+		for (file, common_name, names) in
+			[("server", "cli server", vec!["127.0.0.1".to_string()]), ("client", "cli client", vec![])]
+		{
+			let mut params = CertificateParams::new(names).unwrap();
+			params.distinguished_name.push(DnType::CommonName, common_name);
+			let key = KeyPair::generate().unwrap();
+			let certificate = params.signed_by(&key, &ca).unwrap();
+			std::fs::write(dir.join(format!("{file}.pem")), certificate.pem()).unwrap();
+			std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+		}
+		Self { dir }
+	}
+
+	fn file(&self, name: &str) -> String {
+		self.dir.join(name).display().to_string()
+	}
+}
+
+impl Drop for Pki {
+	fn drop(&mut self) {
+		let _ = std::fs::remove_dir_all(&self.dir);
+	}
+}
+
+#[test]
+fn call_over_mutual_tls() {
+	let pki = Pki::new("mutual");
+	let (ca, cert, key) = (pki.file("ca.pem"), pki.file("server.pem"), pki.file("server.key"));
+	let (listener, address) = Background::listening(&[
+		"listen",
+		"tls://127.0.0.1:0",
+		"--cert",
+		&cert,
+		"--key",
+		&key,
+		"--ca",
+		&ca,
+		"--allow-name",
+		"cli client",
+		"--echo",
+		"--json",
+	]);
+	assert!(address.starts_with("tls://127.0.0.1:"), "{address}");
+
+	let (client_cert, client_key) = (pki.file("client.pem"), pki.file("client.key"));
+	let output = run(
+		&["call", &address, "7", "secret", "--ca", &ca, "--cert", &client_cert, "--key", &client_key, "--json"],
+		b"",
+	);
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(stdout_json(&output)[0]["body"], "secret");
+	let connected = listener.json();
+	assert_eq!(connected["event"], "connected", "{connected}");
+	assert!(connected["certificate"].as_str().unwrap().contains("CN=cli client"), "{connected}");
+
+	// No client certificate: the server refuses the handshake.
+	let output = run(&["call", &address, "7", "secret", "--ca", &ca, "--json"], b"");
+	assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+	// A server certificate from a CA the client does not trust.
+	let other = pki.file("other-ca.pem");
+	let output = run(&["call", &address, "7", "x", "--ca", &other, "--cert", &client_cert, "--key", &client_key], b"");
+	assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+	assert!(stderr(&output).contains("certificate"), "{}", stderr(&output));
+	// A server name the certificate does not carry.
+	let output = run(
+		&[
+			"call",
+			&address,
+			"7",
+			"x",
+			"--ca",
+			&ca,
+			"--cert",
+			&client_cert,
+			"--key",
+			&client_key,
+			"--server-name",
+			"elsewhere",
+		],
+		b"",
+	);
+	assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+	// Listening on tls:// without a certificate is a usage error.
+	let output = run(&["listen", "tls://127.0.0.1:0"], b"");
+	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+	assert!(stderr(&output).contains("--cert"), "{}", stderr(&output));
+}
+
+#[test]
+fn listen_sets_the_socket_mode_and_refuses_uids_not_allowed() {
+	use std::os::unix::fs::MetadataExt;
+	let path = socket_path("access");
+	let probe = std::env::temp_dir().join(format!("peerwire-cli-uid-{}", std::process::id()));
+	std::fs::write(&probe, "").unwrap();
+	let uid = std::fs::metadata(&probe).unwrap().uid();
+	let _ = std::fs::remove_file(&probe);
+	let address = format!("unix://{}", path.display());
+	let other = (uid + 1).to_string();
+	let (listener, _) =
+		Background::listening(&["listen", &address, "--mode", "600", "--allow-uid", &other, "--echo", "--json"]);
+	assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+
+	let output = run(&["call", &address, "7", "x", "--json"], b"");
+	assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+	let refused = listener.json();
+	assert_eq!(refused["event"], "refused", "{refused}");
+	assert_eq!(refused["uid"], uid);
+	assert!(refused["pid"].as_i64().is_some(), "{refused}");
+	drop(listener);
+
+	let output = run(&["listen", "tcp://127.0.0.1:0", "--mode", "600"], b"");
+	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+	let output = run(&["listen", &address, "--mode", "999"], b"");
+	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+}

@@ -330,11 +330,7 @@ impl TlsTransport {
 	}
 
 	fn from_tls_with_address(stream: TlsTcpStream, address: SocketAddr, config: &Config) -> io::Result<Self> {
-		let certificates = match &stream {
-			TlsStream::Client(client) => client.get_ref().1.peer_certificates(),
-			TlsStream::Server(server) => server.get_ref().1.peer_certificates(),
-		};
-		let peer_certificate = certificates.and_then(<[_]>::first).map(|der| describe(der)).transpose()?;
+		let peer_certificate = peer_certificate(&stream)?;
 		let info =
 			ConnectionInfo { remote_address: Some(RemoteAddress::Tls(address)), credentials: None, peer_certificate };
 		let (read, write) = tokio::io::split(stream);
@@ -349,13 +345,35 @@ impl TlsTransport {
 		tls: &TlsClientConfig,
 		config: &Config,
 	) -> Result<Self, Error> {
-		let name = ServerName::try_from(server_name.to_string()).map_err(|error| invalid("server name", error))?;
-		let stream = TcpStream::connect(address).await?;
-		stream.set_nodelay(true)?;
-		let address = stream.peer_addr()?;
-		let stream = tokio_rustls::TlsConnector::from(tls.rustls.clone()).connect(name, stream).await?;
-		Ok(Self::from_tls_with_address(TlsStream::Client(stream), address, config)?)
+		let stream = connect_stream(address, server_name, tls).await?;
+		Ok(Self::from_tls(stream, config)?)
 	}
+}
+
+/// Connect to `address` over TCP and run the client handshake, checking the server's
+/// certificate against `tls`'s roots and `server_name`: the TLS stream, for a transport of your
+/// own making (the command-line tool watches the bytes that pass).
+pub async fn connect_stream(
+	address: impl ToSocketAddrs,
+	server_name: &str,
+	tls: &TlsClientConfig,
+) -> Result<TlsTcpStream, Error> {
+	let name = ServerName::try_from(server_name.to_string()).map_err(|error| invalid("server name", error))?;
+	let stream = TcpStream::connect(address).await?;
+	// The transport batches its writes; small requests must not wait for an acknowledgement.
+	stream.set_nodelay(true)?;
+	let stream = tokio_rustls::TlsConnector::from(tls.rustls.clone()).connect(name, stream).await?;
+	Ok(TlsStream::Client(stream))
+}
+
+/// The certificate the remote of `stream` presented, which the handshake verified: the server's
+/// on a client stream, the client's (under mutual TLS) on a server stream.
+pub fn peer_certificate(stream: &TlsTcpStream) -> io::Result<Option<PeerCertificate>> {
+	let certificates = match stream {
+		TlsStream::Client(client) => client.get_ref().1.peer_certificates(),
+		TlsStream::Server(server) => server.get_ref().1.peer_certificates(),
+	};
+	certificates.and_then(<[_]>::first).map(describe).transpose()
 }
 
 /// The subject and names of a certificate that the handshake verified.

@@ -1,4 +1,5 @@
-//! Addresses as the command line writes them: `tcp://host:port`, `unix:///path`, `seqpacket:///path`.
+//! Addresses as the command line writes them: `tcp://host:port`, `tls://host:port`, `unix:///path`,
+//! `seqpacket:///path`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,13 +10,15 @@ use std::str::FromStr;
 pub enum Address {
 	/// `tcp://host:port`; the host may be a name, an IPv4 address or a bracketed IPv6 address.
 	Tcp(String),
+	/// `tls://host:port`: TLS over TCP.
+	Tls(String),
 	/// `unix:///path`: a Unix stream socket.
 	Unix(PathBuf),
 	/// `seqpacket:///path`: a Unix seqpacket socket.
 	Seqpacket(PathBuf),
 }
 
-const EXPECTED: &str = "expected tcp://HOST:PORT, unix:///PATH or seqpacket:///PATH";
+const EXPECTED: &str = "expected tcp://HOST:PORT, tls://HOST:PORT, unix:///PATH or seqpacket:///PATH";
 
 impl FromStr for Address {
 	type Err = String;
@@ -32,14 +35,16 @@ impl FromStr for Address {
 			return Err(format!("{EXPECTED}{hint}"));
 		};
 		if rest.is_empty() {
-			return Err(format!("{scheme}:// needs {}", if scheme == "tcp" { "HOST:PORT" } else { "a path" }));
+			let needs = if matches!(scheme, "tcp" | "tls") { "HOST:PORT" } else { "a path" };
+			return Err(format!("{scheme}:// needs {needs}"));
 		}
 		match scheme {
-			"tcp" => {
+			"tcp" | "tls" => {
 				let port = rest.rsplit_once(':').map(|(_, port)| port);
 				match port.map(str::parse::<u16>) {
-					Some(Ok(_)) => Ok(Self::Tcp(rest.to_string())),
-					_ => Err(format!("tcp://{rest} needs a port: tcp://HOST:PORT")),
+					Some(Ok(_)) if scheme == "tcp" => Ok(Self::Tcp(rest.to_string())),
+					Some(Ok(_)) => Ok(Self::Tls(rest.to_string())),
+					_ => Err(format!("{scheme}://{rest} needs a port: {scheme}://HOST:PORT")),
 				}
 			},
 			"unix" => Ok(Self::Unix(PathBuf::from(rest))),
@@ -53,10 +58,18 @@ impl fmt::Display for Address {
 	fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
 		match self {
 			Self::Tcp(host_port) => write!(f, "tcp://{host_port}"),
+			Self::Tls(host_port) => write!(f, "tls://{host_port}"),
 			Self::Unix(path) => write!(f, "unix://{}", path.display()),
 			Self::Seqpacket(path) => write!(f, "seqpacket://{}", path.display()),
 		}
 	}
+}
+
+/// The host of `HOST:PORT`, without the brackets of an IPv6 address: the name a TLS client
+/// checks the server's certificate against.
+pub fn host_of(host_port: &str) -> &str {
+	let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host);
+	host.strip_prefix('[').and_then(|host| host.strip_suffix(']')).unwrap_or(host)
 }
 
 #[cfg(test)]
@@ -71,6 +84,10 @@ mod tests {
 		assert_eq!("unix:///tmp/a.sock".parse(), Ok(Address::Unix("/tmp/a.sock".into())));
 		assert_eq!("unix://a.sock".parse(), Ok(Address::Unix("a.sock".into())));
 		assert_eq!("seqpacket:///run/x".parse(), Ok(Address::Seqpacket("/run/x".into())));
+		assert_eq!("tls://robot.local:443".parse(), Ok(Address::Tls("robot.local:443".into())));
+		assert_eq!(host_of("robot.local:443"), "robot.local");
+		assert_eq!(host_of("[::1]:443"), "::1");
+		assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
 	}
 
 	#[test]
@@ -80,11 +97,13 @@ mod tests {
 		assert!(Address::from_str("tcp://localhost").unwrap_err().contains("needs a port"));
 		assert!(Address::from_str("udp://x:1").unwrap_err().contains("unknown scheme"));
 		assert!(Address::from_str("unix://").unwrap_err().contains("needs a path"));
+		assert!(Address::from_str("tls://robot").unwrap_err().contains("needs a port: tls://HOST:PORT"));
+		assert!(Address::from_str("tls://").unwrap_err().contains("needs HOST:PORT"));
 	}
 
 	#[test]
 	fn displays_as_written() {
-		for text in ["tcp://127.0.0.1:1", "unix:///tmp/a.sock", "seqpacket:///x"] {
+		for text in ["tcp://127.0.0.1:1", "tls://[::1]:2", "unix:///tmp/a.sock", "seqpacket:///x"] {
 			assert_eq!(text.parse::<Address>().unwrap().to_string(), text);
 		}
 	}

@@ -39,7 +39,7 @@ pub async fn run(args: CallArgs, global: &Global) -> Result<(), Failure> {
 	let call = Call { address: &args.address, service_id: args.service_id, printer, phase: &phase };
 
 	let work = async {
-		match connect(&args.address, &config, global.quiet).await? {
+		match connect(&args.address, &config, global.quiet, &global.tls).await? {
 			Connected::Stream(running) => call.run(running, body, fds, updates).await,
 			Connected::Seqpacket(running) => call.run(running, body, fds, updates).await,
 		}

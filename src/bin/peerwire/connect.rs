@@ -16,11 +16,13 @@ use bytes::Bytes;
 use peerwire::message::HEADER_LEN;
 use peerwire::transport::seqpacket::UnixSeqpacketTransport;
 use peerwire::{
-	Body, Config, ConnectionInfo, Credentials, ErrorKind, Peer, PeerHandle, RemoteAddress, StreamTransport, UnixBody,
+	Body, Config, ConnectionInfo, Credentials, ErrorKind, Peer, PeerHandle, RemoteAddress, StreamTransport,
+	TlsClientConfig, TlsIdentity, TlsRoots, UnixBody,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
 
+use crate::TlsArgs;
 use crate::address::Address;
 use crate::failure::{Failure, closing_cause, describe, describe_io};
 use crate::scan::{FrameScanner, Progress, ScanEvent};
@@ -143,9 +145,21 @@ pub enum Connected {
 }
 
 /// Connect to `address` and start the peer task.
-pub async fn connect(address: &Address, config: &Config, quiet: bool) -> Result<Connected, Failure> {
+pub async fn connect(address: &Address, config: &Config, quiet: bool, tls: &TlsArgs) -> Result<Connected, Failure> {
 	let failed = |error: io::Error| Failure::io(&format!("cannot connect to {address}"), &error);
 	match address {
+		Address::Tls(host_port) => {
+			let client = client_tls(tls)?;
+			let server_name = tls.server_name.as_deref().unwrap_or_else(|| crate::address::host_of(host_port));
+			let stream = peerwire::transport::tls::connect_stream(host_port.as_str(), server_name, &client)
+				.await
+				.map_err(|error| Failure::peer(&error, format!("cannot connect to {address}: {}", describe(&error))))?;
+			let mut info = ConnectionInfo::default();
+			info.remote_address = Some(RemoteAddress::Tls(stream.get_ref().0.peer_addr().map_err(failed)?));
+			info.peer_certificate = peerwire::transport::tls::peer_certificate(&stream).map_err(failed)?;
+			let (read, write) = tokio::io::split(stream);
+			Ok(Connected::Stream(watched(read, write, config, info, quiet)))
+		},
 		Address::Tcp(host_port) => {
 			let stream = tokio::net::TcpStream::connect(host_port.as_str()).await.map_err(failed)?;
 			// The transport batches its writes; small requests must not wait for an ACK.
@@ -171,6 +185,23 @@ pub async fn connect(address: &Address, config: &Config, quiet: bool) -> Result<
 			running.max_body_len = Some(max_body_len).filter(|max| *max < config.max_body_len_write);
 			Ok(Connected::Seqpacket(running))
 		},
+	}
+}
+
+/// The client side of TLS from the command line: --ca or the system roots, and --cert/--key
+/// for mutual TLS.
+fn client_tls(tls: &TlsArgs) -> Result<TlsClientConfig, Failure> {
+	let bad = |error: peerwire::Error| Failure::usage(describe(&error));
+	let roots = match &tls.ca {
+		Some(ca) => TlsRoots::from_pem_file(ca).map_err(bad)?,
+		None => TlsRoots::system()
+			.map_err(|error| Failure::usage(format!("{}; give the CA with --ca", describe(&error))))?,
+	};
+	match (&tls.cert, &tls.key) {
+		(Some(cert), Some(key)) => {
+			TlsClientConfig::with_identity(roots, TlsIdentity::from_pem_files(cert, key).map_err(bad)?).map_err(bad)
+		},
+		_ => TlsClientConfig::new(roots).map_err(bad),
 	}
 }
 

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use peerwire::transport::SocketPermissions;
 use peerwire::{
-	Acceptor, Listener, Message, MessageHeader, MessageType, PeerHandle, ReceivedMessage, TcpListener, Transport,
-	UnixSeqpacketListener, UnixStreamListener,
+	Acceptor, ConnectionInfo, Listener, Message, MessageHeader, MessageType, PeerHandle, ReceivedMessage, TcpListener,
+	TlsIdentity, TlsListener, TlsRoots, TlsServerConfig, Transport, UnixSeqpacketListener, UnixStreamListener,
+	admission,
 };
 use serde_json::json;
 
@@ -45,25 +47,151 @@ pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 	let cannot = |error: peerwire::Error| {
 		Failure::peer(&error, format!("cannot listen on {}: {}", args.address, describe(&error)))
 	};
+	let permissions = permissions(&args)?;
+	let check = admission_check(&args, printer)?;
+	let unix_only = |option: &str| Failure::usage(format!("{option} is for unix:// and seqpacket:// addresses only"));
+	let tls_only = |option: &str| Failure::usage(format!("{option} is for tls:// addresses only"));
+	if !matches!(args.address, Address::Tls(_)) && (global.tls.ca.is_some() || global.tls.cert.is_some()) {
+		return Err(tls_only(if global.tls.ca.is_some() { "--ca" } else { "--cert" }));
+	}
 	match &args.address {
 		Address::Tcp(host_port) => {
+			if permissions.is_some() {
+				return Err(unix_only("--mode"));
+			}
 			let mut listener = TcpListener::bind(host_port.as_str(), config).await.map_err(cannot)?;
 			listener.set_max_connections(limit);
 			// Port 0 becomes a real port: say which.
 			let local = listener.local_addr().map_err(cannot)?;
-			serve(listener, &format!("tcp://{local}"), None, answers, printer).await
+			serve(listener, &format!("tcp://{local}"), None, check, answers, printer).await
+		},
+		Address::Tls(host_port) => {
+			if permissions.is_some() {
+				return Err(unix_only("--mode"));
+			}
+			let tls = server_tls(global)?;
+			let mut listener = TlsListener::bind(host_port.as_str(), tls, config).await.map_err(cannot)?;
+			listener.set_max_connections(limit);
+			let local = listener.local_addr().map_err(cannot)?;
+			serve(listener, &format!("tls://{local}"), None, check, answers, printer).await
 		},
 		Address::Unix(path) => {
-			let mut listener = UnixStreamListener::bind(path, config).await.map_err(cannot)?;
+			let mut listener = match permissions {
+				Some(permissions) => UnixStreamListener::bind_with_permissions(path, permissions, config).await,
+				None => UnixStreamListener::bind(path, config).await,
+			}
+			.map_err(cannot)?;
 			listener.set_max_connections(limit);
-			serve(listener, &args.address.to_string(), Some(path.clone()), answers, printer).await
+			serve(listener, &args.address.to_string(), Some(path.clone()), check, answers, printer).await
 		},
 		Address::Seqpacket(path) => {
-			let mut listener = UnixSeqpacketListener::bind(path, config).await.map_err(cannot)?;
+			let mut listener = match permissions {
+				Some(permissions) => UnixSeqpacketListener::bind_with_permissions(path, permissions, config).await,
+				None => UnixSeqpacketListener::bind(path, config).await,
+			}
+			.map_err(cannot)?;
 			listener.set_max_connections(limit);
-			serve(listener, &args.address.to_string(), Some(path.clone()), answers, printer).await
+			serve(listener, &args.address.to_string(), Some(path.clone()), check, answers, printer).await
 		},
 	}
+}
+
+/// A mode written in octal, as chmod takes it: `660`, `0660`, `0o660`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+	let digits = text.strip_prefix("0o").unwrap_or(text);
+	match u32::from_str_radix(digits, 8) {
+		Ok(mode) if mode <= 0o777 => Ok(mode),
+		_ => Err(format!("{text} is not a file mode: expected octal digits up to 777, like 660")),
+	}
+}
+
+/// The group of `--group`: a number, or a name looked up in /etc/group.
+fn group_id(group: &str) -> Result<u32, Failure> {
+	if let Ok(gid) = group.parse() {
+		return Ok(gid);
+	}
+	let groups = std::fs::read_to_string("/etc/group")
+		.map_err(|error| Failure::io("cannot read /etc/group to look up --group", &error))?;
+	groups
+		.lines()
+		.filter_map(|line| {
+			let mut fields = line.split(':');
+			let name = fields.next()?;
+			let gid = fields.nth(1)?.parse().ok()?;
+			Some((name, gid))
+		})
+		.find_map(|(name, gid)| (name == group).then_some(gid))
+		.ok_or_else(|| Failure::usage(format!("--group {group}: no such group in /etc/group; give its number instead")))
+}
+
+fn permissions(args: &ListenArgs) -> Result<Option<SocketPermissions>, Failure> {
+	let Some(mode) = args.mode else {
+		return Ok(None);
+	};
+	let permissions = SocketPermissions::mode(mode);
+	Ok(Some(match &args.group {
+		Some(group) => permissions.with_group(group_id(group)?),
+		None => permissions,
+	}))
+}
+
+/// The server side of TLS from the command line: --cert and --key, and --ca for mutual TLS.
+fn server_tls(global: &Global) -> Result<TlsServerConfig, Failure> {
+	let bad = |error: peerwire::Error| Failure::usage(describe(&error));
+	let (Some(cert), Some(key)) = (&global.tls.cert, &global.tls.key) else {
+		return Err(Failure::usage("listening on tls:// needs the server's certificate: --cert FILE --key FILE"));
+	};
+	let identity = TlsIdentity::from_pem_files(cert, key).map_err(bad)?;
+	match &global.tls.ca {
+		Some(ca) => TlsServerConfig::mutual(identity, TlsRoots::from_pem_file(ca).map_err(bad)?).map_err(bad),
+		None => TlsServerConfig::new(identity).map_err(bad),
+	}
+}
+
+/// A check over what is known of a client.
+type Check = Box<dyn Fn(&ConnectionInfo) -> bool + Send + Sync>;
+
+/// The admission check of the --allow-* options, which prints each refusal; `None` without them.
+fn admission_check(args: &ListenArgs, printer: Printer) -> Result<Option<Check>, Failure> {
+	let mut checks: Vec<Check> = Vec::new();
+	if !args.allow_uids.is_empty() {
+		checks.push(Box::new(admission::uids(args.allow_uids.iter().copied())));
+	}
+	if !args.allow_gids.is_empty() {
+		checks.push(Box::new(admission::gids(args.allow_gids.iter().copied())));
+	}
+	if !args.allow_ips.is_empty() {
+		checks.push(Box::new(admission::ip_addresses(args.allow_ips.iter().copied())));
+	}
+	if !args.allow_names.is_empty() {
+		checks.push(Box::new(admission::certificate_names(args.allow_names.iter().cloned())));
+	}
+	if checks.is_empty() {
+		return Ok(None);
+	}
+	Ok(Some(Box::new(move |info: &ConnectionInfo| {
+		let admitted = checks.iter().any(|check| check(info));
+		if !admitted {
+			printer.event("refused", None, &connection_fields(info));
+		}
+		admitted
+	})))
+}
+
+/// What the "connected" and "refused" lines say about a client.
+fn connection_fields(info: &ConnectionInfo) -> Vec<(&'static str, serde_json::Value)> {
+	let remote = info.remote_address.as_ref().map(ToString::to_string);
+	let credentials = info.credentials;
+	let mut fields = vec![
+		("remote", json!(remote)),
+		("uid", json!(credentials.map(|c| c.uid))),
+		("gid", json!(credentials.map(|c| c.gid))),
+		("pid", json!(credentials.and_then(|c| c.pid))),
+	];
+	if let Some(certificate) = &info.peer_certificate {
+		fields.push(("certificate", json!(certificate.subject)));
+	}
+	fields
 }
 
 /// Accept until interrupted; `socket_file` is removed on the way out.
@@ -71,6 +199,7 @@ async fn serve<A>(
 	mut listener: Listener<A>,
 	address: &str,
 	socket_file: Option<PathBuf>,
+	check: Option<Check>,
 	answers: Arc<Answers>,
 	printer: Printer,
 ) -> Result<(), Failure>
@@ -78,6 +207,9 @@ where
 	A: Acceptor,
 	<A::Transport as Transport>::Body: CliBody,
 {
+	if let Some(check) = check {
+		listener.set_admission(check);
+	}
 	printer.event("listening", None, &[("address", json!(address))]);
 	let shutdown = shutdown_signal();
 	tokio::pin!(shutdown);
@@ -88,15 +220,7 @@ where
 				Ok((peer, info)) => {
 					connections += 1;
 					let conn = connections;
-					let remote = info.remote_address.as_ref().map(ToString::to_string);
-					let credentials = info.credentials;
-					let fields = [
-						("remote", json!(remote)),
-						("uid", json!(credentials.map(|c| c.uid))),
-						("gid", json!(credentials.map(|c| c.gid))),
-						("pid", json!(credentials.and_then(|c| c.pid))),
-					];
-					printer.event("connected", Some(conn), &fields);
+					printer.event("connected", Some(conn), &connection_fields(&info));
 					tokio::spawn(connection(conn, peer, answers.clone(), printer));
 				},
 				// The listening socket failed in a way waiting does not cure; the listener waits

@@ -29,6 +29,7 @@ macro_rules! addresses_help {
 		"\
 Addresses:
   tcp://HOST:PORT        TCP, for example tcp://127.0.0.1:29285 or tcp://[::1]:29285
+  tls://HOST:PORT        TLS over TCP; see --ca, --cert and --key
   unix:///PATH           a Unix stream socket (unix://relative/path works too)
   seqpacket:///PATH      a Unix seqpacket socket, which can carry file descriptors"
 	};
@@ -100,6 +101,34 @@ struct Global {
 	/// Do not print progress lines for bodies over 1 MiB on standard error (call, send, tap).
 	#[arg(short, long, global = true)]
 	quiet: bool,
+
+	#[command(flatten)]
+	tls: TlsArgs,
+}
+
+/// The options of tls:// addresses. The server's certificate is always verified; there is no
+/// option to skip that.
+#[derive(Debug, Clone, Args)]
+struct TlsArgs {
+	/// CA certificates, PEM. call/send: trust servers whose certificate they signed (instead of
+	/// the system's trusted roots). listen: require a client certificate they signed (mutual
+	/// TLS).
+	#[arg(long, global = true, value_name = "FILE")]
+	ca: Option<PathBuf>,
+
+	/// Certificate chain, PEM. listen: the server's (required for tls://). call/send: the
+	/// client's, for servers that ask for one (mutual TLS); needs --key.
+	#[arg(long, global = true, value_name = "FILE", requires = "key")]
+	cert: Option<PathBuf>,
+
+	/// The private key of --cert, PEM.
+	#[arg(long, global = true, value_name = "FILE", requires = "cert")]
+	key: Option<PathBuf>,
+
+	/// call/send: the name the server's certificate must carry (default: the HOST of
+	/// tls://HOST:PORT).
+	#[arg(long, global = true, value_name = "NAME")]
+	server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -249,6 +278,35 @@ struct ListenArgs {
 	/// DURATION (500ms, 10s, 1m, 1h; plain numbers are seconds). Default: no limit.
 	#[arg(long, value_name = "DURATION", value_parser = body::parse_duration)]
 	idle_timeout: Option<Duration>,
+
+	/// unix:// and seqpacket:// only: the mode of the socket file, in octal (660 lets the owner
+	/// and the group connect, 600 the owner alone). The file never exists with wider
+	/// permissions. Default: what the umask leaves.
+	#[arg(long, value_name = "OCTAL", value_parser = listen::parse_mode)]
+	mode: Option<u32>,
+
+	/// unix:// and seqpacket:// only: give the socket file to GROUP (a name or a number).
+	#[arg(long, value_name = "GROUP", requires = "mode")]
+	group: Option<String>,
+
+	/// Admit only Unix socket clients running as UID; repeatable. With several --allow-*
+	/// options, a client matching any of them is admitted; others are closed before anything is
+	/// read and shown as "refused".
+	#[arg(long = "allow-uid", value_name = "UID")]
+	allow_uids: Vec<u32>,
+
+	/// Admit only Unix socket clients whose primary group is GID; repeatable.
+	#[arg(long = "allow-gid", value_name = "GID")]
+	allow_gids: Vec<u32>,
+
+	/// Admit only TCP and TLS clients from this IP address; repeatable.
+	#[arg(long = "allow-ip", value_name = "IP")]
+	allow_ips: Vec<std::net::IpAddr>,
+
+	/// Admit only TLS clients whose verified certificate names NAME (DNS name, common name or
+	/// URI); repeatable. Needs --ca (mutual TLS).
+	#[arg(long = "allow-name", value_name = "NAME", requires = "ca")]
+	allow_names: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -16,7 +16,7 @@ pub async fn run(args: SendArgs, global: &Global) -> Result<(), Failure> {
 	let fds = open_fds(&args.address, &args.fds)?;
 	let config = global.config();
 	let printer = Printer::new(global.json, None);
-	match connect(&args.address, &config, global.quiet).await? {
+	match connect(&args.address, &config, global.quiet, &global.tls).await? {
 		Connected::Stream(running) => send(running, &args, body, &fds, printer).await,
 		Connected::Seqpacket(running) => send(running, &args, body, &fds, printer).await,
 	}

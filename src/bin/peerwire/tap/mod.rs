@@ -118,6 +118,11 @@ fn process_name(pid: Option<i32>) -> String {
 }
 
 pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
+	if matches!(args.listen, Address::Tls(_)) || matches!(args.upstream, Address::Tls(_)) {
+		return Err(Failure::usage(
+			"the tap does not speak TLS: it would have to decrypt, which defeats the point; tap the plain side of a TLS proxy instead",
+		));
+	}
 	let datagrams = matches!(args.listen, Address::Seqpacket(_));
 	if datagrams != matches!(args.upstream, Address::Seqpacket(_)) {
 		return Err(Failure::usage(format!(
@@ -137,6 +142,7 @@ pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
 			let listener = tokio::net::UnixListener::bind(path).map_err(cannot)?;
 			(RawListener::Unix(listener), args.listen.to_string(), Some(path.clone()))
 		},
+		Address::Tls(_) => unreachable!("refused above"),
 		Address::Seqpacket(path) => {
 			remove_stale_socket(path, true).await.map_err(cannot)?;
 			let listener = tokio_seqpacket::UnixSeqpacketListener::bind(path).map_err(cannot)?;

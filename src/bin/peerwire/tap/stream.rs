@@ -29,6 +29,7 @@ pub(super) async fn connect(address: &Address) -> io::Result<(Reader, Writer)> {
 			Ok((Box::new(read), Box::new(write)))
 		},
 		Address::Seqpacket(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "not a byte stream")),
+		Address::Tls(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "the tap does not speak TLS")),
 	}
 }
 
