@@ -678,6 +678,10 @@ fn call_over_mutual_tls() {
 		b"",
 	);
 	assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+	// TLS options with a plain address are a usage error, not silently ignored.
+	let output = run(&["call", "tcp://127.0.0.1:1", "7", "x", "--ca", &ca], b"");
+	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+	assert!(stderr(&output).contains("--ca is for tls:// addresses only"), "{}", stderr(&output));
 	// Listening on tls:// without a certificate is a usage error.
 	let output = run(&["listen", "tls://127.0.0.1:0"], b"");
 	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));

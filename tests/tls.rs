@@ -374,3 +374,37 @@ async fn a_transport_made_by_hand_reports_the_server_certificate() {
 	assert_eq!(certificate.ip_addresses, [std::net::IpAddr::from([127, 0, 0, 1])]);
 	within(accepting).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_in_flight_keep_flowing() {
+	// Each side's writer hands whole batches to rustls, which keeps the records that do not fit
+	// in the socket: they must be flushed out, or both sides end up waiting for each other. In
+	// a release build this hung within a second before the fix; a debug build is rarely fast
+	// enough to fill the socket, and the writer's unit test
+	// (`bytes_held_by_the_inner_writer_count_as_queued_until_it_is_flushed`) covers it there.
+	let ca = Ca::new("test CA");
+	let (mut listener, address) =
+		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), Config::default()).await;
+	let client_tls = TlsClientConfig::new(ca.roots()).unwrap();
+	let config = Config::default();
+	let (client, server) =
+		tokio::join!(TlsPeer::connect(address, "localhost", &client_tls, &config), listener.accept());
+	let (client, _) = client.unwrap();
+	let (mut server, _) = server.unwrap();
+	tokio::spawn(async move {
+		while let Ok(ReceivedMessage::Request(request, body)) = server.recv_message().await {
+			let _ = request.send_response(0, body).await;
+		}
+	});
+	let body = bytes::Bytes::from(vec![7u8; 16]);
+	let mut open = std::collections::VecDeque::new();
+	for _ in 0..64 {
+		open.push_back(client.send_request(1, body.clone()).await.unwrap());
+	}
+	for _ in 0..20_000 {
+		let mut oldest = open.pop_front().unwrap();
+		let response = within(oldest.recv_response()).await.unwrap();
+		assert_eq!(response.body, body);
+		open.push_back(client.send_request(1, body.clone()).await.unwrap());
+	}
+}

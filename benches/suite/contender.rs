@@ -74,6 +74,11 @@ pub trait Contender: 'static {
 
 	/// Connect a client over `transport`, with `server` answering on the other end.
 	fn connect(transport: Transport, server: Server) -> impl Future<Output = Result<Self::Client>> + Send;
+
+	/// Whether it can run over `transport` at all: the baselines and fizyr-rpc have no TLS.
+	fn speaks(transport: Transport) -> bool {
+		transport.is_plain()
+	}
 }
 
 /// What the server end of every contender does: echo each request's body as the response, and
@@ -103,6 +108,7 @@ impl Server {
 /// fresh runtime so that nothing (a stuck task, a leaked connection) carries over between runs.
 pub trait Entry: Sync {
 	fn name(&self) -> &'static str;
+	fn speaks(&self, transport: Transport) -> bool;
 	fn run(&self, scenario: Scenario, transport: Transport, plan: &Plan) -> Outcome;
 	fn integrity(&self, transport: Transport, len: usize) -> std::result::Result<Duration, String>;
 	fn flood(&self, transport: Transport, plan: &FloodPlan) -> std::result::Result<FloodReport, String>;
@@ -113,6 +119,10 @@ struct Of<C>(PhantomData<fn() -> C>);
 impl<C: Contender> Entry for Of<C> {
 	fn name(&self) -> &'static str {
 		C::NAME
+	}
+
+	fn speaks(&self, transport: Transport) -> bool {
+		C::speaks(transport)
 	}
 
 	fn run(&self, scenario: Scenario, transport: Transport, plan: &Plan) -> Outcome {

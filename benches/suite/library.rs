@@ -58,10 +58,18 @@ impl Contender for Peerwire {
 	const NAME: &'static str = "peerwire";
 	type Client = Either<PeerwireClient<Bytes>, PeerwireClient<PeerwireDatagram>>;
 
+	fn speaks(_transport: Transport) -> bool {
+		true
+	}
+
 	async fn connect(transport: Transport, server: Server) -> Result<Self::Client> {
 		use peerwire::transport::{tcp::TcpTransport, unix_stream::UnixStreamTransport};
 		let config =
 			peerwire::Config { max_body_len_read: MAX_BODY, max_body_len_write: MAX_BODY, ..Default::default() };
+		#[cfg(feature = "tls")]
+		if transport == Transport::Tls {
+			return Ok(Either::Left(connect_tls(&config, server).await?));
+		}
 		Ok(match transport.tokio_pair()? {
 			TokioPair::Tcp(a, b) => Either::Left(start_peerwire(
 				TcpTransport::from_tcp(a, &config)?,
@@ -89,6 +97,38 @@ impl Contender for Peerwire {
 			},
 		})
 	}
+}
+
+/// A peerwire client over TLS on loopback TCP, with its server side served: a `TlsListener` and a
+/// `TlsPeer`, with certificates made once per process (rcgen, ECDSA P-256 as it defaults to).
+#[cfg(feature = "tls")]
+async fn connect_tls(config: &peerwire::Config, server: Server) -> Result<PeerwireClient<Bytes>> {
+	use std::sync::OnceLock;
+
+	use peerwire::{TlsClientConfig, TlsIdentity, TlsListener, TlsPeer, TlsRoots, TlsServerConfig};
+	use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+	static CONFIGS: OnceLock<(TlsServerConfig, TlsClientConfig)> = OnceLock::new();
+	let make = || -> Result<(TlsServerConfig, TlsClientConfig)> {
+		let mut params = CertificateParams::new(Vec::<String>::new())?;
+		params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+		let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+		let key = KeyPair::generate()?;
+		let certificate = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &ca)?;
+		let identity = TlsIdentity::from_pem(certificate.pem().as_bytes(), key.serialize_pem().as_bytes())?;
+		let roots = TlsRoots::from_pem(ca.pem().as_bytes())?;
+		Ok((TlsServerConfig::new(identity)?, TlsClientConfig::new(roots)?))
+	};
+	let (server_tls, client_tls) = match CONFIGS.get() {
+		Some(configs) => configs,
+		None => CONFIGS.get_or_init(|| make().expect("TLS test certificates")),
+	};
+	let mut listener = TlsListener::bind("127.0.0.1:0", server_tls.clone(), config.clone()).await?;
+	let address = listener.local_addr()?;
+	let (client, accepted) =
+		tokio::join!(TlsPeer::connect(address, "localhost", client_tls, config), listener.accept());
+	tokio::spawn(serve_peerwire(accepted?.0, server));
+	Ok(PeerwireClient { peer: client?.0, open: VecDeque::new() })
 }
 
 /// Spawn both peers and the server task; the client's handle.

@@ -8,9 +8,12 @@
 //! cargo test --all-features --bench suite -- --quick               # the smoke run in CI (debug build)
 //! cargo bench --bench suite -- --reps 3                            # fewer (or more) repetitions
 //! cargo bench --bench suite -- --only "bulk tcp peerwire"          # only the runs whose labels match
+//! cargo bench --bench suite --features unix-seqpacket,tls -- --only tls   # TLS against plain TCP
 //! ```
 //!
-//! Without the `unix-seqpacket` feature only TCP and Unix stream run. Progress goes to stderr,
+//! Without the `unix-seqpacket` feature only TCP and Unix stream run; the `tls` feature adds
+//! peerwire over TLS (the other contenders have no TLS), each run paired with peerwire over plain
+//! TCP in the same repetition (run as well when `--only` leaves it out) for the TLS / TCP table. Progress goes to stderr,
 //! the report to stdout. The exit status is non-zero when something that must work failed (a
 //! peerwire or baseline run that errors, the integrity check, a peerwire flood that errors or is
 //! not bounded), never for a missed performance target nor for a baseline that measured nothing
@@ -125,8 +128,18 @@ fn run(options: &Options) -> Results {
 				for i in 0..entries.len() {
 					let entry = entries[(i + rep) % entries.len()];
 					let label = format!("{} {} {}", scenario.label(), transport.name(), entry.name());
-					if !scenario.applies_to(transport) || !options.selects(&label) {
+					if !scenario.applies_to(transport) || !entry.speaks(transport) || !options.selects(&label) {
 						continue;
+					}
+					if !transport.is_plain() {
+						// The plain TCP run of the same repetition, for the TLS / TCP ratio.
+						let tcp = format!("{} {} {}", scenario.label(), Transport::Tcp.name(), entry.name());
+						if !options.selects(&tcp) {
+							let outcome = entry.run(scenario, Transport::Tcp, &options.plan);
+							eprintln!("[{}/{}] {tcp} (beside {label}): {outcome:?}", rep + 1, options.reps);
+							let contender = entry.name();
+							results.runs.push(Run { rep, scenario, transport: Transport::Tcp, contender, outcome });
+						}
 					}
 					let outcome = entry.run(scenario, transport, &options.plan);
 					eprintln!("[{}/{}] {label}: {outcome:?}", rep + 1, options.reps);
@@ -148,7 +161,8 @@ fn run(options: &Options) -> Results {
 	for &transport in Transport::ALL {
 		for contender in [PEERWIRE, "fizyr-rpc"] {
 			let label = format!("flood {} {contender}", transport.name());
-			if options.selects(&label) {
+			let speaks = contender::by_name(contender).is_some_and(|entry| entry.speaks(transport));
+			if speaks && options.selects(&label) {
 				let report = flood::run_in_child(contender, transport, &options.flood);
 				eprintln!("{label}: {report:?}");
 				results.floods.push((transport, contender, report));
@@ -181,6 +195,12 @@ fn print_report(options: &Options, results: &Results, load_before: &str, elapsed
 	);
 	println!("- whole suite took {:.0} s\n", elapsed.as_secs_f64());
 	println!("{}", results.ratio_table());
+	if let Some(table) = results.security_table() {
+		println!(
+			"peerwire over TLS against peerwire over plain TCP, same repetition (TLS / TCP: above 1 is slower for µs, faster for rates):\n"
+		);
+		println!("{table}");
+	}
 	println!("{}", results.integrity_table());
 	println!(
 		"Flood of 64-byte stream messages at a reader taking at most 10,000 a second; peak = VmHWM of the process:\n"

@@ -188,6 +188,55 @@ impl Results {
 		out
 	}
 
+	/// peerwire over each transport that is not plain (TLS) beside peerwire over plain TCP, with
+	/// the per-repetition ratio; `None` when no such run was made.
+	pub fn security_table(&self) -> Option<String> {
+		let secured: Vec<Transport> = Transport::ALL
+			.iter()
+			.copied()
+			.filter(|transport| !transport.is_plain() && self.runs.iter().any(|run| run.transport == *transport))
+			.collect();
+		if secured.is_empty() {
+			return None;
+		}
+		let mut out = String::from(
+			"| metric | transport | peerwire tcp | peerwire over it | it / tcp |\n|---|---|---|---|---|\n",
+		);
+		for transport in secured {
+			for &scenario in Scenario::ALL {
+				for (index, metric) in scenario.metrics().iter().enumerate() {
+					if !self.runs.iter().any(|run| run.scenario == scenario && run.transport == transport) {
+						continue;
+					}
+					let tcp = self.values(scenario, index, Transport::Tcp, PEERWIRE);
+					let mut ratios: Vec<f64> = self
+						.values(scenario, index, transport, PEERWIRE)
+						.into_iter()
+						.filter_map(|(rep, value)| {
+							let (_, plain) = tcp.iter().find(|(plain_rep, _)| *plain_rep == rep)?;
+							Some(value.ok()? / plain.ok()?)
+						})
+						.collect();
+					ratios.sort_by(f64::total_cmp);
+					let ratio = match ratios.as_slice() {
+						[] => "—".to_string(),
+						[low, .., high] => format!("{:.2} ({low:.2}–{high:.2})", quantile(&ratios, 0.5)),
+						[only] => format!("{only:.2}"),
+					};
+					let _ = writeln!(
+						out,
+						"| {} | {} | {} | {} | {ratio} |",
+						metric.name,
+						transport.name(),
+						self.cell(scenario, index, Transport::Tcp, PEERWIRE),
+						self.cell(scenario, index, transport, PEERWIRE),
+					);
+				}
+			}
+		}
+		Some(out)
+	}
+
 	pub fn integrity_table(&self) -> String {
 		let mut out = String::from("| transport | peerwire echo of | result |\n|---|---|---|\n");
 		for (transport, len, result) in &self.integrity {

@@ -5,7 +5,10 @@
 //! would not): the comparison is of the code above the socket, not of Nagle's algorithm.
 //!
 //! Adding a transport: a variant in [`Transport`], [`StdPair`] and [`TokioPair`], and an arm in
-//! each contender's `connect`.
+//! each contender's `connect`. TLS is the exception: only peerwire speaks it (the others would
+//! need a TLS layer written for the suite), and it makes its connections itself, through
+//! `TlsListener` and `TlsPeer` over loopback TCP with TCP_NODELAY on both ends like the rest;
+//! its rows compare peerwire over TLS with peerwire over plain TCP.
 
 use std::io;
 
@@ -15,6 +18,8 @@ pub enum Transport {
 	UnixStream,
 	#[cfg(feature = "unix-seqpacket")]
 	UnixSeqpacket,
+	#[cfg(feature = "tls")]
+	Tls,
 }
 
 impl Transport {
@@ -23,6 +28,8 @@ impl Transport {
 		Transport::UnixStream,
 		#[cfg(feature = "unix-seqpacket")]
 		Transport::UnixSeqpacket,
+		#[cfg(feature = "tls")]
+		Transport::Tls,
 	];
 
 	pub fn name(self) -> &'static str {
@@ -31,6 +38,17 @@ impl Transport {
 			Transport::UnixStream => "unix-stream",
 			#[cfg(feature = "unix-seqpacket")]
 			Transport::UnixSeqpacket => "unix-seqpacket",
+			#[cfg(feature = "tls")]
+			Transport::Tls => "tls",
+		}
+	}
+
+	/// Whether every contender can speak it: a bare socket, no security layer.
+	pub fn is_plain(self) -> bool {
+		match self {
+			#[cfg(feature = "tls")]
+			Transport::Tls => false,
+			_ => true,
 		}
 	}
 
@@ -42,6 +60,8 @@ impl Transport {
 	pub fn max_body(self) -> usize {
 		match self {
 			Transport::Tcp | Transport::UnixStream => usize::MAX,
+			#[cfg(feature = "tls")]
+			Transport::Tls => usize::MAX,
 			// Linux sends a datagram of at most about 4 MiB (header included); larger payloads
 			// go through a descriptor instead.
 			#[cfg(feature = "unix-seqpacket")]
@@ -70,6 +90,10 @@ impl Transport {
 				let (client, server) =
 					rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
 				Ok(StdPair::Seqpacket(client, server))
+			},
+			#[cfg(feature = "tls")]
+			Transport::Tls => {
+				Err(io::Error::new(io::ErrorKind::Unsupported, "TLS connections are made by the peerwire contender"))
 			},
 		}
 	}

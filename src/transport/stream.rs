@@ -184,11 +184,16 @@ pub struct StreamWriter<W> {
 	/// Small frames (prefix and body) copied together; written after `chunks`.
 	staging: BytesMut,
 	queued: usize,
+	/// Bytes were handed to `inner` and its `poll_flush` has not yet returned `Ready`. A socket
+	/// takes what it accepts for good, but a writer with a buffer of its own (TLS, which holds
+	/// encrypted records that did not fit in the socket) must be flushed until it says done, so
+	/// the writer counts as having something queued until then.
+	unflushed: bool,
 }
 
 impl<W: AsyncWrite + Send + Unpin + 'static> StreamWriter<W> {
 	fn new(inner: W, codec: StreamCodec) -> Self {
-		Self { inner, codec, chunks: VecDeque::new(), staging: BytesMut::new(), queued: 0 }
+		Self { inner, codec, chunks: VecDeque::new(), staging: BytesMut::new(), queued: 0, unflushed: false }
 	}
 
 	/// Drop `written` bytes from the front of the queue.
@@ -230,6 +235,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> StreamWriter<W> {
 			if written == 0 {
 				return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
 			}
+			self.unflushed = true;
 			self.consume(written);
 		}
 		// Fully written: let the staging buffer reuse its allocation from the start.
@@ -260,7 +266,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> 
 	}
 
 	fn has_queued(&self) -> bool {
-		self.queued > 0
+		self.queued > 0 || self.unflushed
 	}
 
 	fn holds_spare_memory(&self) -> bool {
@@ -280,7 +286,9 @@ impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> 
 
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
 		ready!(self.poll_write_queued(cx))?;
-		Poll::Ready(ready!(Pin::new(&mut self.inner).poll_flush(cx)).map_err(Error::from))
+		ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+		self.unflushed = false;
+		Poll::Ready(Ok(()))
 	}
 
 	fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -337,6 +345,51 @@ mod tests {
 			}
 			assert!(wire.is_empty());
 		}
+	}
+
+	/// A writer with a buffer of its own, as TLS has: it takes every byte at once and puts it
+	/// on the wire only when flushed, and its first flush finds the "socket" full.
+	#[derive(Default)]
+	struct OwnBuffer {
+		buffered: Vec<u8>,
+		wire: Vec<u8>,
+		full_once: bool,
+	}
+
+	impl AsyncWrite for OwnBuffer {
+		fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+			self.buffered.extend_from_slice(buf);
+			Poll::Ready(Ok(buf.len()))
+		}
+		fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+			if !self.full_once {
+				self.full_once = true;
+				cx.waker().wake_by_ref();
+				return Poll::Pending;
+			}
+			let buffered = std::mem::take(&mut self.buffered);
+			self.wire.extend_from_slice(&buffered);
+			Poll::Ready(Ok(()))
+		}
+		fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+			Poll::Ready(Ok(()))
+		}
+	}
+
+	#[test]
+	fn bytes_held_by_the_inner_writer_count_as_queued_until_it_is_flushed() {
+		let codec = StreamCodec::new(Default::default(), 1 << 20, 1 << 20);
+		let mut writer = StreamWriter::new(OwnBuffer::default(), codec);
+		writer.start_send(Message::stream(1, 1, Bytes::from_static(b"hello"))).unwrap();
+		let mut cx = Context::from_waker(std::task::Waker::noop());
+		assert!(writer.poll_flush(&mut cx).is_pending());
+		// Every byte is in the inner writer's buffer and none on the wire: the peer must call
+		// poll_flush again, which it does only while something is queued.
+		assert!(writer.inner.wire.is_empty());
+		assert!(writer.has_queued());
+		assert!(matches!(writer.poll_flush(&mut cx), Poll::Ready(Ok(()))));
+		assert!(!writer.has_queued());
+		assert_eq!(writer.inner.wire.len(), 4 + 12 + 5);
 	}
 
 	/// A writer that takes every slice of a vectored write, as a socket with room does.

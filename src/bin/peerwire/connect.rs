@@ -147,6 +147,13 @@ pub enum Connected {
 /// Connect to `address` and start the peer task.
 pub async fn connect(address: &Address, config: &Config, quiet: bool, tls: &TlsArgs) -> Result<Connected, Failure> {
 	let failed = |error: io::Error| Failure::io(&format!("cannot connect to {address}"), &error);
+	let tls_option =
+		[("--ca", tls.ca.is_some()), ("--cert", tls.cert.is_some()), ("--server-name", tls.server_name.is_some())]
+			.into_iter()
+			.find_map(|(option, given)| given.then_some(option));
+	if let (Some(option), false) = (tls_option, matches!(address, Address::Tls(_))) {
+		return Err(Failure::usage(format!("{option} is for tls:// addresses only, not {address}")));
+	}
 	match address {
 		Address::Tls(host_port) => {
 			let client = client_tls(tls)?;
