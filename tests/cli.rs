@@ -708,7 +708,9 @@ fn listen_sets_the_socket_mode_and_refuses_uids_not_allowed() {
 	assert_eq!(refused["event"], "refused", "{refused}");
 	assert_eq!(refused["uid"], uid);
 	assert!(refused["pid"].as_i64().is_some(), "{refused}");
+	// Killed, the listener leaves its socket file behind.
 	drop(listener);
+	let _ = std::fs::remove_file(&path);
 
 	let output = run(&["listen", "tcp://127.0.0.1:0", "--mode", "600"], b"");
 	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));

@@ -25,7 +25,7 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{BufReader, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsStream;
@@ -42,8 +42,15 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many handshakes of accepted connections may run at once by default.
 const DEFAULT_MAX_HANDSHAKES: usize = 128;
 
-/// The byte stream of a TLS connection, client or server side.
-pub type TlsTcpStream = TlsStream<TcpStream>;
+/// The read buffer under rustls. rustls reads the socket a few KiB at a time (4 KiB more than it
+/// holds, up to one 16 KiB record), which costs a system call per few KiB of a large body: a
+/// 64 KiB buffer under it reads as much as the plain stream transport does per call and doubled
+/// the 4 MiB echo over TLS on the reference machine (284 to 641 MiB/s; 16 KiB gave 384). It costs
+/// 64 KiB per connection, as much as the stream transport's own read buffer.
+const SOCKET_READ_BUFFER: usize = 64 << 10;
+
+/// The byte stream of a TLS connection, client or server side (with a read buffer under rustls).
+pub type TlsTcpStream = TlsStream<BufReader<TcpStream>>;
 /// The transport of a TLS connection.
 pub type TlsTransport = StreamTransport<ReadHalf<TlsTcpStream>, WriteHalf<TlsTcpStream>>;
 /// A peer on a TLS connection.
@@ -325,7 +332,7 @@ impl TlsTransport {
 	/// Wrap a TLS stream whose handshake is done, recording the remote address and the
 	/// certificate the remote presented (verified by the handshake).
 	pub fn from_tls(stream: TlsTcpStream, config: &Config) -> io::Result<Self> {
-		let address = stream.get_ref().0.peer_addr()?;
+		let address = stream.get_ref().0.get_ref().peer_addr()?;
 		Self::from_tls_with_address(stream, address, config)
 	}
 
@@ -362,7 +369,9 @@ pub async fn connect_stream(
 	let stream = TcpStream::connect(address).await?;
 	// The transport batches its writes; small requests must not wait for an acknowledgement.
 	stream.set_nodelay(true)?;
-	let stream = tokio_rustls::TlsConnector::from(tls.rustls.clone()).connect(name, stream).await?;
+	let stream = tokio_rustls::TlsConnector::from(tls.rustls.clone())
+		.connect(name, BufReader::with_capacity(SOCKET_READ_BUFFER, stream))
+		.await?;
 	Ok(TlsStream::Client(stream))
 }
 
@@ -464,7 +473,7 @@ impl TlsAcceptor {
 	}
 
 	fn start_handshake(&mut self, stream: TcpStream, address: SocketAddr) {
-		let accept = self.acceptor.accept(stream);
+		let accept = self.acceptor.accept(BufReader::with_capacity(SOCKET_READ_BUFFER, stream));
 		let timeout = self.tls.handshake_timeout;
 		self.handshakes.spawn(async move {
 			let result = match tokio::time::timeout(timeout, accept).await {

@@ -162,7 +162,7 @@ pub async fn connect(address: &Address, config: &Config, quiet: bool, tls: &TlsA
 				.await
 				.map_err(|error| Failure::peer(&error, format!("cannot connect to {address}: {}", describe(&error))))?;
 			let mut info = ConnectionInfo::default();
-			info.remote_address = Some(RemoteAddress::Tls(stream.get_ref().0.peer_addr().map_err(failed)?));
+			info.remote_address = Some(RemoteAddress::Tls(stream.get_ref().0.get_ref().peer_addr().map_err(failed)?));
 			info.peer_certificate = peerwire::transport::tls::peer_certificate(&stream).map_err(failed)?;
 			let (read, write) = tokio::io::split(stream);
 			Ok(Connected::Stream(watched(read, write, config, info, quiet)))
