@@ -94,6 +94,22 @@ async fn a_unix_stream_socket_file_has_its_mode_the_first_time_it_can_be_seen() 
 	}
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_file_has_its_group_the_first_time_it_can_be_seen() {
+	let (uid, own_gid) = own_ids();
+	// Root may give the file to any group; anyone else only to their own groups, and the
+	// primary one is all this test knows of (then it shows that setting it does no harm).
+	let gid = if uid == 0 { 65534 } else { own_gid };
+	for _ in 0..TRIES / 3 {
+		let path = socket_path("group");
+		let permissions = SocketPermissions::mode(0o660).with_group(gid);
+		let (_listener, mode, first_gid) =
+			first_seen(&path, || UnixStreamListener::bind_with_permissions(&path, permissions, Config::default()))
+				.await;
+		assert_eq!((mode, first_gid), (0o660, gid), "first seen with mode {mode:o} and group {first_gid}");
+	}
+}
+
 #[tokio::test]
 async fn binding_with_permissions_never_replaces_a_live_socket_and_leaves_no_temporary_file() {
 	let dir = std::env::temp_dir().join(format!("peerwire-access-{}", std::process::id()));
@@ -166,22 +182,41 @@ async fn an_admission_check_for_another_uid_refuses_this_process_until_its_uid_i
 	assert_eq!(&answer.unwrap()[..], b"may I");
 }
 
+/// A request frame (service 1, request id 0, body "hi"), little endian.
+fn request_frame() -> Vec<u8> {
+	let mut frame = Vec::new();
+	frame.extend_from_slice(&14u32.to_le_bytes());
+	frame.extend_from_slice(&0u32.to_le_bytes());
+	frame.extend_from_slice(&0u32.to_le_bytes());
+	frame.extend_from_slice(&1i32.to_le_bytes());
+	frame.extend_from_slice(b"hi");
+	frame
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_closed_before_any_message_is_read() {
-	// The client writes a request and waits; a listener that read it before refusing would
-	// still not answer, so look at what the remote sees: the connection closes with the
-	// request unread (the server's receive buffer is dropped with the socket).
+	use tokio::io::{AsyncReadExt, AsyncWriteExt};
+	// The client's request is in the server socket's receive queue before the listener even
+	// accepts. Closing a Unix stream socket with unread data makes the kernel report a reset to
+	// the other end; had the listener read the request first, the client would see a clean end
+	// of stream instead. (Over TCP the write half's shutdown sends a FIN ahead of the reset, so
+	// the client cannot tell the two apart there.)
 	let (_, gid) = own_ids();
 	let path = socket_path("refused-unread");
 	let mut listener = UnixStreamListener::bind(&path, Config::default())
 		.await
 		.unwrap()
 		.with_admission(admission::gids([gid.wrapping_add(1)]));
+	let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
+	client.write_all(&request_frame()).await.unwrap();
 	let accepting = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
-	let (client, _) = UnixStreamPeer::connect(&path, &Config::default()).await.unwrap();
-	let error = within(ask(&client)).await.unwrap_err();
-	assert_eq!(error.kind(), ErrorKind::ConnectionClosed);
-	within(client.closed()).await;
+	let mut buffer = [0; 64];
+	let read = within(client.read(&mut buffer)).await;
+	assert_eq!(
+		read.as_ref().map_err(std::io::Error::kind).err(),
+		Some(std::io::ErrorKind::ConnectionReset),
+		"{read:?}"
+	);
 	assert!(!accepting.is_finished());
 	accepting.abort();
 }
