@@ -155,8 +155,8 @@ type ConnectFn<B> = Box<dyn Fn() -> ConnectFuture<B> + Send + Sync>;
 ///
 /// Built from a connect function (any async closure that returns a [`PeerHandle`], so any
 /// transport and any [`Config`](crate::Config) will do) and a [`Backoff`] policy; the
-/// [`tcp`](Self::tcp) and [`unix_stream`](Self::unix_stream) constructors cover the common
-/// cases. Clone it freely: clones share the connection.
+/// [`tcp`](Self::tcp), [`unix_stream`](Self::unix_stream) and (feature `tls`) `tls`
+/// constructors cover the common cases. Clone it freely: clones share the connection.
 ///
 /// Nothing connects until it is first needed. Then one caller at a time makes attempts, and
 /// everyone else asking for the connection meanwhile waits for the outcome (a failed round that

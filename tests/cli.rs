@@ -651,6 +651,19 @@ fn call_over_mutual_tls() {
 	assert_eq!(connected["event"], "connected", "{connected}");
 	assert!(connected["certificate"].as_str().unwrap().contains("CN=cli client"), "{connected}");
 
+	// Without --ca the system's roots are used, which SSL_CERT_FILE points at the test CA here.
+	let output = Command::new(BIN)
+		.args(["call", &address, "7", "system roots", "--cert", &client_cert, "--key", &client_key, "--json"])
+		.env("SSL_CERT_FILE", &ca)
+		.env_remove("SSL_CERT_DIR")
+		.stdin(Stdio::null())
+		.output()
+		.unwrap();
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(stdout_json(&output)[0]["body"], "system roots");
+	let connected = listener.json_until(|value| value["event"] == "connected" && value["conn"] == 2);
+	assert!(connected.last().unwrap()["certificate"].as_str().unwrap().contains("CN=cli client"));
+
 	// No client certificate: the server refuses the handshake.
 	let output = run(&["call", &address, "7", "secret", "--ca", &ca, "--json"], b"");
 	assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
