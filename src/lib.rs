@@ -78,11 +78,12 @@ mod handle;
 mod listener;
 pub mod message;
 mod peer;
+#[doc(hidden)]
+pub mod proto;
 pub mod reconnect;
 pub mod server;
 #[cfg(all(unix, feature = "unix-seqpacket"))]
 mod sys;
-pub mod tracker;
 pub mod transport;
 #[cfg(feature = "typed")]
 pub mod typed;

@@ -1,4 +1,4 @@
-//! Open-request bookkeeping for both directions: pure data structures, no I/O.
+//! The id tables of open requests, both directions: which request each id of the wire names.
 //!
 //! Sent and received requests are separate id spaces. Ids of sent requests are allocated here in
 //! constant time; ids of received requests are chosen by the remote and only recorded.
@@ -37,11 +37,6 @@ impl<T> SentTable<T> {
 	pub fn new(limit: usize) -> Self {
 		let limit = limit.clamp(1, 1 << 31) as u32;
 		Self { slots: Vec::new(), free: VecDeque::new(), limit, next_serial: 0, open: 0 }
-	}
-
-	/// The most requests that can be open at once.
-	pub fn limit(&self) -> usize {
-		self.limit as usize
 	}
 
 	/// How many requests are open.
@@ -83,11 +78,6 @@ impl<T> SentTable<T> {
 	/// The value of open request `id`.
 	pub fn get(&self, id: u32) -> Option<&T> {
 		self.slot(id)?.entry.as_ref().map(|(_, value)| value)
-	}
-
-	/// Whether request `id` is open as the opening identified by `serial`.
-	pub fn is_open(&self, id: u32, serial: Serial) -> bool {
-		self.slot(id).and_then(|slot| slot.entry.as_ref()).is_some_and(|(open, _)| *open == serial)
 	}
 
 	/// Close request `id` (when its response arrives).
@@ -156,6 +146,17 @@ impl<T> ReceivedTable<T> {
 		self.open.is_empty()
 	}
 
+	/// Whether a request with id `id` could be opened now.
+	pub fn check(&self, id: u32) -> Result<(), OpenError> {
+		if self.open.contains_key(&id) {
+			Err(OpenError::Duplicate)
+		} else if self.open.len() >= self.limit {
+			Err(OpenError::Full)
+		} else {
+			Ok(())
+		}
+	}
+
 	/// Record a request the remote opened.
 	pub fn insert(&mut self, id: u32, value: T) -> Result<Serial, OpenError> {
 		if self.open.contains_key(&id) {
@@ -181,11 +182,6 @@ impl<T> ReceivedTable<T> {
 			Some((open_serial, _)) if *open_serial == serial => self.open.remove(&id).map(|(_, value)| value),
 			_ => None,
 		}
-	}
-
-	/// Close every request, returning their values.
-	pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
-		self.open.drain().map(|(_, (_, value))| value)
 	}
 }
 
@@ -278,7 +274,7 @@ mod tests {
 	}
 
 	#[test]
-	fn drain_empties_both_tables() {
+	fn drain_empties_the_table() {
 		let mut sent = SentTable::new(4);
 		sent.insert(1).unwrap();
 		sent.insert(2).unwrap();
@@ -286,9 +282,5 @@ mod tests {
 		assert!(sent.is_empty());
 		// The table stays usable after a drain.
 		assert!(sent.insert(3).is_some());
-		let mut received = ReceivedTable::new(4);
-		received.insert(1, 1).unwrap();
-		assert_eq!(received.drain().count(), 1);
-		assert!(received.is_empty());
 	}
 }
