@@ -116,7 +116,7 @@ async fn answer_record(request: &ReceivedRequestHandle<UnixBody>, sequence: u32)
 	request.send_update(PROGRESS, STAGES[1]).await?;
 	seal(&frame)?;
 	request.send_update(PROGRESS, STAGES[2]).await?;
-	request.send_response(0, UnixBody::with_fds(info.encode(), [frame])).await?;
+	request.send_response(0, UnixBody::new(info.encode(), [frame])).await?;
 	Ok(())
 }
 
@@ -186,7 +186,7 @@ async fn main() -> Result<(), BoxError> {
 
 async fn run(path: &std::path::Path) -> Result<(), BoxError> {
 	let config = Config::default();
-	let mut listener = UnixSeqpacketListener::bind(path, config.clone()).await?;
+	let mut listener = UnixSeqpacketListener::bind(path, &config).await?;
 	println!("[camera] listening on {}", path.display());
 	let camera = tokio::spawn(async move {
 		let (peer, info) = listener.accept().await?;

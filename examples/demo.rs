@@ -12,7 +12,7 @@ use peerwire::{Config, ReceivedMessage, TcpListener, TcpPeer};
 
 #[tokio::main]
 async fn main() -> Result<(), peerwire::Error> {
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await?;
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await?;
 	let address = listener.local_addr()?;
 	println!("[server] listening on tcp://{address}");
 

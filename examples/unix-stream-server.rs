@@ -7,7 +7,7 @@ mod service;
 #[tokio::main]
 async fn main() -> Result<(), peerwire::Error> {
 	let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/peerwire-example.sock".into());
-	let mut listener = peerwire::UnixStreamListener::bind(&path, peerwire::Config::default()).await?;
+	let mut listener = peerwire::UnixStreamListener::bind(&path, &peerwire::Config::default()).await?;
 	println!("[server] listening on unix://{path}");
 	loop {
 		match listener.accept().await {

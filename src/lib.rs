@@ -11,7 +11,7 @@
 //! # async fn main() -> Result<(), peerwire::Error> {
 //! use peerwire::{Config, ReceivedMessage, TcpListener, TcpPeer};
 //!
-//! let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await?;
+//! let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await?;
 //! let address = listener.local_addr()?;
 //!
 //! // A server that reports progress, then echoes the request body.
@@ -82,7 +82,9 @@ pub mod reconnect;
 pub mod server;
 #[cfg(all(unix, feature = "unix-seqpacket"))]
 mod sys;
-pub mod tracker;
+// Internal since it stopped being `pub`; some of its table methods serve only its own tests.
+#[allow(dead_code)]
+mod tracker;
 pub mod transport;
 #[cfg(feature = "typed")]
 pub mod typed;
@@ -94,17 +96,25 @@ pub use handle::{
 	ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
 };
 pub use listener::{AcceptError, AcceptRetry, Acceptor, Listener};
-pub use message::{Body, Message, MessageHeader, MessageType};
+pub use message::{Body, CloneBody, IntoBody, Message, MessageHeader, MessageType};
 pub use peer::Peer;
 pub use reconnect::{Backoff, Connection, Reconnecting};
-pub use transport::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
+pub use transport::{ConnectionInfo, Credentials, MemoryTransport, RemoteAddress, StreamTransport, Transport};
+
+/// The body type of the stream transports (TCP, Unix stream, in-memory), from the `bytes` crate,
+/// so that naming it needs no dependency of your own.
+pub use bytes::Bytes;
+/// The byte order of headers and frame lengths ([`Config::endian`]).
+pub use codec::Endian;
+/// The token that shuts a [`server`] down (from `tokio-util`).
+pub use server::CancellationToken;
 
 #[cfg(all(unix, feature = "unix-seqpacket"))]
-pub use transport::seqpacket::{UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer};
+pub use transport::seqpacket::{UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer, UnixSeqpacketTransport};
 #[cfg(feature = "tcp")]
-pub use transport::tcp::{TcpListener, TcpPeer};
+pub use transport::tcp::{TcpListener, TcpPeer, TcpTransport};
 #[cfg(all(unix, feature = "unix-stream"))]
-pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer};
+pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer, UnixStreamTransport};
 
 /// Items the macros need from dependencies; not part of the API.
 #[doc(hidden)]

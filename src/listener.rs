@@ -252,7 +252,7 @@ type Accepted<A> = (PeerHandle<<<A as Acceptor>::Transport as Transport>::Body>,
 /// # async fn demo() -> Result<(), peerwire::Error> {
 /// use peerwire::{Config, ReceivedMessage, TcpListener};
 ///
-/// let mut listener = TcpListener::bind("127.0.0.1:1337", Config::default()).await?.with_max_connections(1000);
+/// let mut listener = TcpListener::bind("127.0.0.1:1337", &Config::default()).await?.with_max_connections(1000);
 /// loop {
 ///     let (mut peer, info) = listener.accept().await?;
 ///     tokio::spawn(async move {
@@ -280,10 +280,10 @@ pub struct Listener<A: Acceptor> {
 
 impl<A: Acceptor> Listener<A> {
 	/// A listener over an already bound socket, with no connection limit.
-	pub fn new(acceptor: A, config: Config) -> Self {
+	pub fn new(acceptor: A, config: &Config) -> Self {
 		Self {
 			acceptor,
-			config,
+			config: config.clone(),
 			retry: AcceptRetry::new(),
 			limit: ConnectionLimit::default(),
 			#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]

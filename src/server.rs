@@ -93,7 +93,7 @@ pub const MAX_QUEUED_STREAM_BYTES: usize = 1 << 20;
 /// use peerwire::server::{CancellationToken, serve};
 /// use peerwire::{Config, ReceivedMessage, TcpListener};
 ///
-/// let listener = TcpListener::bind("127.0.0.1:29285", Config::default()).await?;
+/// let listener = TcpListener::bind("127.0.0.1:29285", &Config::default()).await?;
 /// let shutdown = CancellationToken::new();
 /// let server = tokio::spawn(serve(listener, shutdown.clone(), Duration::from_secs(5), |message, _peer| async move {
 ///     if let ReceivedMessage::Request(request, body) = message {

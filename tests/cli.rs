@@ -150,7 +150,7 @@ where
 	thread::spawn(move || {
 		let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 		runtime.block_on(async move {
-			let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+			let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 			sender.send(listener.local_addr().unwrap()).unwrap();
 			serve(listener).await;
 		});

@@ -39,28 +39,28 @@ const EOF_WITHIN: Duration = Duration::from_secs(5);
 const RESPONSE: u32 = 1;
 
 fn config() -> Config {
-	Config { close_timeout: CLOSE_TIMEOUT, ..Config::default() }
+	Config::default().with_close_timeout(CLOSE_TIMEOUT)
 }
 
 /// A server with the test application on every connection.
 async fn server(kind: Kind) -> Address {
 	match kind {
 		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", config()).await.unwrap();
+			let listener = peerwire::TcpListener::bind("127.0.0.1:0", &config()).await.unwrap();
 			let address = listener.local_addr().unwrap();
 			tokio::spawn(serve(listener));
 			Address::Tcp(address)
 		},
 		Kind::Unix => {
 			let path = socket_path("half-close");
-			let listener = peerwire::UnixStreamListener::bind(&path, config()).await.unwrap();
+			let listener = peerwire::UnixStreamListener::bind(&path, &config()).await.unwrap();
 			tokio::spawn(serve(listener));
 			Address::Unix(path)
 		},
 		#[cfg(feature = "unix-seqpacket")]
 		Kind::Seqpacket => {
 			let path = socket_path("half-close-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, config()).await.unwrap();
+			let listener = peerwire::UnixSeqpacketListener::bind(&path, &config()).await.unwrap();
 			tokio::spawn(serve(listener));
 			Address::Seqpacket(path)
 		},

@@ -38,7 +38,7 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 fn peerwire_config() -> peerwire::Config {
-	peerwire::Config { max_body_len_read: MAX_BODY_LEN, max_body_len_write: MAX_BODY_LEN, ..Default::default() }
+	peerwire::Config::default().with_max_body_len_read(MAX_BODY_LEN).with_max_body_len_write(MAX_BODY_LEN)
 }
 
 fn fizyr_config() -> StreamConfig {
@@ -104,7 +104,7 @@ async fn connect(net: Net, listens: Listens) -> (peerwire::PeerHandle, FizyrPeer
 	within("the connection", async {
 		match (net, listens) {
 			(Net::Tcp, Listens::Peerwire) => {
-				let mut listener = peerwire::TcpListener::bind("127.0.0.1:0", peerwire_config()).await.unwrap();
+				let mut listener = peerwire::TcpListener::bind("127.0.0.1:0", &peerwire_config()).await.unwrap();
 				let address = listener.local_addr().unwrap();
 				let (fizyr, _) = fizyr_rpc::TcpPeer::connect(address, fizyr_config()).await.unwrap();
 				(listener.accept().await.unwrap().0, fizyr)
@@ -118,7 +118,7 @@ async fn connect(net: Net, listens: Listens) -> (peerwire::PeerHandle, FizyrPeer
 			},
 			(Net::Unix, Listens::Peerwire) => {
 				let dir = SocketDir::new();
-				let mut listener = peerwire::UnixStreamListener::bind(dir.socket(), peerwire_config()).await.unwrap();
+				let mut listener = peerwire::UnixStreamListener::bind(dir.socket(), &peerwire_config()).await.unwrap();
 				let (fizyr, _) = fizyr_rpc::UnixStreamPeer::connect(dir.socket(), fizyr_config()).await.unwrap();
 				(listener.accept().await.unwrap().0, fizyr)
 			},

@@ -132,21 +132,21 @@ enum App {
 async fn server(kind: Kind, config: Config, app: App) -> Address {
 	match kind {
 		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", config).await.unwrap();
+			let listener = peerwire::TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
 			let address = listener.local_addr().unwrap();
 			tokio::spawn(serve(listener, app));
 			Address::Tcp(address)
 		},
 		Kind::Unix => {
 			let path = socket_path("memory");
-			let listener = peerwire::UnixStreamListener::bind(&path, config).await.unwrap();
+			let listener = peerwire::UnixStreamListener::bind(&path, &config).await.unwrap();
 			tokio::spawn(serve(listener, app));
 			Address::Unix(path)
 		},
 		#[cfg(feature = "unix-seqpacket")]
 		Kind::Seqpacket => {
 			let path = socket_path("memory-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, config).await.unwrap();
+			let listener = peerwire::UnixSeqpacketListener::bind(&path, &config).await.unwrap();
 			tokio::spawn(serve(listener, app));
 			Address::Seqpacket(path)
 		},
@@ -214,14 +214,12 @@ impl RawSocket {
 /// and never reads. RSS is sampled from the start of the flood until two seconds after the
 /// client stopped.
 fn flood(kind: Kind, app: App, body_len: usize, count: u32) {
-	let config = Config {
-		max_body_len_read: body_len + MIB,
-		max_body_len_write: body_len + MIB,
-		max_buffered_incoming: BUDGET,
-		max_unanswered_incoming: BUDGET,
-		max_buffered_outgoing: BUDGET,
-		..Config::default()
-	};
+	let config = Config::default()
+		.with_max_body_len_read(body_len + MIB)
+		.with_max_body_len_write(body_len + MIB)
+		.with_max_buffered_incoming(BUDGET)
+		.with_max_unanswered_incoming(BUDGET)
+		.with_max_buffered_outgoing(BUDGET);
 	let runtime = runtime();
 
 	// The frame, touched before the baseline so that it is part of it.
@@ -392,7 +390,7 @@ async fn connect_tcp_or_unix(address: &Address, config: &Config) -> PeerHandle {
 fn idle(kind: Kind) {
 	let runtime = runtime();
 	let stream_config =
-		Config { max_body_len_read: IDLE_BODY + MIB, max_body_len_write: IDLE_BODY + MIB, ..Config::default() };
+		Config::default().with_max_body_len_read(IDLE_BODY + MIB).with_max_body_len_write(IDLE_BODY + MIB);
 	let (body_len, baseline, settled) = runtime.block_on(async {
 		match kind {
 			Kind::Tcp | Kind::Unix => {
@@ -460,7 +458,7 @@ async fn idle_seqpacket() -> (usize, usize, usize) {
 	for _ in 0..IDLE_CONNECTIONS {
 		let transport = within(UnixSeqpacketTransport::connect(&path, &config)).await.unwrap();
 		let client: PeerHandle<UnixBody> = Peer::spawn(transport, &config);
-		let mut request = within(client.send_request(1, UnixBody::new(body.clone()))).await.unwrap();
+		let mut request = within(client.send_request(1, UnixBody::from(body.clone()))).await.unwrap();
 		let response = within(request.recv_response()).await.unwrap();
 		assert_eq!(response.body.data.len(), body_len);
 		drop((request, response));

@@ -38,7 +38,7 @@ impl Drop for Server {
 }
 
 async fn start() -> Server {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	Server { address, task: tokio::spawn(server::serve(listener)) }
 }

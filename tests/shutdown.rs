@@ -24,7 +24,7 @@ async fn fill_until_pushed_back(peer: &peerwire::PeerWriteHandle) {
 
 #[tokio::test]
 async fn closing_towards_a_remote_that_never_reads_gives_up_after_the_close_timeout() {
-	let config = Config { close_timeout: Duration::from_millis(300), write_queue: 8, ..Config::default() };
+	let config = Config::default().with_close_timeout(Duration::from_millis(300)).with_write_queue(8);
 	let (peer, _remote) = RawRemote::connect(config).await;
 	let mut request = peer.send_request(1, "never answered").await.unwrap();
 	fill_until_pushed_back(&peer.write_handle()).await;
@@ -35,7 +35,7 @@ async fn closing_towards_a_remote_that_never_reads_gives_up_after_the_close_time
 
 #[tokio::test]
 async fn shutdown_ends_even_if_the_remote_stops_reading_and_a_handler_never_returns() {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let shutdown = CancellationToken::new();
 	let server =
@@ -65,7 +65,7 @@ async fn shutdown_ends_even_if_the_remote_stops_reading_and_a_handler_never_retu
 
 #[tokio::test]
 async fn shutdown_bounds_handlers_of_a_connection_that_already_ended() {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let shutdown = CancellationToken::new();
 	let (started_tx, mut started) = tokio::sync::mpsc::channel(1);

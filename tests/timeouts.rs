@@ -31,21 +31,21 @@ const RESPONSE: u32 = 1;
 async fn server(kind: Kind, config: Config) -> Address {
 	match kind {
 		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", config).await.unwrap();
+			let listener = peerwire::TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
 			let address = listener.local_addr().unwrap();
 			tokio::spawn(serve(listener));
 			Address::Tcp(address)
 		},
 		Kind::Unix => {
 			let path = socket_path("timeouts");
-			let listener = peerwire::UnixStreamListener::bind(&path, config).await.unwrap();
+			let listener = peerwire::UnixStreamListener::bind(&path, &config).await.unwrap();
 			tokio::spawn(serve(listener));
 			Address::Unix(path)
 		},
 		#[cfg(feature = "unix-seqpacket")]
 		Kind::Seqpacket => {
 			let path = socket_path("timeouts-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, config).await.unwrap();
+			let listener = peerwire::UnixSeqpacketListener::bind(&path, &config).await.unwrap();
 			tokio::spawn(serve(listener));
 			Address::Seqpacket(path)
 		},
@@ -213,11 +213,11 @@ fn parse(datagram: &[u8]) -> Read {
 }
 
 fn frame_timeout() -> Config {
-	Config { frame_timeout: Some(TIMEOUT), ..Config::default() }
+	Config::default().with_frame_timeout(Some(TIMEOUT))
 }
 
 fn idle_timeout() -> Config {
-	Config { idle_timeout: Some(TIMEOUT), ..Config::default() }
+	Config::default().with_idle_timeout(Some(TIMEOUT))
 }
 
 fn check_close_time(elapsed: Duration, context: &str) {
@@ -362,11 +362,9 @@ on_every_kind!(
 /// are made on the first poll, not in `Peer::new`.
 #[test]
 fn a_peer_with_timeouts_can_be_made_outside_a_runtime() {
-	let config = Config {
-		frame_timeout: Some(Duration::from_millis(100)),
-		idle_timeout: Some(Duration::from_millis(100)),
-		..Config::default()
-	};
+	let config = Config::default()
+		.with_frame_timeout(Some(Duration::from_millis(100)))
+		.with_idle_timeout(Some(Duration::from_millis(100)));
 	let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
 	a.set_nonblocking(true).unwrap();
 	let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 
 use crate::error::Error;
-use crate::message::{Body, Message};
+use crate::message::{Body, IntoBody, Message};
 use crate::peer::{Command, IncomingReceiver, Shared};
 use crate::transport::ConnectionInfo;
 
@@ -203,12 +203,12 @@ impl<B: Body> PeerHandle<B> {
 	}
 
 	/// Open a request. See [`PeerWriteHandle::send_request`].
-	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error> {
+	pub async fn send_request(&self, service_id: i32, body: impl IntoBody<B>) -> Result<SentRequestHandle<B>, Error> {
 		self.write.send_request(service_id, body).await
 	}
 
 	/// Send a stream message. See [`PeerWriteHandle::send_stream`].
-	pub async fn send_stream(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
+	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
 		self.write.send_stream(service_id, body).await
 	}
 
@@ -277,8 +277,8 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// [`flush`](Self::flush)); waits first if the write queue is full. Fails for this request
 	/// only if the body is over the write limit or the open-request limit is reached, and with
 	/// a connection error if the connection has ended.
-	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error> {
-		let body = body.into();
+	pub async fn send_request(&self, service_id: i32, body: impl IntoBody<B>) -> Result<SentRequestHandle<B>, Error> {
+		let body = body.into_body();
 		self.link.check(&body)?;
 		let reservation = self.link.reserve(body.len()).await?;
 		// From here on nothing waits: the request is opened and queued, or neither.
@@ -291,7 +291,7 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// full; the peer task writes it soon after. It is not on the wire yet: a process that exits
 	/// (or a runtime that shuts down) right after may lose it. Await [`flush`](Self::flush) first
 	/// when that matters, for example for a last command before exit.
-	pub async fn send_stream(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
+	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
 		self.link.send(Message::stream(0, service_id, body)).await
 	}
 

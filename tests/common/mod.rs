@@ -37,7 +37,7 @@ pub fn socket_path(name: &str) -> PathBuf {
 pub async fn connected_with(kind: Kind, config: Config) -> (PeerHandle, PeerHandle, ConnectionInfo, ConnectionInfo) {
 	match kind {
 		Kind::Tcp => {
-			let mut listener = TcpListener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+			let mut listener = TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
 			let address = listener.local_addr().unwrap();
 			let (client, server) = tokio::join!(TcpPeer::connect(address, &config), listener.accept());
 			let (client, client_info) = client.unwrap();
@@ -46,7 +46,7 @@ pub async fn connected_with(kind: Kind, config: Config) -> (PeerHandle, PeerHand
 		},
 		Kind::Unix => {
 			let path = socket_path("pair");
-			let mut listener = UnixStreamListener::bind(&path, config.clone()).await.unwrap();
+			let mut listener = UnixStreamListener::bind(&path, &config).await.unwrap();
 			let (client, server) = tokio::join!(UnixStreamPeer::connect(&path, &config), listener.accept());
 			let _ = std::fs::remove_file(&path);
 			let (client, client_info) = client.unwrap();

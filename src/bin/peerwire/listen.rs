@@ -37,8 +37,7 @@ impl Answers {
 }
 
 pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
-	let config =
-		peerwire::Config { frame_timeout: args.frame_timeout, idle_timeout: args.idle_timeout, ..global.config() };
+	let config = global.config().with_frame_timeout(args.frame_timeout).with_idle_timeout(args.idle_timeout);
 	let limit = args.max_connections;
 	let printer = Printer::new(global.json, Some(args.preview));
 	let answers = Arc::new(Answers::load(&args)?);
@@ -47,19 +46,19 @@ pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 	};
 	match &args.address {
 		Address::Tcp(host_port) => {
-			let mut listener = TcpListener::bind(host_port.as_str(), config).await.map_err(cannot)?;
+			let mut listener = TcpListener::bind(host_port.as_str(), &config).await.map_err(cannot)?;
 			listener.set_max_connections(limit);
 			// Port 0 becomes a real port: say which.
 			let local = listener.local_addr().map_err(cannot)?;
 			serve(listener, &format!("tcp://{local}"), None, answers, printer).await
 		},
 		Address::Unix(path) => {
-			let mut listener = UnixStreamListener::bind(path, config).await.map_err(cannot)?;
+			let mut listener = UnixStreamListener::bind(path, &config).await.map_err(cannot)?;
 			listener.set_max_connections(limit);
 			serve(listener, &args.address.to_string(), Some(path.clone()), answers, printer).await
 		},
 		Address::Seqpacket(path) => {
-			let mut listener = UnixSeqpacketListener::bind(path, config).await.map_err(cannot)?;
+			let mut listener = UnixSeqpacketListener::bind(path, &config).await.map_err(cannot)?;
 			listener.set_max_connections(limit);
 			serve(listener, &args.address.to_string(), Some(path.clone()), answers, printer).await
 		},
