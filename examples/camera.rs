@@ -139,10 +139,8 @@ pub async fn record(peer: &PeerHandle<UnixBody>) -> Result<Recording, BoxError> 
 	while let Some(update) = request.recv_update().await? {
 		stages.push(String::from_utf8_lossy(&update.body.data).into_owned());
 	}
-	let response = request.recv_response().await?;
-	if let Some(error) = response.error_text() {
-		return Err(format!("the camera failed: {error}").into());
-	}
+	// An error response from the camera is an `Err` of kind `ErrorKind::Remote` here.
+	let response = request.recv_response_ok().await.map_err(|error| format!("the camera failed: {error}"))?;
 	let info = FrameInfo::decode(&response.body.data).ok_or("the response body is not frame metadata")?;
 	let mut fds = response.body.fds.into_iter();
 	let (Some(fd), None) = (fds.next(), fds.next()) else {
@@ -190,7 +188,7 @@ async fn run(path: &std::path::Path) -> Result<(), BoxError> {
 	println!("[camera] listening on {}", path.display());
 	let camera = tokio::spawn(async move {
 		let (peer, info) = listener.accept().await?;
-		println!("[camera] client connected: {:?}", info.credentials);
+		println!("[camera] client connected: {info}");
 		serve(peer).await;
 		Ok::<_, peerwire::Error>(())
 	});

@@ -18,7 +18,7 @@ async fn main() -> Result<(), peerwire::Error> {
 
 	let server = tokio::spawn(async move {
 		let (peer, info) = listener.accept().await?;
-		println!("[server] connection from {:?}", info.remote_address);
+		println!("[server] connection from {info}");
 		// The server also talks first: a stream message to the client.
 		peer.send_stream(service::LOG, "welcome").await?;
 		service::serve(peer).await;

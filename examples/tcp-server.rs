@@ -12,7 +12,7 @@ async fn main() -> Result<(), peerwire::Error> {
 	loop {
 		match listener.accept().await {
 			Ok((peer, info)) => {
-				println!("[server] connection from {:?}", info.remote_address);
+				println!("[server] connection from {info}");
 				tokio::spawn(service::serve(peer));
 			},
 			// For example out of descriptors: this connection failed, the listener did not.

@@ -25,7 +25,7 @@ fn memfile(name: &str, text: &str) -> std::io::Result<std::fs::File> {
 async fn main() -> Result<(), BoxError> {
 	let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/peerwire-seqpacket-example.sock".into());
 	let (peer, info) = UnixSeqpacketPeer::connect(&path, &Config::default()).await?;
-	println!("[client] connected to seqpacket://{path}, server {:?}", info.credentials);
+	println!("[client] connected to seqpacket://{path}, server {info}");
 
 	// Echo: the descriptor comes back as a new number for the same open file.
 	let file = memfile("echo", "")?;

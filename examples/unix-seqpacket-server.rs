@@ -28,7 +28,7 @@ async fn main() -> Result<(), Error> {
 		match listener.accept().await {
 			Ok((peer, info)) => {
 				// The kernel tells who is on the other end: refuse processes you do not trust here.
-				println!("[server] connection from {:?}", info.credentials);
+				println!("[server] connection from {info}");
 				tokio::spawn(serve(peer));
 			},
 			Err(error) => eprintln!("[server] accept failed: {error}"),

@@ -13,7 +13,7 @@ async fn main() -> Result<(), peerwire::Error> {
 		match listener.accept().await {
 			Ok((peer, info)) => {
 				// The kernel tells who is on the other end: refuse processes you do not trust here.
-				println!("[server] connection from {:?}", info.credentials);
+				println!("[server] connection from {info}");
 				tokio::spawn(service::serve(peer));
 			},
 			Err(error) => eprintln!("[server] accept failed: {error}"),

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use peerwire::Bytes;
 use peerwire::{PeerHandle, ReceivedMessage, ReceivedRequestHandle, TcpListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
