@@ -389,6 +389,39 @@ async fn next_connection_hands_out_each_connection_once() {
 	assert_eq!(client.generation(), 2);
 }
 
+/// A `Connection` dropped while its connection is live hands the read half back: the next
+/// `next_connection` returns the same connection, and a request from the remote waits for it
+/// instead of being answered with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_hands_its_read_half_back() {
+	let at = At::fresh_tcp().await;
+	let mut server = Server::start(&at, 1, true).await;
+	let (client, _) = at.client(quick());
+
+	let mut first = within(client.next_connection()).await.unwrap();
+	let hello = within(first.recv_message()).await.unwrap().into_stream().unwrap();
+	assert_eq!(&hello.body[..], b"1.1");
+	// A receive loop that ends early, before the server's request arrives or is taken.
+	drop(first);
+
+	let mut again = within(client.next_connection()).await.unwrap();
+	assert_eq!(again.generation(), 1);
+	let (request, body) = within(again.recv_message()).await.unwrap().into_request().unwrap();
+	assert_eq!((request.service_id(), &body[..]), (ASK, &b"anyone there?"[..]));
+	request.send_response(0, "here").await.unwrap();
+	assert_eq!(within(server.answers.recv()).await.unwrap(), "answered");
+	assert_eq!(client.generation(), 1);
+
+	// Once the connection has ended, a dropped `Connection` is let go, and the next call makes a
+	// new connection.
+	let closing = within(client.write_handle()).await.unwrap();
+	closing.close();
+	closing.closed().await;
+	drop(again);
+	let third = within(client.next_connection()).await.unwrap();
+	assert_eq!(third.generation(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_connection_is_replaced_on_the_next_send() {
 	let at = At::fresh_tcp().await;
