@@ -4,14 +4,16 @@
 
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::socket_path;
 use peerwire::{Config, TcpListener};
 use serde_json::Value;
 
@@ -170,10 +172,6 @@ fn raw_server(reply: Vec<u8>) -> SocketAddr {
 		thread::sleep(WAIT);
 	});
 	address
-}
-
-fn socket_path(name: &str) -> PathBuf {
-	std::env::temp_dir().join(format!("peerwire-cli-{name}-{}.sock", std::process::id()))
 }
 
 #[test]

@@ -5,13 +5,10 @@
 //! the process's open descriptors.
 
 use std::fs::File;
-use std::future::{Future, poll_fn};
-use std::io::{IoSlice, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::future::poll_fn;
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use peerwire::transport::seqpacket::{UnixSeqpacketReader, UnixSeqpacketTransport};
@@ -22,23 +19,13 @@ use peerwire::{
 };
 use tokio::io::AsyncReadExt;
 use tokio_seqpacket::UnixSeqpacket;
-use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 
 #[path = "../examples/camera.rs"]
 mod camera;
+mod common;
 
-/// Generous, but finite: a bug fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(future: F) -> F::Output {
-	tokio::time::timeout(WAIT, future).await.expect("timed out")
-}
-
-fn socket_path(name: &str) -> PathBuf {
-	static COUNTER: AtomicUsize = AtomicUsize::new(0);
-	let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-	std::env::temp_dir().join(format!("peerwire-seqpacket-{name}-{}-{n}.sock", std::process::id()))
-}
+use common::seqpacket::{NO_FDS, raw_send};
+use common::{socket_path, within};
 
 fn limits(max_body: usize, max_fds: usize) -> Config {
 	Config::default()
@@ -243,18 +230,6 @@ fn raw_pair(config: &Config) -> (UnixSeqpacket, UnixSeqpacketReader) {
 	(raw, reader)
 }
 
-/// Send one datagram with descriptors through tokio-seqpacket's own API, not ours.
-async fn raw_send(socket: &UnixSeqpacket, data: &[u8], fds: &[OwnedFd]) {
-	let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-	let mut space = vec![0; 64 + 8 * fds.len()];
-	let mut ancillary = AncillaryMessageWriter::new(&mut space);
-	if !borrowed.is_empty() {
-		ancillary.add_fds(&borrowed).unwrap();
-	}
-	let sent = within(socket.send_vectored_with_ancillary(&[IoSlice::new(data)], &mut ancillary)).await.unwrap();
-	assert_eq!(sent, data.len());
-}
-
 /// A datagram: a little-endian header and a body.
 fn datagram(message_type: u32, request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
 	let mut out = Vec::new();
@@ -279,45 +254,45 @@ async fn malformed_datagrams_from_a_raw_socket_give_the_documented_errors() {
 
 	// At the limits: fine.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 9, 3, &[5; 16]), &descriptors(2)).await;
+	raw_send(&raw, &datagram(4, 9, 3, &[5; 16]), &descriptors(2)).await.unwrap();
 	let message = read(&mut reader).await.unwrap().unwrap();
 	assert_eq!((message.header.request_id, message.header.service_id), (9, 3));
 	assert_eq!((message.body.data.len(), message.body.fds.len()), (16, 2));
 
 	// A body one byte over the limit still fits the receive buffer: too large.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 0, 0, &[0; 17]), &[]).await;
+	raw_send(&raw, &datagram(4, 0, 0, &[0; 17]), NO_FDS).await.unwrap();
 	assert_eq!(read(&mut reader).await.unwrap_err().kind(), ErrorKind::BodyTooLarge);
 
 	// Anything longer is cut by the kernel: truncated.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 0, 0, &[0; 1000]), &descriptors(1)).await;
+	raw_send(&raw, &datagram(4, 0, 0, &[0; 1000]), &descriptors(1)).await.unwrap();
 	let error = read(&mut reader).await.unwrap_err();
 	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTruncated));
 
 	// Shorter than a header, with or without descriptors.
 	for fds in [0, 1] {
 		let (raw, mut reader) = raw_pair(&config);
-		raw_send(&raw, &[0; 11], &descriptors(fds)).await;
+		raw_send(&raw, &[0; 11], &descriptors(fds)).await.unwrap();
 		let error = read(&mut reader).await.unwrap_err();
 		assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTooShort { length: 11 }));
 	}
 
 	// One descriptor over the limit arrives whole: too many.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 0, 0, b""), &descriptors(3)).await;
+	raw_send(&raw, &datagram(4, 0, 0, b""), &descriptors(3)).await.unwrap();
 	let error = read(&mut reader).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::TooManyFds);
 
 	// Far more than the control buffer holds: the kernel cuts them.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 0, 0, b""), &descriptors(64)).await;
+	raw_send(&raw, &datagram(4, 0, 0, b""), &descriptors(64)).await.unwrap();
 	let error = read(&mut reader).await.unwrap_err();
 	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::ControlTruncated));
 
 	// An unknown message type.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(7, 0, 0, b""), &descriptors(1)).await;
+	raw_send(&raw, &datagram(7, 0, 0, b""), &descriptors(1)).await.unwrap();
 	let error = read(&mut reader).await.unwrap_err();
 	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::UnknownMessageType { value: 7 }));
 
@@ -333,7 +308,7 @@ async fn a_malformed_datagram_ends_the_connection_and_every_handle_learns_why() 
 	let (raw, ours) = UnixSeqpacket::pair().unwrap();
 	let (peer, mut handle) = Peer::new(UnixSeqpacketTransport::from_socket(ours, &config).unwrap(), &config);
 	let run = tokio::spawn(peer.run());
-	raw_send(&raw, &datagram(4, 0, 0, &[0; 100]), &descriptors(1)).await;
+	raw_send(&raw, &datagram(4, 0, 0, &[0; 100]), &descriptors(1)).await.unwrap();
 	let error = within(run).await.unwrap().unwrap_err();
 	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTruncated));
 	let error = within(handle.recv_message()).await.unwrap_err();
@@ -365,7 +340,7 @@ async fn big_endian_works_when_both_sides_agree() {
 	for field in [4u32, 0x0102_0304, 0x0000_0010] {
 		wire.extend_from_slice(&field.to_be_bytes());
 	}
-	raw_send(&raw, &wire, &[]).await;
+	raw_send(&raw, &wire, NO_FDS).await.unwrap();
 	let message = read(&mut reader).await.unwrap().unwrap();
 	assert_eq!((message.header.request_id, message.header.service_id), (0x0102_0304, 16));
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod raw;
+#[cfg(feature = "unix-seqpacket")]
+pub mod seqpacket;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -23,7 +25,20 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Await `future`, failing the test if it takes longer than [`WAIT`].
 pub async fn within<F: Future>(future: F) -> F::Output {
-	tokio::time::timeout(WAIT, future).await.expect("timed out")
+	within_for(WAIT, future).await
+}
+
+/// Await `future`, failing the test if it takes longer than `limit`.
+pub async fn within_for<F: Future>(limit: Duration, future: F) -> F::Output {
+	tokio::time::timeout(limit, future).await.expect("timed out")
+}
+
+/// Await `future`, failing the test with `what` if it takes longer than [`WAIT`].
+pub async fn within_named<T>(what: &str, future: impl Future<Output = T>) -> T {
+	match tokio::time::timeout(WAIT, future).await {
+		Ok(output) => output,
+		Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+	}
 }
 
 /// A fresh socket path in the temp directory.
