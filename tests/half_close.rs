@@ -12,9 +12,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Address, Kind};
-use common::{socket_path, within};
-use peerwire::{Acceptor, Body, Config, DROPPED_REQUEST_TEXT, Listener, PeerHandle, ReceivedMessage};
+use common::raw::{Address, Application, Kind};
+use common::within;
+use peerwire::{Body, Config, DROPPED_REQUEST_TEXT, PeerHandle, ReceivedMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Answer with the request body after `service_id - ANSWER_AFTER_MS` milliseconds.
@@ -44,32 +44,15 @@ fn config() -> Config {
 
 /// A server with the test application on every connection.
 async fn server(kind: Kind) -> Address {
-	match kind {
-		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", &config()).await.unwrap();
-			let address = listener.local_addr().unwrap();
-			tokio::spawn(serve(listener));
-			Address::Tcp(address)
-		},
-		Kind::Unix => {
-			let path = socket_path("half-close");
-			let listener = peerwire::UnixStreamListener::bind(&path, &config()).await.unwrap();
-			tokio::spawn(serve(listener));
-			Address::Unix(path)
-		},
-		#[cfg(feature = "unix-seqpacket")]
-		Kind::Seqpacket => {
-			let path = socket_path("half-close-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, &config()).await.unwrap();
-			tokio::spawn(serve(listener));
-			Address::Seqpacket(path)
-		},
-	}
+	common::raw::listen(kind, "half-close", &config(), Delayed).await
 }
 
-async fn serve<A: Acceptor>(mut listener: Listener<A>) {
-	while let Ok((peer, _info)) = listener.accept().await {
-		tokio::spawn(application(peer));
+#[derive(Clone)]
+struct Delayed;
+
+impl Application for Delayed {
+	async fn serve<B: Body>(self, peer: PeerHandle<B>) {
+		application(peer).await
 	}
 }
 

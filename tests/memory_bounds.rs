@@ -23,9 +23,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::raw::{Address, Kind};
-use common::{socket_path, within};
-use peerwire::{Acceptor, Body, Config, Listener, PeerHandle, ReceivedMessage};
+use common::raw::{Address, Application, Kind};
+use common::within;
+use peerwire::{Body, Config, PeerHandle, ReceivedMessage};
 
 const MIB: usize = 1 << 20;
 
@@ -130,32 +130,12 @@ enum App {
 }
 
 async fn server(kind: Kind, config: Config, app: App) -> Address {
-	match kind {
-		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
-			let address = listener.local_addr().unwrap();
-			tokio::spawn(serve(listener, app));
-			Address::Tcp(address)
-		},
-		Kind::Unix => {
-			let path = socket_path("memory");
-			let listener = peerwire::UnixStreamListener::bind(&path, &config).await.unwrap();
-			tokio::spawn(serve(listener, app));
-			Address::Unix(path)
-		},
-		#[cfg(feature = "unix-seqpacket")]
-		Kind::Seqpacket => {
-			let path = socket_path("memory-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, &config).await.unwrap();
-			tokio::spawn(serve(listener, app));
-			Address::Seqpacket(path)
-		},
-	}
+	common::raw::listen(kind, "memory", &config, app).await
 }
 
-async fn serve<A: Acceptor>(mut listener: Listener<A>, app: App) {
-	while let Ok((peer, _info)) = listener.accept().await {
-		tokio::spawn(application(peer, app));
+impl Application for App {
+	async fn serve<B: Body>(self, peer: PeerHandle<B>) {
+		application(peer, self).await
 	}
 }
 

@@ -9,9 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Address, Kind};
-use common::{socket_path, within};
-use peerwire::{Acceptor, Body, Config, Listener, PeerHandle, ReceivedMessage};
+use common::raw::{Address, Application, Kind};
+use common::within;
+use peerwire::{Body, Config, PeerHandle, ReceivedMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The timeout under test, frame or idle.
@@ -29,32 +29,15 @@ const HOLD_FOR: Duration = Duration::from_millis(700);
 const RESPONSE: u32 = 1;
 
 async fn server(kind: Kind, config: Config) -> Address {
-	match kind {
-		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
-			let address = listener.local_addr().unwrap();
-			tokio::spawn(serve(listener));
-			Address::Tcp(address)
-		},
-		Kind::Unix => {
-			let path = socket_path("timeouts");
-			let listener = peerwire::UnixStreamListener::bind(&path, &config).await.unwrap();
-			tokio::spawn(serve(listener));
-			Address::Unix(path)
-		},
-		#[cfg(feature = "unix-seqpacket")]
-		Kind::Seqpacket => {
-			let path = socket_path("timeouts-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, &config).await.unwrap();
-			tokio::spawn(serve(listener));
-			Address::Seqpacket(path)
-		},
-	}
+	common::raw::listen(kind, "timeouts", &config, Echo).await
 }
 
-async fn serve<A: Acceptor>(mut listener: Listener<A>) {
-	while let Ok((peer, _info)) = listener.accept().await {
-		tokio::spawn(echo(peer));
+#[derive(Clone)]
+struct Echo;
+
+impl Application for Echo {
+	async fn serve<B: Body>(self, peer: PeerHandle<B>) {
+		echo(peer).await
 	}
 }
 
