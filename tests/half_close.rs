@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Address, Application, Kind};
+use common::raw::{Address, Application, Kind, request_datagram, u32_at};
 use common::within;
 use peerwire::{Body, Config, DROPPED_REQUEST_TEXT, PeerHandle, ReceivedMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,32 +51,28 @@ async fn server(kind: Kind) -> Address {
 struct Delayed;
 
 impl Application for Delayed {
-	async fn serve<B: Body>(self, peer: PeerHandle<B>) {
-		application(peer).await
-	}
-}
-
-/// Each request is handled by a task of its own, which acts on it after a delay.
-async fn application<B: Body>(mut peer: PeerHandle<B>) {
-	while let Ok(message) = peer.recv_message().await {
-		let ReceivedMessage::Request(request, body) = message else { continue };
-		tokio::spawn(async move {
-			match request.service_id() {
-				DROP => {
-					tokio::time::sleep(DELAY).await;
-					drop(request);
-				},
-				HOLD => {
-					tokio::time::sleep(Duration::from_secs(60)).await;
-					drop(request);
-				},
-				service_id => {
-					let delay = u64::try_from(service_id - ANSWER_AFTER_MS).unwrap();
-					tokio::time::sleep(Duration::from_millis(delay)).await;
-					let _ = request.send_response(0, body).await;
-				},
-			}
-		});
+	/// Each request is handled by a task of its own, which acts on it after a delay.
+	async fn serve<B: Body>(self, mut peer: PeerHandle<B>) {
+		while let Ok(message) = peer.recv_message().await {
+			let ReceivedMessage::Request(request, body) = message else { continue };
+			tokio::spawn(async move {
+				match request.service_id() {
+					DROP => {
+						tokio::time::sleep(DELAY).await;
+						drop(request);
+					},
+					HOLD => {
+						tokio::time::sleep(Duration::from_secs(60)).await;
+						drop(request);
+					},
+					service_id => {
+						let delay = u64::try_from(service_id - ANSWER_AFTER_MS).unwrap();
+						tokio::time::sleep(Duration::from_millis(delay)).await;
+						let _ = request.send_response(0, body).await;
+					},
+				}
+			});
+		}
 	}
 }
 
@@ -87,20 +83,6 @@ struct Raw {
 	request_id: u32,
 	service_id: i32,
 	body: Vec<u8>,
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-	u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
-}
-
-/// Header and body of a request, little endian, without the stream length prefix.
-fn request_datagram(request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
-	let mut data = Vec::with_capacity(12 + body.len());
-	data.extend_from_slice(&0u32.to_le_bytes());
-	data.extend_from_slice(&request_id.to_le_bytes());
-	data.extend_from_slice(&service_id.to_le_bytes());
-	data.extend_from_slice(body);
-	data
 }
 
 fn parse_datagram(datagram: &[u8]) -> Raw {

@@ -134,25 +134,21 @@ async fn server(kind: Kind, config: Config, app: App) -> Address {
 }
 
 impl Application for App {
-	async fn serve<B: Body>(self, peer: PeerHandle<B>) {
-		application(peer, self).await
-	}
-}
-
-async fn application<B: Body>(mut peer: PeerHandle<B>, app: App) {
-	while let Ok(message) = peer.recv_message().await {
-		let ReceivedMessage::Request(request, body) = message else { continue };
-		match app {
-			App::Echo => {
-				if request.send_response(0, body).await.is_err() {
-					break;
-				}
-			},
-			App::SpawnPerRequest => {
-				tokio::spawn(async move {
-					let _ = request.send_response(0, body).await;
-				});
-			},
+	async fn serve<B: Body>(self, mut peer: PeerHandle<B>) {
+		while let Ok(message) = peer.recv_message().await {
+			let ReceivedMessage::Request(request, body) = message else { continue };
+			match self {
+				App::Echo => {
+					if request.send_response(0, body).await.is_err() {
+						break;
+					}
+				},
+				App::SpawnPerRequest => {
+					tokio::spawn(async move {
+						let _ = request.send_response(0, body).await;
+					});
+				},
+			}
 		}
 	}
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Address, Application, Kind};
+use common::raw::{Address, Application, Kind, request_datagram, u32_at};
 use common::within;
 use peerwire::{Body, Config, PeerHandle, ReceivedMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,37 +36,20 @@ async fn server(kind: Kind, config: Config) -> Address {
 struct Echo;
 
 impl Application for Echo {
-	async fn serve<B: Body>(self, peer: PeerHandle<B>) {
-		echo(peer).await
-	}
-}
-
-/// Answers every request with its body: at once, or after [`HOLD_FOR`] for service [`HOLD`].
-async fn echo<B: Body>(mut peer: PeerHandle<B>) {
-	while let Ok(message) = peer.recv_message().await {
-		let ReceivedMessage::Request(request, body) = message else { continue };
-		if request.service_id() == HOLD {
-			tokio::spawn(async move {
-				tokio::time::sleep(HOLD_FOR).await;
+	/// Answers every request with its body: at once, or after [`HOLD_FOR`] for service [`HOLD`].
+	async fn serve<B: Body>(self, mut peer: PeerHandle<B>) {
+		while let Ok(message) = peer.recv_message().await {
+			let ReceivedMessage::Request(request, body) = message else { continue };
+			if request.service_id() == HOLD {
+				tokio::spawn(async move {
+					tokio::time::sleep(HOLD_FOR).await;
+					let _ = request.send_response(0, body).await;
+				});
+			} else {
 				let _ = request.send_response(0, body).await;
-			});
-		} else {
-			let _ = request.send_response(0, body).await;
+			}
 		}
 	}
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-	u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
-}
-
-fn request_datagram(request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
-	let mut data = Vec::with_capacity(12 + body.len());
-	data.extend_from_slice(&0u32.to_le_bytes());
-	data.extend_from_slice(&request_id.to_le_bytes());
-	data.extend_from_slice(&service_id.to_le_bytes());
-	data.extend_from_slice(body);
-	data
 }
 
 fn request_frame(request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {

@@ -67,6 +67,21 @@ macro_rules! on_streams {
 	};
 }
 
+/// The little-endian `u32` at `offset`.
+pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+	u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
+}
+
+/// Header and body of a request, little endian, without the stream length prefix.
+pub fn request_datagram(request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
+	let mut data = Vec::with_capacity(12 + body.len());
+	data.extend_from_slice(&0u32.to_le_bytes());
+	data.extend_from_slice(&request_id.to_le_bytes());
+	data.extend_from_slice(&service_id.to_le_bytes());
+	data.extend_from_slice(body);
+	data
+}
+
 /// What a test server runs on each accepted connection, whatever the body type.
 pub trait Application: Clone + Send + Sync + 'static {
 	/// Serve one connection until it ends.
