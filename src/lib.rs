@@ -116,6 +116,21 @@ pub use transport::tcp::{TcpListener, TcpPeer, TcpTransport};
 #[cfg(all(unix, feature = "unix-stream"))]
 pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer, UnixStreamTransport};
 
+/// Socket plumbing that the command-line tool shares with the transports, so that it keeps no
+/// copies of its own; not part of the API, and free to change in any release.
+#[doc(hidden)]
+pub mod __plumbing {
+	/// Datagrams with descriptors: one `sendmsg`/`recvmsg` each.
+	#[cfg(all(unix, feature = "unix-seqpacket"))]
+	pub use crate::sys::fd::{Received, control_buffer, control_space, recv_datagram, send_datagram};
+	/// Send-buffer sizing of seqpacket sockets and the kernel's limits on one datagram.
+	#[cfg(all(unix, feature = "unix-seqpacket"))]
+	pub use crate::transport::seqpacket::{MAX_SEND_DATAGRAM_LEN, SCM_MAX_FD, raise_send_buffer};
+	/// The stale-socket check before bind, and the removal of a listener's own socket file.
+	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+	pub use crate::transport::socket_file::{SocketFile, remove_stale_socket};
+}
+
 /// Items the macros need from dependencies; not part of the API.
 #[doc(hidden)]
 pub mod __private {

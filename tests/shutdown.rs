@@ -88,3 +88,51 @@ async fn shutdown_bounds_handlers_of_a_connection_that_already_ended() {
 	shutdown.cancel();
 	within(server).await.unwrap();
 }
+
+/// `serve_with` runs the hook once per connection with what is known about the remote, stops
+/// accepting on shutdown, and returns once the hooks have ended.
+#[tokio::test]
+async fn serve_with_runs_a_hook_per_connection_until_shutdown() {
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
+	let address = listener.local_addr().unwrap();
+	let shutdown = CancellationToken::new();
+	let token = shutdown.clone();
+	let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+	let server = tokio::spawn(peerwire::server::serve_with(listener, shutdown.clone(), move |mut peer, info| {
+		let (token, seen_tx) = (token.clone(), seen_tx.clone());
+		async move {
+			seen_tx.send(info.to_string()).unwrap();
+			loop {
+				tokio::select! {
+					message = peer.recv_message() => match message {
+						Ok(ReceivedMessage::Request(request, body)) => request.send_response(0, body).await.unwrap(),
+						Ok(ReceivedMessage::Stream(_)) => {},
+						Err(_) => return,
+					},
+					() = token.cancelled() => return,
+				}
+			}
+		}
+	}));
+
+	let mut clients = Vec::new();
+	for n in 0..2 {
+		let (client, info) = within(peerwire::TcpPeer::connect(address, &Config::default())).await.unwrap();
+		let mut request = client.send_request(1, format!("client {n}")).await.unwrap();
+		assert_eq!(within(request.recv_response()).await.unwrap().body, format!("client {n}"));
+		assert_eq!(info.to_string(), format!("tcp://{address}"));
+		// The hook is told where the client is.
+		let remote = within(seen.recv()).await.unwrap();
+		assert!(remote.starts_with("tcp://127.0.0.1:"), "{remote}");
+		clients.push(client);
+	}
+
+	// The hooks end on shutdown, and so does the server, with the clients still connected.
+	shutdown.cancel();
+	within(server).await.unwrap();
+	for client in &clients {
+		within(client.closed()).await;
+	}
+	// No longer accepting.
+	assert!(peerwire::TcpPeer::connect(address, &Config::default()).await.is_err());
+}

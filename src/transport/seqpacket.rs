@@ -138,9 +138,9 @@ const MAX_DATAGRAM_LEN: usize = i32::MAX as usize;
 /// The largest datagram this side sends. Linux allocates the head of a datagram in one piece
 /// (all but 17 pages of it), and `kmalloc` stops at 4 MiB on x86-64 and on aarch64 with 4 KiB
 /// pages: past about 4 MiB + 68 KiB a send fails with `ENOBUFS` whatever `SO_SNDBUF` says.
-const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
+pub const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
 /// The most descriptors Linux passes in one message (`SCM_MAX_FD`); `sendmsg` fails beyond it.
-const SCM_MAX_FD: usize = 253;
+pub const SCM_MAX_FD: usize = 253;
 /// Stop taking messages for a batch once this many bytes are queued...
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// ...or this many messages.
@@ -524,7 +524,7 @@ impl UnixSeqpacketWriter {
 
 /// Raise the send buffer so that a datagram of `wanted` bytes fits, as far as the system allows,
 /// and return the largest datagram this side will send. Never lowers the buffer.
-fn raise_send_buffer(socket: &UnixSeqpacket, wanted: usize) -> io::Result<usize> {
+pub fn raise_send_buffer(socket: &UnixSeqpacket, wanted: usize) -> io::Result<usize> {
 	let needed = wanted.min(MAX_SEND_DATAGRAM_LEN) + KERNEL_SNDBUF_OVERHEAD;
 	if sockopt::socket_send_buffer_size(socket)? < needed {
 		// The kernel caps the value at net.core.wmem_max, then doubles it.
