@@ -44,20 +44,27 @@
 //! - [`Reconnecting`] is a client that reconnects with [`Backoff`]; [`reconnect`] says what
 //!   survives a reconnect and what does not.
 //!
+//! # Porting from fizyr-rpc 0.8
+//!
+//! The wire is the same; the README has a table of fizyr-rpc 0.8 names, their peerwire names
+//! and what differs (bodies take `b"..."`, `&[u8]` and strings on every transport, `Config` is
+//! passed as `&Config`, an error response can be read as an `Err` with
+//! [`SentRequestHandle::recv_response_ok`], `recv_update` returns a `Result`).
+//!
 //! # Features
 //!
 //! | feature | default | enables |
 //! |---|---|---|
-//! | `tcp` | yes | [`TcpPeer`], [`TcpListener`], [`TcpTransport`](transport::tcp::TcpTransport) |
-//! | `unix-stream` | yes | [`UnixStreamPeer`], [`UnixStreamListener`], [`UnixStreamTransport`](transport::unix_stream::UnixStreamTransport) |
-//! | `unix-seqpacket` | no | [`UnixSeqpacketPeer`], [`UnixSeqpacketListener`], [`UnixSeqpacketTransport`](transport::seqpacket::UnixSeqpacketTransport), [`UnixBody`]: one datagram per message, file descriptors passed with it |
+//! | `tcp` | yes | [`TcpPeer`], [`TcpListener`], [`TcpTransport`] |
+//! | `unix-stream` | yes | [`UnixStreamPeer`], [`UnixStreamListener`], [`UnixStreamTransport`] |
+//! | `unix-seqpacket` | no | [`UnixSeqpacketPeer`], [`UnixSeqpacketListener`], [`UnixSeqpacketTransport`], [`UnixBody`]: one datagram per message, file descriptors passed with it |
 //! | `typed` | no | typed interfaces: the `interface!` macro and `peerwire::typed` (serde) |
 //! | `json` | no | `typed` with JSON bodies (`typed::Json`) |
 //! | `msgpack` | no | `typed` with MessagePack bodies (`typed::MsgPack`) |
 //! | `cli` | no | the `peerwire` command-line tool (a binary; not needed by the library) |
 //!
 //! With no feature at all, the generic [`StreamTransport`] works over any tokio `AsyncRead` +
-//! `AsyncWrite`, the in-memory [`MemoryTransport`](transport::MemoryTransport) connects modules
+//! `AsyncWrite`, the in-memory [`MemoryTransport`] connects modules
 //! of one process, and [`server`] serves connections with a handler and shuts down gracefully.
 //!
 //! # Failure

@@ -149,7 +149,7 @@ async fn unix_body_new_takes_data_and_descriptors() {
 	let (client, _) = client.unwrap();
 	let (mut server, _) = server.unwrap();
 
-	let mut file = tempfile();
+	let mut file = common::temp_file("spellings");
 	file.write_all(b"through the descriptor").unwrap();
 	client.send_stream(1, UnixBody::new(b"data", vec![file])).await.unwrap();
 	let ReceivedMessage::Stream(message) = within(server.recv_message()).await.unwrap() else {
@@ -279,11 +279,4 @@ fn messages_take_the_same_bodies() {
 	assert_eq!(message.body.as_bytes(), b"custom");
 	let message = Message::<Bytes>::stream(0, 1, &b"abc"[..]);
 	assert_eq!(&message.body[..], b"abc");
-}
-
-fn tempfile() -> std::fs::File {
-	let path = socket_path("spellings-file");
-	let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-	std::fs::remove_file(&path).unwrap();
-	file
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::within;
 use peerwire::server::{CancellationToken, serve};
 use peerwire::typed::{Json, TypedError};
-use peerwire::{Backoff, Config, ErrorKind, PeerHandle, Reconnecting, TcpListener, TcpPeer};
+use peerwire::{Backoff, Bytes, Config, ErrorKind, PeerHandle, Reconnecting, TcpListener, TcpPeer};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ peerwire::interface! {
 /// An untyped error response to a typed call reads `NAME (ID): TEXT`, not the error marker -1.
 #[tokio::test]
 async fn an_error_response_names_the_service() {
-	let (client, mut server) = peerwire::transport::memory::pair(&Config::default());
+	let (client, mut server) = peerwire::transport::memory::pair::<Bytes>(&Config::default());
 	let arm = plain_arm::Client::new(client.write_handle());
 	let mut moving = arm.move_to(&Target { x: 1.0, y: 2.0 }).await.unwrap();
 	let (request, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
@@ -160,7 +160,7 @@ async fn typed_errors_and_comparable_updates() {
 /// Body-less messages are empty on the wire, and a `()` response is too.
 #[tokio::test]
 async fn body_less_messages_have_empty_bodies() {
-	let (client, mut server) = peerwire::transport::memory::pair(&Config::default());
+	let (client, mut server) = peerwire::transport::memory::pair::<Bytes>(&Config::default());
 	let arm = arm::Client::new(client.write_handle());
 	arm.send_stop().await.unwrap();
 	let stop = within(server.recv_message()).await.unwrap().into_stream().unwrap();

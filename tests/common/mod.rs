@@ -48,6 +48,14 @@ pub fn socket_path(name: &str) -> PathBuf {
 	std::env::temp_dir().join(format!("peerwire-{name}-{}-{n}.sock", std::process::id()))
 }
 
+/// A fresh file in the temp directory, open for reading and writing, already unlinked.
+pub fn temp_file(name: &str) -> std::fs::File {
+	let path = socket_path(name);
+	let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+	std::fs::remove_file(&path).unwrap();
+	file
+}
+
 /// A connected (client, server) pair over `kind`, and what each side knows of the other.
 pub async fn connected_with(kind: Kind, config: Config) -> (PeerHandle, PeerHandle, ConnectionInfo, ConnectionInfo) {
 	match kind {
