@@ -72,12 +72,7 @@ where
 	<A::Transport as Transport>::Body: CliBody,
 {
 	printer.event("listening", None, &[("address", json!(address))]);
-	let shutdown = CancellationToken::new();
-	let interrupted = shutdown.clone();
-	tokio::spawn(async move {
-		shutdown_signal().await;
-		interrupted.cancel();
-	});
+	let shutdown = shutdown_token();
 	let mut connections = 0u64;
 	let token = shutdown.clone();
 	// The library's accept loop: failed connections skipped, the listener's own failures waited out.
@@ -169,8 +164,19 @@ fn print_message<B: CliBody>(printer: &Printer, conn: u64, header: MessageHeader
 	});
 }
 
-/// Resolves on Ctrl-C or SIGTERM, so that socket files are cleaned up.
-pub async fn shutdown_signal() {
+/// Cancelled on Ctrl-C or SIGTERM, so that accept loops end and socket files are cleaned up.
+pub fn shutdown_token() -> CancellationToken {
+	let shutdown = CancellationToken::new();
+	let interrupted = shutdown.clone();
+	tokio::spawn(async move {
+		shutdown_signal().await;
+		interrupted.cancel();
+	});
+	shutdown
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
 	let terminate = async {
 		match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
 			Ok(mut signal) => {

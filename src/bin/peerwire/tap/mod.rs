@@ -21,7 +21,7 @@ use tokio_seqpacket::UnixSeqpacket;
 
 use crate::address::Address;
 use crate::failure::{Failure, describe_io};
-use crate::listen::shutdown_signal;
+use crate::listen::shutdown_token;
 use crate::output::{Direction, Printer};
 use crate::{Global, TapArgs};
 
@@ -157,23 +157,19 @@ pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
 	let fields = [("address", json!(listening)), ("upstream", json!(args.upstream.to_string()))];
 	printer.event("listening", None, &fields);
 
-	let shutdown = shutdown_signal();
-	tokio::pin!(shutdown);
+	let shutdown = shutdown_token();
 	let mut connections = 0u64;
-	// The library's accept policy: skip failed connections, wait out running out of descriptors.
+	// The library's accept loop: skip failed connections, wait out running out of descriptors.
 	let mut retry = AcceptRetry::new();
-	loop {
-		tokio::select! {
-			accepted = retry.accept(|cx| listener.poll_accept(cx)) => match accepted {
-				Ok(client) => {
-					connections += 1;
-					tokio::spawn(relay(tap.clone(), connections, client));
-				},
-				// The listening socket failed in a way waiting does not cure; `retry` waits before
-				// the next try, so this is printed at most once a second.
-				Err(error) => eprintln!("peerwire: accepting a connection on {listening}: {}", describe_io(&error)),
+	while let Some(accepted) = retry.accept_until(&shutdown, |cx| listener.poll_accept(cx)).await {
+		match accepted {
+			Ok(client) => {
+				connections += 1;
+				tokio::spawn(relay(tap.clone(), connections, client));
 			},
-			() = &mut shutdown => break,
+			// The listening socket failed in a way waiting does not cure; `retry` waits before the
+			// next try, so this is printed at most once a second.
+			Err(error) => eprintln!("peerwire: accepting a connection on {listening}: {}", describe_io(&error)),
 		}
 	}
 	// The socket file goes before the socket closes, and only if it is still this tap's own.
