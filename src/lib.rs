@@ -11,7 +11,7 @@
 //! # async fn main() -> Result<(), peerwire::Error> {
 //! use peerwire::{Config, ReceivedMessage, TcpListener, TcpPeer};
 //!
-//! let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await?;
+//! let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await?;
 //! let address = listener.local_addr()?;
 //!
 //! // A server that reports progress, then echoes the request body.
@@ -44,20 +44,27 @@
 //! - [`Reconnecting`] is a client that reconnects with [`Backoff`]; [`reconnect`] says what
 //!   survives a reconnect and what does not.
 //!
+//! # Porting from fizyr-rpc 0.8
+//!
+//! The wire is the same; the README has a table of fizyr-rpc 0.8 names, their peerwire names
+//! and what differs (bodies take `b"..."`, `&[u8]` and strings on every transport, `Config` is
+//! passed as `&Config`, an error response can be read as an `Err` with
+//! [`SentRequestHandle::recv_response_ok`], `recv_update` returns a `Result`).
+//!
 //! # Features
 //!
 //! | feature | default | enables |
 //! |---|---|---|
-//! | `tcp` | yes | [`TcpPeer`], [`TcpListener`], [`TcpTransport`](transport::tcp::TcpTransport) |
-//! | `unix-stream` | yes | [`UnixStreamPeer`], [`UnixStreamListener`], [`UnixStreamTransport`](transport::unix_stream::UnixStreamTransport) |
-//! | `unix-seqpacket` | no | [`UnixSeqpacketPeer`], [`UnixSeqpacketListener`], [`UnixSeqpacketTransport`](transport::seqpacket::UnixSeqpacketTransport), [`UnixBody`]: one datagram per message, file descriptors passed with it |
+//! | `tcp` | yes | [`TcpPeer`], [`TcpListener`], [`TcpTransport`] |
+//! | `unix-stream` | yes | [`UnixStreamPeer`], [`UnixStreamListener`], [`UnixStreamTransport`] |
+//! | `unix-seqpacket` | no | [`UnixSeqpacketPeer`], [`UnixSeqpacketListener`], [`UnixSeqpacketTransport`], [`UnixBody`]: one datagram per message, file descriptors passed with it |
 //! | `typed` | no | typed interfaces: the `interface!` macro and `peerwire::typed` (serde) |
 //! | `json` | no | `typed` with JSON bodies (`typed::Json`) |
 //! | `msgpack` | no | `typed` with MessagePack bodies (`typed::MsgPack`) |
 //! | `cli` | no | the `peerwire` command-line tool (a binary; not needed by the library) |
 //!
 //! With no feature at all, the generic [`StreamTransport`] works over any tokio `AsyncRead` +
-//! `AsyncWrite`, the in-memory [`MemoryTransport`](transport::MemoryTransport) connects modules
+//! `AsyncWrite`, the in-memory [`MemoryTransport`] connects modules
 //! of one process, and [`server`] serves connections with a handler and shuts down gracefully.
 //!
 //! # Failure
@@ -95,17 +102,40 @@ pub use handle::{
 	ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
 };
 pub use listener::{AcceptError, AcceptRetry, Acceptor, Listener};
-pub use message::{Body, Message, MessageHeader, MessageType};
+pub use message::{Body, CloneBody, IntoBody, Message, MessageHeader, MessageType};
 pub use peer::Peer;
 pub use reconnect::{Backoff, Connection, Reconnecting};
-pub use transport::{ConnectionInfo, Credentials, RemoteAddress, StreamTransport, Transport};
+pub use transport::{ConnectionInfo, Credentials, MemoryTransport, RemoteAddress, StreamTransport, Transport};
+
+/// The body type of the stream transports (TCP, Unix stream, in-memory), from the `bytes` crate,
+/// so that naming it needs no dependency of your own.
+pub use bytes::Bytes;
+/// The byte order of headers and frame lengths ([`Config::endian`]).
+pub use codec::Endian;
+/// The token that shuts a [`server`] down (from `tokio-util`).
+pub use server::CancellationToken;
 
 #[cfg(all(unix, feature = "unix-seqpacket"))]
-pub use transport::seqpacket::{UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer};
+pub use transport::seqpacket::{UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer, UnixSeqpacketTransport};
 #[cfg(feature = "tcp")]
-pub use transport::tcp::{TcpListener, TcpPeer};
+pub use transport::tcp::{TcpListener, TcpPeer, TcpTransport};
 #[cfg(all(unix, feature = "unix-stream"))]
-pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer};
+pub use transport::unix_stream::{UnixStreamListener, UnixStreamPeer, UnixStreamTransport};
+
+/// Socket plumbing that the command-line tool shares with the transports, so that it keeps no
+/// copies of its own; not part of the API, and free to change in any release.
+#[doc(hidden)]
+pub mod __plumbing {
+	/// Datagrams with descriptors: one `sendmsg`/`recvmsg` each.
+	#[cfg(all(unix, feature = "unix-seqpacket"))]
+	pub use crate::sys::fd::{Received, control_buffer, control_space, recv_datagram, send_datagram};
+	/// Send-buffer sizing of seqpacket sockets and the kernel's limits on one datagram.
+	#[cfg(all(unix, feature = "unix-seqpacket"))]
+	pub use crate::transport::seqpacket::{MAX_SEND_DATAGRAM_LEN, SCM_MAX_FD, raise_send_buffer};
+	/// The stale-socket check before bind, and the removal of a listener's own socket file.
+	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
+	pub use crate::transport::socket_file::{SocketFile, remove_stale_socket};
+}
 
 /// Items the macros need from dependencies; not part of the API.
 #[doc(hidden)]

@@ -43,7 +43,7 @@ async fn a_duplicate_request_id_is_refused_and_the_first_request_stays_open() {
 
 /// Send `bytes` after one valid message; the peer must close with `check` holding for the error.
 async fn garbage_closes_the_connection(bytes: &[u8], check: impl Fn(&peerwire::Error)) {
-	let config = Config { max_body_len_read: 1024, ..Config::default() };
+	let config = Config::default().with_max_body_len_read(1024);
 	let (mut peer, mut remote) = RawRemote::connect(config).await;
 	let mut request = peer.send_request(1, "").await.unwrap();
 	let _ = remote.recv().await.unwrap();
@@ -87,7 +87,7 @@ async fn an_oversized_length_is_refused_before_the_body_arrives() {
 
 #[tokio::test]
 async fn garbage_on_one_connection_leaves_the_others_on_the_listener_alone() {
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let server = tokio::spawn(async move {
 		loop {
@@ -148,7 +148,7 @@ async fn a_request_flood_to_a_peer_without_a_read_handle_is_pushed_back() {
 async fn updates_spread_over_many_requests_are_bounded_by_the_incoming_budget() {
 	// Every request's own queue has room, but all of them together may hold no more than
 	// `max_buffered_incoming`: past it the peer stops reading and the remote is pushed back.
-	let config = Config { max_buffered_incoming: 256 * 1024, request_queue: 32, ..Config::default() };
+	let config = Config::default().with_max_buffered_incoming(256 * 1024).with_request_queue(32);
 	let (peer, mut remote) = RawRemote::connect(config).await;
 	let mut requests = Vec::new();
 	for _ in 0..100 {

@@ -5,13 +5,10 @@
 //! the process's open descriptors.
 
 use std::fs::File;
-use std::future::{Future, poll_fn};
-use std::io::{IoSlice, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::future::poll_fn;
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use peerwire::transport::seqpacket::{UnixSeqpacketReader, UnixSeqpacketTransport};
@@ -22,32 +19,20 @@ use peerwire::{
 };
 use tokio::io::AsyncReadExt;
 use tokio_seqpacket::UnixSeqpacket;
-use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 
 #[path = "../examples/camera.rs"]
 mod camera;
+mod common;
 
-/// Generous, but finite: a bug fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(future: F) -> F::Output {
-	tokio::time::timeout(WAIT, future).await.expect("timed out")
-}
-
-fn socket_path(name: &str) -> PathBuf {
-	static COUNTER: AtomicUsize = AtomicUsize::new(0);
-	let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-	std::env::temp_dir().join(format!("peerwire-seqpacket-{name}-{}-{n}.sock", std::process::id()))
-}
+use common::seqpacket::{NO_FDS, raw_send};
+use common::{socket_path, within};
 
 fn limits(max_body: usize, max_fds: usize) -> Config {
-	Config {
-		max_body_len_read: max_body,
-		max_body_len_write: max_body,
-		max_fds_read: max_fds,
-		max_fds_write: max_fds,
-		..Config::default()
-	}
+	Config::default()
+		.with_max_body_len_read(max_body)
+		.with_max_body_len_write(max_body)
+		.with_max_fds_read(max_fds)
+		.with_max_fds_write(max_fds)
 }
 
 /// Two peers over a socket pair.
@@ -99,7 +84,7 @@ async fn a_descriptor_sent_is_usable_on_the_other_side() {
 
 	// A pipe's write end goes to the server, which writes into it; the client reads.
 	let (read, write) = pipe();
-	let mut request = within(client.send_request(1, UnixBody::with_fds("write here", [write]))).await.unwrap();
+	let mut request = within(client.send_request(1, UnixBody::new("write here", [write]))).await.unwrap();
 	let (incoming, body) = within(server.recv_message()).await.unwrap().into_request().unwrap();
 	assert_eq!(&body.data[..], b"write here");
 	let mut write = File::from(body.fds.into_iter().next().unwrap());
@@ -108,7 +93,7 @@ async fn a_descriptor_sent_is_usable_on_the_other_side() {
 	assert_eq!(read_pipe(read).await, b"written by the server");
 
 	// A memfd comes back in the response.
-	within(incoming.send_response(0, UnixBody::with_fds("frame", [memfile(b"pixels")]))).await.unwrap();
+	within(incoming.send_response(0, UnixBody::new("frame", [memfile(b"pixels")]))).await.unwrap();
 	let response = within(request.recv_response()).await.unwrap();
 	assert_eq!(response.body.fds.len(), 1);
 	assert_eq!(contents(response.body.fds.into_iter().next().unwrap()), b"pixels");
@@ -120,7 +105,7 @@ async fn many_descriptors_travel_in_one_message_in_order() {
 		let config = limits(1 << 16, max_fds);
 		let (client, mut server) = peers(&config);
 		let files: Vec<File> = (0..count).map(|i| memfile(format!("file {i}").as_bytes())).collect();
-		within(client.send_stream(3, UnixBody::with_fds("many", files))).await.unwrap();
+		within(client.send_stream(3, UnixBody::new("many", files))).await.unwrap();
 		let message = recv_stream(&mut server).await;
 		assert_eq!(message.body.fds.len(), count);
 		for (i, fd) in message.body.fds.into_iter().enumerate() {
@@ -135,10 +120,10 @@ async fn descriptors_travel_in_updates_both_ways() {
 	let (client, mut server) = peers(&config);
 	let mut request = within(client.send_request(1, UnixBody::default())).await.unwrap();
 	let (mut incoming, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
-	within(request.send_update(5, UnixBody::with_fds("up", [memfile(b"requester")]))).await.unwrap();
+	within(request.send_update(5, UnixBody::new("up", [memfile(b"requester")]))).await.unwrap();
 	let update = within(incoming.recv_update()).await.unwrap().unwrap();
 	assert_eq!(contents(update.body.fds.into_iter().next().unwrap()), b"requester");
-	within(incoming.send_update(6, UnixBody::with_fds("down", [memfile(b"responder")]))).await.unwrap();
+	within(incoming.send_update(6, UnixBody::new("down", [memfile(b"responder")]))).await.unwrap();
 	let update = within(request.recv_update()).await.unwrap().unwrap();
 	assert_eq!(update.header.service_id, 6);
 	assert_eq!(contents(update.body.fds.into_iter().next().unwrap()), b"responder");
@@ -153,16 +138,16 @@ async fn at_the_limits_passes_and_over_them_fails_for_that_message_only() {
 
 	// Exactly at both limits.
 	let files: Vec<File> = (0..4).map(|i| memfile(&[i])).collect();
-	within(client.send_stream(1, UnixBody::with_fds(vec![7; 1000], files))).await.unwrap();
+	within(client.send_stream(1, UnixBody::new(vec![7; 1000], files))).await.unwrap();
 	let message = recv_stream(&mut server).await;
 	assert_eq!(message.body.data.len(), 1000);
 	assert_eq!(message.body.fds.len(), 4);
 
 	// One over: refused, and nothing is queued.
-	let error = within(client.send_stream(1, UnixBody::new(vec![0; 1001]))).await.unwrap_err();
+	let error = within(client.send_stream(1, UnixBody::from(vec![0; 1001]))).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::BodyTooLarge);
 	let (read, write) = pipe();
-	let body = UnixBody::with_fds("x", [write, devnull(), devnull(), devnull(), devnull()]);
+	let body = UnixBody::new("x", [write, devnull(), devnull(), devnull(), devnull()]);
 	let error = within(client.send_request(1, body)).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::TooManyFds);
 	// The refused message's descriptors were closed: the pipe's only write end is gone.
@@ -171,18 +156,18 @@ async fn at_the_limits_passes_and_over_them_fails_for_that_message_only() {
 	// Updates and responses over the limits fail alone too.
 	let mut request = within(client.send_request(2, "question")).await.unwrap();
 	let (mut incoming, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
-	let error = within(request.send_update(0, UnixBody::new(vec![0; 1001]))).await.unwrap_err();
+	let error = within(request.send_update(0, UnixBody::from(vec![0; 1001]))).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::BodyTooLarge);
 	let too_many: Vec<File> = (0..5).map(|_| devnull()).collect();
-	let error = within(incoming.send_update(0, UnixBody::with_fds("", too_many))).await.unwrap_err();
+	let error = within(incoming.send_update(0, UnixBody::new("", too_many))).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::TooManyFds);
-	let error = within(incoming.send_response(0, UnixBody::new(vec![0; 1001]))).await.unwrap_err();
+	let error = within(incoming.send_response(0, UnixBody::from(vec![0; 1001]))).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::BodyTooLarge);
 
 	// The connection and the request keep working.
 	within(request.send_update(1, "still here")).await.unwrap();
 	assert_eq!(&within(incoming.recv_update()).await.unwrap().unwrap().body.data[..], b"still here");
-	within(incoming.send_response(0, UnixBody::with_fds("answer", [memfile(b"ok")]))).await.unwrap();
+	within(incoming.send_response(0, UnixBody::new("answer", [memfile(b"ok")]))).await.unwrap();
 	let response = within(request.recv_response()).await.unwrap();
 	assert_eq!(&response.body.data[..], b"answer");
 	within(client.send_stream(3, "after")).await.unwrap();
@@ -197,7 +182,7 @@ async fn large_bodies_use_the_overflow_buffer_and_arrive_intact() {
 	let (client, mut server) = (Peer::spawn(a, &config), Peer::spawn(b, &config));
 	for len in [70_000, 1 << 20, max_body] {
 		let data = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-		within(client.send_stream(1, UnixBody::with_fds(data.clone(), [memfile(b"x")]))).await.unwrap();
+		within(client.send_stream(1, UnixBody::new(data.clone(), [memfile(b"x")]))).await.unwrap();
 		let message = recv_stream(&mut server).await;
 		assert!(message.body.data == data, "body of {len} bytes differs");
 		assert_eq!(message.body.fds.len(), 1);
@@ -214,10 +199,10 @@ async fn a_body_the_kernel_cannot_carry_is_refused_for_that_message_only() {
 	let (mut reader, _) = b.split();
 	let header = peerwire::message::HEADER_LEN;
 	let error =
-		writer.start_send(Message::stream(0, 0, UnixBody::new(vec![0; max_datagram - header + 1]))).unwrap_err();
+		writer.start_send(Message::stream(0, 0, UnixBody::from(vec![0; max_datagram - header + 1]))).unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::BodyTooLarge);
 	// Exactly the limit is what the kernel takes.
-	writer.start_send(Message::stream(0, 0, UnixBody::with_fds(vec![1; max_datagram - header], [devnull()]))).unwrap();
+	writer.start_send(Message::stream(0, 0, UnixBody::new(vec![1; max_datagram - header], [devnull()]))).unwrap();
 	within(poll_fn(|cx| writer.poll_flush(cx))).await.unwrap();
 	let message = within(poll_fn(|cx| reader.poll_read_message(cx))).await.unwrap().unwrap();
 	assert_eq!(message.body.data.len(), max_datagram - header);
@@ -231,10 +216,10 @@ async fn through_a_peer_the_kernel_limit_fails_at_the_send_call() {
 	let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
 	let max_body = a.max_datagram_len() - peerwire::message::HEADER_LEN;
 	let (client, mut server) = (Peer::spawn(a, &config), Peer::spawn(b, &config));
-	let error = client.send_request(1, UnixBody::new(vec![0; max_body + 1])).await.unwrap_err();
+	let error = client.send_request(1, UnixBody::from(vec![0; max_body + 1])).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::BodyTooLarge);
 	assert!(error.to_string().contains(&max_body.to_string()), "{error}");
-	client.send_stream(2, UnixBody::new(vec![7; max_body])).await.unwrap();
+	client.send_stream(2, UnixBody::from(vec![7; max_body])).await.unwrap();
 	assert_eq!(recv_stream(&mut server).await.body.data.len(), max_body);
 }
 
@@ -243,18 +228,6 @@ fn raw_pair(config: &Config) -> (UnixSeqpacket, UnixSeqpacketReader) {
 	let (raw, ours) = UnixSeqpacket::pair().unwrap();
 	let (reader, _writer) = UnixSeqpacketTransport::from_socket(ours, config).unwrap().split();
 	(raw, reader)
-}
-
-/// Send one datagram with descriptors through tokio-seqpacket's own API, not ours.
-async fn raw_send(socket: &UnixSeqpacket, data: &[u8], fds: &[OwnedFd]) {
-	let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-	let mut space = vec![0; 64 + 8 * fds.len()];
-	let mut ancillary = AncillaryMessageWriter::new(&mut space);
-	if !borrowed.is_empty() {
-		ancillary.add_fds(&borrowed).unwrap();
-	}
-	let sent = within(socket.send_vectored_with_ancillary(&[IoSlice::new(data)], &mut ancillary)).await.unwrap();
-	assert_eq!(sent, data.len());
 }
 
 /// A datagram: a little-endian header and a body.
@@ -281,45 +254,45 @@ async fn malformed_datagrams_from_a_raw_socket_give_the_documented_errors() {
 
 	// At the limits: fine.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 9, 3, &[5; 16]), &descriptors(2)).await;
+	raw_send(&raw, &datagram(4, 9, 3, &[5; 16]), &descriptors(2)).await.unwrap();
 	let message = read(&mut reader).await.unwrap().unwrap();
 	assert_eq!((message.header.request_id, message.header.service_id), (9, 3));
 	assert_eq!((message.body.data.len(), message.body.fds.len()), (16, 2));
 
 	// A body one byte over the limit still fits the receive buffer: too large.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 0, 0, &[0; 17]), &[]).await;
+	raw_send(&raw, &datagram(4, 0, 0, &[0; 17]), NO_FDS).await.unwrap();
 	assert_eq!(read(&mut reader).await.unwrap_err().kind(), ErrorKind::BodyTooLarge);
 
 	// Anything longer is cut by the kernel: truncated.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 0, 0, &[0; 1000]), &descriptors(1)).await;
+	raw_send(&raw, &datagram(4, 0, 0, &[0; 1000]), &descriptors(1)).await.unwrap();
 	let error = read(&mut reader).await.unwrap_err();
 	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTruncated));
 
 	// Shorter than a header, with or without descriptors.
 	for fds in [0, 1] {
 		let (raw, mut reader) = raw_pair(&config);
-		raw_send(&raw, &[0; 11], &descriptors(fds)).await;
+		raw_send(&raw, &[0; 11], &descriptors(fds)).await.unwrap();
 		let error = read(&mut reader).await.unwrap_err();
 		assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTooShort { length: 11 }));
 	}
 
 	// One descriptor over the limit arrives whole: too many.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 0, 0, b""), &descriptors(3)).await;
+	raw_send(&raw, &datagram(4, 0, 0, b""), &descriptors(3)).await.unwrap();
 	let error = read(&mut reader).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::TooManyFds);
 
 	// Far more than the control buffer holds: the kernel cuts them.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(4, 0, 0, b""), &descriptors(64)).await;
+	raw_send(&raw, &datagram(4, 0, 0, b""), &descriptors(64)).await.unwrap();
 	let error = read(&mut reader).await.unwrap_err();
 	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::ControlTruncated));
 
 	// An unknown message type.
 	let (raw, mut reader) = raw_pair(&config);
-	raw_send(&raw, &datagram(7, 0, 0, b""), &descriptors(1)).await;
+	raw_send(&raw, &datagram(7, 0, 0, b""), &descriptors(1)).await.unwrap();
 	let error = read(&mut reader).await.unwrap_err();
 	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::UnknownMessageType { value: 7 }));
 
@@ -335,7 +308,7 @@ async fn a_malformed_datagram_ends_the_connection_and_every_handle_learns_why() 
 	let (raw, ours) = UnixSeqpacket::pair().unwrap();
 	let (peer, mut handle) = Peer::new(UnixSeqpacketTransport::from_socket(ours, &config).unwrap(), &config);
 	let run = tokio::spawn(peer.run());
-	raw_send(&raw, &datagram(4, 0, 0, &[0; 100]), &descriptors(1)).await;
+	raw_send(&raw, &datagram(4, 0, 0, &[0; 100]), &descriptors(1)).await.unwrap();
 	let error = within(run).await.unwrap().unwrap_err();
 	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTruncated));
 	let error = within(handle.recv_message()).await.unwrap_err();
@@ -348,7 +321,7 @@ async fn closing_flushes_queued_messages_with_their_descriptors() {
 	let config = Config::default();
 	let (client, mut server) = peers(&config);
 	for i in 0..20u8 {
-		within(client.send_stream(1, UnixBody::with_fds(vec![i], [memfile(&[i; 3])]))).await.unwrap();
+		within(client.send_stream(1, UnixBody::new(vec![i], [memfile(&[i; 3])]))).await.unwrap();
 	}
 	client.close();
 	for i in 0..20u8 {
@@ -361,13 +334,13 @@ async fn closing_flushes_queued_messages_with_their_descriptors() {
 
 #[tokio::test]
 async fn big_endian_works_when_both_sides_agree() {
-	let config = Config { endian: peerwire::codec::Endian::Big, ..Config::default() };
+	let config = Config::default().with_endian(peerwire::codec::Endian::Big);
 	let (raw, mut reader) = raw_pair(&config);
 	let mut wire = Vec::new();
 	for field in [4u32, 0x0102_0304, 0x0000_0010] {
 		wire.extend_from_slice(&field.to_be_bytes());
 	}
-	raw_send(&raw, &wire, &[]).await;
+	raw_send(&raw, &wire, NO_FDS).await.unwrap();
 	let message = read(&mut reader).await.unwrap().unwrap();
 	assert_eq!((message.header.request_id, message.header.service_id), (0x0102_0304, 16));
 }
@@ -376,11 +349,11 @@ async fn big_endian_works_when_both_sides_agree() {
 async fn listener_connect_credentials_and_stale_socket_files() {
 	let path = socket_path("listen");
 	let config = Config::default();
-	let mut listener = UnixSeqpacketListener::bind(&path, config.clone()).await.unwrap();
-	assert_eq!(listener.local_path().unwrap().as_deref(), Some(path.as_path()));
+	let mut listener = UnixSeqpacketListener::bind(&path, &config).await.unwrap();
+	assert_eq!(listener.local_addr().unwrap().as_deref(), Some(path.as_path()));
 
 	// A second server on the same path is refused while the first is alive.
-	let error = UnixSeqpacketListener::bind(&path, config.clone()).await.unwrap_err();
+	let error = UnixSeqpacketListener::bind(&path, &config).await.unwrap_err();
 	assert_eq!(error.io_error().map(std::io::Error::kind), Some(std::io::ErrorKind::AddrInUse));
 
 	let (client, server) =
@@ -397,7 +370,7 @@ async fn listener_connect_credentials_and_stale_socket_files() {
 	assert_eq!(client_info.remote_address, Some(peerwire::RemoteAddress::Unix(Some(path.clone()))));
 	assert_eq!(server_info.remote_address, Some(peerwire::RemoteAddress::Unix(None)));
 
-	within(client.send_stream(1, UnixBody::with_fds("hi", [memfile(b"via listener")]))).await.unwrap();
+	within(client.send_stream(1, UnixBody::new("hi", [memfile(b"via listener")]))).await.unwrap();
 	let message = recv_stream(&mut server).await;
 	assert_eq!(contents(message.body.fds.into_iter().next().unwrap()), b"via listener");
 
@@ -408,7 +381,7 @@ async fn listener_connect_credentials_and_stale_socket_files() {
 	// removes it.
 	drop(tokio_seqpacket::UnixSeqpacketListener::bind(&path).unwrap());
 	assert!(path.exists());
-	let listener = UnixSeqpacketListener::bind(&path, config).await.unwrap();
+	let listener = UnixSeqpacketListener::bind(&path, &config).await.unwrap();
 	drop(listener);
 	assert!(!path.exists());
 }
@@ -422,7 +395,7 @@ async fn a_child_process_can_wrap_an_inherited_descriptor() {
 	rustix::io::ioctl_fionbio(&inherited, false).unwrap();
 	let mut child = Peer::spawn(UnixSeqpacketTransport::from_fd(inherited, &config).unwrap(), &config);
 	let parent = Peer::spawn(UnixSeqpacketTransport::from_socket(parent, &config).unwrap(), &config);
-	within(parent.send_stream(1, UnixBody::with_fds("to the child", [memfile(b"shared")]))).await.unwrap();
+	within(parent.send_stream(1, UnixBody::new("to the child", [memfile(b"shared")]))).await.unwrap();
 	let message = recv_stream(&mut child).await;
 	assert_eq!(contents(message.body.fds.into_iter().next().unwrap()), b"shared");
 
@@ -460,7 +433,7 @@ async fn the_camera_example_runs_over_a_socket_in_a_temp_dir() {
 	std::fs::create_dir_all(&dir).unwrap();
 	let path = dir.join("camera.sock");
 	let config = Config::default();
-	let mut listener = UnixSeqpacketListener::bind(&path, config.clone()).await.unwrap();
+	let mut listener = UnixSeqpacketListener::bind(&path, &config).await.unwrap();
 	let camera = tokio::spawn(async move { camera::serve(listener.accept().await.unwrap().0).await });
 	let (client, _) = within(UnixSeqpacketPeer::connect(&path, &config)).await.unwrap();
 	let recording = within(camera::record(&client)).await.unwrap();
@@ -495,7 +468,7 @@ mod interop {
 	async fn a_fizyr_client_talks_to_a_peerwire_server() {
 		let path = socket_path("fizyr-client");
 		let config = Config::default();
-		let mut listener = UnixSeqpacketListener::bind(&path, config).await.unwrap();
+		let mut listener = UnixSeqpacketListener::bind(&path, &config).await.unwrap();
 
 		let server = tokio::spawn(async move {
 			let (mut peer, _) = listener.accept().await.unwrap();
@@ -505,14 +478,8 @@ mod interop {
 			let texts: Vec<Vec<u8>> = body.fds.into_iter().map(contents).collect();
 			let update = request.recv_update().await.unwrap().unwrap();
 			assert_eq!(contents(update.body.fds.into_iter().next().unwrap()), b"in an update");
-			request
-				.send_update(2, UnixBody::with_fds("progress", [memfile(b"from a responder update")]))
-				.await
-				.unwrap();
-			request
-				.send_response(0, UnixBody::with_fds(texts.concat(), [memfile(b"from the response")]))
-				.await
-				.unwrap();
+			request.send_update(2, UnixBody::new("progress", [memfile(b"from a responder update")])).await.unwrap();
+			request.send_response(0, UnixBody::new(texts.concat(), [memfile(b"from the response")])).await.unwrap();
 			// The fizyr side closes first; wait for it.
 			let _ = peer.recv_message().await;
 		});
@@ -560,15 +527,15 @@ mod interop {
 
 		let (client, _) = within(UnixSeqpacketPeer::connect(&path, &Config::default())).await.unwrap();
 		let files = [memfile(b"alpha "), memfile(b"beta")];
-		let mut request = within(client.send_request(3, UnixBody::with_fds("request", files))).await.unwrap();
-		within(request.send_update(1, UnixBody::with_fds("", [memfile(b"requester update")]))).await.unwrap();
+		let mut request = within(client.send_request(3, UnixBody::new("request", files))).await.unwrap();
+		within(request.send_update(1, UnixBody::new("", [memfile(b"requester update")]))).await.unwrap();
 		let update = within(request.recv_update()).await.unwrap().unwrap();
 		assert_eq!((update.header.service_id, &update.body.data[..]), (4, &b"working"[..]));
 		assert_eq!(contents(update.body.fds.into_iter().next().unwrap()), b"responder update");
 		let response = within(request.recv_response()).await.unwrap();
 		assert_eq!(&response.body.data[..], b"alpha beta");
 		assert_eq!(contents(response.body.fds.into_iter().next().unwrap()), b"response");
-		within(client.send_stream(5, UnixBody::with_fds("", [memfile(b"stream")]))).await.unwrap();
+		within(client.send_stream(5, UnixBody::new("", [memfile(b"stream")]))).await.unwrap();
 		within(server).await.unwrap();
 		let _ = std::fs::remove_file(&path);
 	}

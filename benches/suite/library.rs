@@ -60,18 +60,17 @@ impl Contender for Peerwire {
 
 	async fn connect(transport: Transport, server: Server) -> Result<Self::Client> {
 		use peerwire::transport::{tcp::TcpTransport, unix_stream::UnixStreamTransport};
-		let config =
-			peerwire::Config { max_body_len_read: MAX_BODY, max_body_len_write: MAX_BODY, ..Default::default() };
+		let config = peerwire::Config::default().with_max_body_len_read(MAX_BODY).with_max_body_len_write(MAX_BODY);
 		Ok(match transport.tokio_pair()? {
 			TokioPair::Tcp(a, b) => Either::Left(start_peerwire(
-				TcpTransport::from_tcp(a, &config)?,
-				TcpTransport::from_tcp(b, &config)?,
+				TcpTransport::from_socket(a, &config)?,
+				TcpTransport::from_socket(b, &config)?,
 				&config,
 				server,
 			)),
 			TokioPair::Unix(a, b) => Either::Left(start_peerwire(
-				UnixStreamTransport::from_unix(a, &config)?,
-				UnixStreamTransport::from_unix(b, &config)?,
+				UnixStreamTransport::from_socket(a, &config)?,
+				UnixStreamTransport::from_socket(b, &config)?,
 				&config,
 				server,
 			)),
@@ -104,7 +103,7 @@ fn start_peerwire<T: peerwire::Transport>(
 
 impl<B: peerwire::Body + From<Bytes> + IntoBytes> Client for PeerwireClient<B> {
 	async fn start(&mut self, body: Bytes) -> Result<()> {
-		self.open.push_back(self.peer.send_request(1, body).await?);
+		self.open.push_back(self.peer.send_request(1, B::from(body)).await?);
 		Ok(())
 	}
 
@@ -114,7 +113,7 @@ impl<B: peerwire::Body + From<Bytes> + IntoBytes> Client for PeerwireClient<B> {
 	}
 
 	async fn send_stream(&mut self, body: Bytes) -> Result<()> {
-		Ok(self.peer.send_stream(2, body).await?)
+		Ok(self.peer.send_stream(2, B::from(body)).await?)
 	}
 }
 

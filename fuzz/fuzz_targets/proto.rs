@@ -261,16 +261,14 @@ fn check_failure(error: &Error) {
 fuzz_target!(|data: &[u8]| {
 	let mut u = Unstructured::new(data);
 	let Ok(bytes) = <[u8; 4]>::arbitrary(&mut u) else { return };
-	let config = Config {
-		max_open_requests: usize::from(bytes[0] % 8) + 1,
-		request_queue: usize::from(bytes[1] % 4) + 1,
-		incoming_queue: usize::from(bytes[1] / 64) + 1,
-		max_buffered_incoming: usize::from(bytes[2]) * 8 + 1,
-		max_unanswered_incoming: usize::from(bytes[3]) * 8 + 1,
-		write_queue: usize::from(bytes[0] / 32) + 1,
-		max_buffered_outgoing: usize::from(bytes[2] ^ bytes[3]) * 8 + 1,
-		..Config::default()
-	};
+	let config = Config::default()
+		.with_max_open_requests(usize::from(bytes[0] % 8) + 1)
+		.with_request_queue(usize::from(bytes[1] % 4) + 1)
+		.with_incoming_queue(usize::from(bytes[1] / 64) + 1)
+		.with_max_buffered_incoming(usize::from(bytes[2]) * 8 + 1)
+		.with_max_unanswered_incoming(usize::from(bytes[3]) * 8 + 1)
+		.with_write_queue(usize::from(bytes[0] / 32) + 1)
+		.with_max_buffered_outgoing(usize::from(bytes[2] ^ bytes[3]) * 8 + 1);
 	let count = Arc::new(Count::default());
 	let mut model = Model {
 		c: Connection::new(Limits::new(&config, 1 << 20, 16)),

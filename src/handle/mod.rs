@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::message::{Body, Message};
+use crate::message::{Body, IntoBody, Message};
 use crate::peer::Shared;
 use crate::proto::{Connection, Incoming, Refused};
 use crate::transport::ConnectionInfo;
@@ -161,12 +161,12 @@ impl<B: Body> PeerHandle<B> {
 	}
 
 	/// Open a request. See [`PeerWriteHandle::send_request`].
-	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error> {
+	pub async fn send_request(&self, service_id: i32, body: impl IntoBody<B>) -> Result<SentRequestHandle<B>, Error> {
 		self.write.send_request(service_id, body).await
 	}
 
 	/// Send a stream message. See [`PeerWriteHandle::send_stream`].
-	pub async fn send_stream(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
+	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
 		self.write.send_stream(service_id, body).await
 	}
 
@@ -247,10 +247,10 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// [`flush`](Self::flush)); waits first if the write queue is full. Fails for this request
 	/// only if the body is over the write limit or the open-request limit is reached, and with
 	/// a connection error if the connection has ended.
-	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error> {
+	pub async fn send_request(&self, service_id: i32, body: impl IntoBody<B>) -> Result<SentRequestHandle<B>, Error> {
 		let shared = &self.link.shared;
 		let (key, request_id) =
-			shared.send_with(body.into(), |state, body| state.open_request(service_id, body)).await?;
+			shared.send_with(body.into_body(), |state, body| state.open_request(service_id, body)).await?;
 		Ok(SentRequestHandle::new(shared.clone(), key, request_id, service_id))
 	}
 
@@ -260,8 +260,8 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// full; the peer task writes it soon after. It is not on the wire yet: a process that exits
 	/// (or a runtime that shuts down) right after may lose it. Await [`flush`](Self::flush) first
 	/// when that matters, for example for a last command before exit.
-	pub async fn send_stream(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
-		self.link.shared.send_with(body.into(), |state, body| state.send_stream(service_id, body)).await
+	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
+		self.link.shared.send_with(body.into_body(), |state, body| state.send_stream(service_id, body)).await
 	}
 
 	/// Wait until everything queued before this call, through any handle of this connection,

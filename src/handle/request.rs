@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::message::{Body, Message, MessageHeader, MessageType};
+use crate::message::{Body, IntoBody, Message, MessageHeader, MessageType};
 use crate::peer::Shared;
 use crate::proto::Key;
 use crate::transport::ConnectionInfo;
@@ -134,8 +134,8 @@ impl<B: Body> SentRequestHandle<B> {
 	///
 	/// Fails with [`ErrorKind::RequestClosed`](crate::ErrorKind::RequestClosed) once the response
 	/// has arrived.
-	pub async fn send_update(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
-		self.part.send(body.into(), |state, key, body| state.send_requester_update(key, service_id, body)).await
+	pub async fn send_update(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
+		self.part.send(body.into_body(), |state, key, body| state.send_requester_update(key, service_id, body)).await
 	}
 
 	async fn next(&mut self) -> Result<Message<B>, Error> {
@@ -147,6 +147,23 @@ impl<B: Body> SentRequestHandle<B> {
 	///
 	/// `Ok(None)` once the response has arrived (it stays for [`recv_response`](Self::recv_response)).
 	/// Cancel-safe.
+	///
+	/// Propagate the error with `?` rather than ending the loop on it: a loop on
+	/// `while let Ok(Some(update))`, as often written for fizyr-rpc, takes a lost connection for
+	/// the end of the updates.
+	///
+	/// ```
+	/// # async fn demo(peer: peerwire::PeerHandle) -> Result<(), peerwire::Error> {
+	/// let mut request = peer.send_request(7, "scan").await?;
+	/// while let Some(update) = request.recv_update().await? {
+	///     println!("progress: {:?}", update.body);
+	/// }
+	/// // An error response from the remote is an `Err` here, of kind `ErrorKind::Remote`.
+	/// let response = request.recv_response_ok().await?;
+	/// # let _ = response;
+	/// # Ok(())
+	/// # }
+	/// ```
 	pub async fn recv_update(&mut self) -> Result<Option<Message<B>>, Error> {
 		if self.response.is_some() || self.done {
 			return Ok(None);
@@ -162,7 +179,8 @@ impl<B: Body> SentRequestHandle<B> {
 	/// Receive the response, discarding any update not yet received.
 	///
 	/// An error response from the remote is an `Ok` message too: check
-	/// [`Message::is_error_response`] and [`Message::error_text`]. Cancel-safe.
+	/// [`Message::is_error_response`] and [`Message::error_text`], or use
+	/// [`recv_response_ok`](Self::recv_response_ok), which makes it an `Err`. Cancel-safe.
 	pub async fn recv_response(&mut self) -> Result<Message<B>, Error> {
 		loop {
 			if let Some(response) = self.response.take() {
@@ -207,8 +225,8 @@ impl<B: Body> SentRequestWriteHandle<B> {
 	}
 
 	/// Send a requester update. See [`SentRequestHandle::send_update`].
-	pub async fn send_update(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
-		self.part.send(body.into(), |state, key, body| state.send_requester_update(key, service_id, body)).await
+	pub async fn send_update(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
+		self.part.send(body.into_body(), |state, key, body| state.send_requester_update(key, service_id, body)).await
 	}
 }
 
@@ -286,8 +304,8 @@ impl<B: Body> ReceivedRequestHandle<B> {
 	}
 
 	/// Send a responder update.
-	pub async fn send_update(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
-		self.part.send(body.into(), |state, key, body| state.send_responder_update(key, service_id, body)).await
+	pub async fn send_update(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
+		self.part.send(body.into_body(), |state, key, body| state.send_responder_update(key, service_id, body)).await
 	}
 
 	/// Send the response, closing the request. A second response fails with
@@ -295,8 +313,8 @@ impl<B: Body> ReceivedRequestHandle<B> {
 	///
 	/// Like every `send_*`, returns once the message is queued for writing; await
 	/// [`PeerWriteHandle::flush`](crate::PeerWriteHandle::flush) to know it is written.
-	pub async fn send_response(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
-		self.part.send(body.into(), |state, key, body| state.send_response(key, service_id, body)).await
+	pub async fn send_response(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
+		self.part.send(body.into_body(), |state, key, body| state.send_response(key, service_id, body)).await
 	}
 
 	/// Send an error response (service id -1, `text` as body), closing the request.
@@ -340,13 +358,13 @@ impl<B: Body> ReceivedRequestWriteHandle<B> {
 	}
 
 	/// Send a responder update.
-	pub async fn send_update(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
-		self.part.send(body.into(), |state, key, body| state.send_responder_update(key, service_id, body)).await
+	pub async fn send_update(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
+		self.part.send(body.into_body(), |state, key, body| state.send_responder_update(key, service_id, body)).await
 	}
 
 	/// Send the response, closing the request.
-	pub async fn send_response(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
-		self.part.send(body.into(), |state, key, body| state.send_response(key, service_id, body)).await
+	pub async fn send_response(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
+		self.part.send(body.into_body(), |state, key, body| state.send_response(key, service_id, body)).await
 	}
 
 	/// Send an error response (service id -1, `text` as body), closing the request.
@@ -368,5 +386,31 @@ impl<B: Body> Clone for SentRequestWriteHandle<B> {
 impl<B: Body> Clone for ReceivedRequestWriteHandle<B> {
 	fn clone(&self) -> Self {
 		Self { part: self.part.write_part() }
+	}
+}
+
+/// Responses as `Result` (kept apart from the handle's core, which it only calls).
+impl<B: Body> SentRequestHandle<B> {
+	/// [`recv_response`](Self::recv_response), with an error response from the remote (a negative
+	/// service id) as an `Err` of kind [`ErrorKind::Remote`](crate::ErrorKind::Remote) that holds
+	/// its service id and text (see [`Message::into_result`]). Cancel-safe.
+	///
+	/// ```
+	/// # async fn demo(peer: peerwire::PeerHandle) -> Result<(), peerwire::Error> {
+	/// use peerwire::ErrorKind;
+	///
+	/// let mut request = peer.send_request(3, "missing.txt").await?;
+	/// match request.recv_response_ok().await {
+	///     Ok(response) => println!("{:?}", response.body),
+	///     Err(error) if error.kind() == ErrorKind::Remote => {
+	///         println!("refused ({:?}): {:?}", error.remote_service_id(), error.remote_text())
+	///     },
+	///     Err(error) => return Err(error),
+	/// }
+	/// # Ok(())
+	/// # }
+	/// ```
+	pub async fn recv_response_ok(&mut self) -> Result<Message<B>, Error> {
+		self.recv_response().await?.into_result()
 	}
 }

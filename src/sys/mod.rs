@@ -1,3 +1,3 @@
 //! The system-call layer under the transports: what needs more than tokio offers.
 
-pub(crate) mod fd;
+pub mod fd;

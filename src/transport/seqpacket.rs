@@ -20,7 +20,7 @@
 //! // Hand the server an open file; it reads it and answers with what it found.
 //! let mut file = tempfile_in_tmp()?;
 //! file.write_all(b"shared through a descriptor")?;
-//! let mut request = client.send_request(1, UnixBody::with_fds("read this", [file])).await?;
+//! let mut request = client.send_request(1, UnixBody::new("read this", [file])).await?;
 //!
 //! let ReceivedMessage::Request(incoming, body) = server.recv_message().await? else { unreachable!() };
 //! let mut file = std::fs::File::from(body.fds.into_iter().next().unwrap());
@@ -122,7 +122,7 @@ use crate::config::Config;
 use crate::error::{Error, ProtocolViolation};
 use crate::handle::PeerHandle;
 use crate::listener::{AcceptError, Acceptor, Listener};
-use crate::message::{Body, HEADER_LEN, Message};
+use crate::message::{Body, CloneBody, HEADER_LEN, IntoBody, Message};
 use crate::peer::Peer;
 use crate::sys::fd;
 
@@ -138,9 +138,9 @@ const MAX_DATAGRAM_LEN: usize = i32::MAX as usize;
 /// The largest datagram this side sends. Linux allocates the head of a datagram in one piece
 /// (all but 17 pages of it), and `kmalloc` stops at 4 MiB on x86-64 and on aarch64 with 4 KiB
 /// pages: past about 4 MiB + 68 KiB a send fails with `ENOBUFS` whatever `SO_SNDBUF` says.
-const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
+pub const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
 /// The most descriptors Linux passes in one message (`SCM_MAX_FD`); `sendmsg` fails beyond it.
-const SCM_MAX_FD: usize = 253;
+pub const SCM_MAX_FD: usize = 253;
 /// Stop taking messages for a batch once this many bytes are queued...
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// ...or this many messages.
@@ -157,15 +157,18 @@ pub type UnixSeqpacketListener = Listener<tokio_seqpacket::UnixSeqpacketListener
 /// Descriptors are owned: dropping the body closes them. Sending a body hands its descriptors to
 /// the transport, which closes this side's copies once the datagram is sent.
 ///
+/// Its bytes are given in any form a [`Bytes`] body takes (see [`IntoBody`]), and a send
+/// method takes those forms directly for a body without descriptors.
+///
 /// ```
 /// use peerwire::{Body, UnixBody};
 ///
 /// let file = std::fs::File::open("/dev/null").unwrap();
-/// let body = UnixBody::with_fds("frame 7", [file]);
+/// let body = UnixBody::new(b"frame 7", [file]);
 /// assert_eq!(body.as_bytes(), b"frame 7");
 /// assert_eq!(body.fd_count(), 1);
 ///
-/// let plain: UnixBody = "no descriptors".into();
+/// let plain = UnixBody::from("no descriptors");
 /// assert!(plain.fds.is_empty());
 /// ```
 #[derive(Debug, Default)]
@@ -177,15 +180,12 @@ pub struct UnixBody {
 }
 
 impl UnixBody {
-	/// A body with no descriptors.
-	pub fn new(data: impl Into<Bytes>) -> Self {
-		Self { data: data.into(), fds: Vec::new() }
-	}
-
-	/// A body with descriptors: anything that converts into an [`OwnedFd`], such as a
-	/// [`File`](std::fs::File), a socket or an [`OwnedFd`] itself.
-	pub fn with_fds<F: Into<OwnedFd>>(data: impl Into<Bytes>, fds: impl IntoIterator<Item = F>) -> Self {
-		Self { data: data.into(), fds: fds.into_iter().map(Into::into).collect() }
+	/// A body with descriptors, as in fizyr-rpc: the bytes in any form [`IntoBody`] takes, and
+	/// anything that converts into an [`OwnedFd`] ([`File`](std::fs::File), a socket, an
+	/// [`OwnedFd`] itself), as an array, a `Vec` or any iterator. For no descriptors, use
+	/// [`UnixBody::from`] (or pass the bytes to the send method as they are).
+	pub fn new<F: Into<OwnedFd>>(data: impl IntoBody<Bytes>, fds: impl IntoIterator<Item = F>) -> Self {
+		Self { data: data.into_body(), fds: fds.into_iter().map(Into::into).collect() }
 	}
 
 	/// A copy of the body whose descriptors are duplicates (`dup`) of these, for sending the same
@@ -193,6 +193,11 @@ impl UnixBody {
 	pub fn try_clone(&self) -> io::Result<Self> {
 		let fds = self.fds.iter().map(OwnedFd::try_clone).collect::<io::Result<_>>()?;
 		Ok(Self { data: self.data.clone(), fds })
+	}
+
+	/// The body without descriptors, for bytes already converted.
+	fn data_only(data: Bytes) -> Self {
+		Self { data, fds: Vec::new() }
 	}
 }
 
@@ -210,30 +215,53 @@ impl Body for UnixBody {
 	}
 }
 
+/// Duplicates the descriptors ([`UnixBody::try_clone`]), so that
+/// [`Reconnecting`](crate::Reconnecting) can send a body again on a new connection.
+impl CloneBody for UnixBody {
+	fn clone_body(&self) -> Result<Self, Error> {
+		Ok(self.try_clone()?)
+	}
+}
+
+impl IntoBody<UnixBody> for Bytes {
+	fn into_body(self) -> UnixBody {
+		UnixBody::data_only(self)
+	}
+}
+
 impl From<Bytes> for UnixBody {
 	fn from(data: Bytes) -> Self {
-		Self::new(data)
+		Self::data_only(data)
 	}
 }
 
 impl From<Vec<u8>> for UnixBody {
 	fn from(data: Vec<u8>) -> Self {
-		Self::new(data)
+		Self::data_only(data.into())
 	}
 }
 
 impl From<String> for UnixBody {
 	fn from(data: String) -> Self {
-		Self::new(data)
+		Self::data_only(data.into())
 	}
 }
 
+/// Copied.
 impl From<&[u8]> for UnixBody {
 	fn from(data: &[u8]) -> Self {
-		Self::new(Bytes::copy_from_slice(data))
+		Self::data_only(Bytes::copy_from_slice(data))
 	}
 }
 
+/// Copied: a `b"..."` literal.
+impl<const N: usize> From<&[u8; N]> for UnixBody {
+	fn from(data: &[u8; N]) -> Self {
+		Self::data_only(Bytes::copy_from_slice(data))
+	}
+}
+
+/// Copied.
 impl From<&str> for UnixBody {
 	fn from(data: &str) -> Self {
 		Self::from(data.as_bytes())
@@ -496,7 +524,7 @@ impl UnixSeqpacketWriter {
 
 /// Raise the send buffer so that a datagram of `wanted` bytes fits, as far as the system allows,
 /// and return the largest datagram this side will send. Never lowers the buffer.
-fn raise_send_buffer(socket: &UnixSeqpacket, wanted: usize) -> io::Result<usize> {
+pub fn raise_send_buffer(socket: &UnixSeqpacket, wanted: usize) -> io::Result<usize> {
 	let needed = wanted.min(MAX_SEND_DATAGRAM_LEN) + KERNEL_SNDBUF_OVERHEAD;
 	if sockopt::socket_send_buffer_size(socket)? < needed {
 		// The kernel caps the value at net.core.wmem_max, then doubles it.
@@ -623,14 +651,14 @@ impl Listener<tokio_seqpacket::UnixSeqpacketListener> {
 	/// [`serve`](crate::server::serve), for example), unless it is no longer the file this
 	/// listener bound: a newer server's socket at the same path is left alone. A listener made
 	/// with [`Listener::new`] over a socket bound elsewhere leaves its file to whoever bound it.
-	pub async fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
+	pub async fn bind(path: impl AsRef<Path>, config: &Config) -> Result<Self, Error> {
 		let path = path.as_ref();
 		remove_stale_socket(path).await?;
 		Ok(Self::new(tokio_seqpacket::UnixSeqpacketListener::bind(path)?, config).remove_on_drop(path))
 	}
 
-	/// The path this listener is bound to.
-	pub fn local_path(&self) -> Result<Option<PathBuf>, Error> {
+	/// The path this listener is bound to (`None` for an unnamed socket).
+	pub fn local_addr(&self) -> Result<Option<PathBuf>, Error> {
 		let path = self.get_ref().local_addr()?;
 		Ok((!path.as_os_str().is_empty()).then_some(path))
 	}
@@ -643,13 +671,11 @@ mod tests {
 	use std::future::poll_fn;
 
 	fn config(max_body: usize, max_fds: usize) -> Config {
-		Config {
-			max_body_len_read: max_body,
-			max_body_len_write: max_body,
-			max_fds_read: max_fds,
-			max_fds_write: max_fds,
-			..Config::default()
-		}
+		Config::default()
+			.with_max_body_len_read(max_body)
+			.with_max_body_len_write(max_body)
+			.with_max_fds_read(max_fds)
+			.with_max_fds_write(max_fds)
 	}
 
 	fn devnull() -> OwnedFd {
@@ -673,7 +699,7 @@ mod tests {
 		let (mut reader, _) = b.split();
 		for len in [0, 1, FAST_LEN - HEADER_LEN, FAST_LEN - HEADER_LEN + 1, 100_000, 200_000] {
 			let data = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
-			send(&mut writer, Message::stream(len as u32, 3, UnixBody::with_fds(data.clone(), [devnull()]))).await;
+			send(&mut writer, Message::stream(len as u32, 3, UnixBody::new(data.clone(), [devnull()]))).await;
 			let message = read(&mut reader).await.unwrap().unwrap();
 			assert_eq!(message.header, MessageHeader::new(MessageType::Stream, len as u32, 3));
 			assert_eq!(message.body.data, data, "len {len}");
@@ -690,7 +716,7 @@ mod tests {
 		let mut kept = Vec::new();
 		for i in 0..2000u32 {
 			let data = Bytes::from(vec![i as u8; 500]);
-			send(&mut writer, Message::stream(i, 0, UnixBody::new(data))).await;
+			send(&mut writer, Message::stream(i, 0, UnixBody::from(data))).await;
 			kept.push(read(&mut reader).await.unwrap().unwrap());
 		}
 		for (i, message) in kept.iter().enumerate() {
@@ -703,13 +729,12 @@ mod tests {
 		let config = config(16, 1);
 		let (a, _b) = UnixSeqpacketTransport::pair(&config).unwrap();
 		let (_, mut writer) = a.split();
-		let error = writer.start_send(Message::stream(0, 0, UnixBody::new(vec![0; 17]))).unwrap_err();
+		let error = writer.start_send(Message::stream(0, 0, UnixBody::from(vec![0; 17]))).unwrap_err();
 		assert_eq!(error.kind(), crate::ErrorKind::BodyTooLarge);
-		let error =
-			writer.start_send(Message::stream(0, 0, UnixBody::with_fds("x", [devnull(), devnull()]))).unwrap_err();
+		let error = writer.start_send(Message::stream(0, 0, UnixBody::new("x", [devnull(), devnull()]))).unwrap_err();
 		assert_eq!(error.kind(), crate::ErrorKind::TooManyFds);
 		assert!(!writer.has_queued());
-		writer.start_send(Message::stream(0, 0, UnixBody::with_fds(vec![0; 16], [devnull()]))).unwrap();
+		writer.start_send(Message::stream(0, 0, UnixBody::new(vec![0; 16], [devnull()]))).unwrap();
 	}
 
 	#[tokio::test]
@@ -717,10 +742,10 @@ mod tests {
 		let (a, _b) = UnixSeqpacketTransport::pair(&config(16, 1000)).unwrap();
 		let (_, mut writer) = a.split();
 		let too_many = (0..SCM_MAX_FD + 1).map(|_| devnull());
-		let error = writer.start_send(Message::stream(0, 0, UnixBody::with_fds("", too_many))).unwrap_err();
+		let error = writer.start_send(Message::stream(0, 0, UnixBody::new("", too_many))).unwrap_err();
 		assert_eq!(error.kind(), crate::ErrorKind::TooManyFds);
 		let fds: Vec<OwnedFd> = (0..SCM_MAX_FD).map(|_| devnull()).collect();
-		send(&mut writer, Message::stream(0, 0, UnixBody::with_fds("", fds))).await;
+		send(&mut writer, Message::stream(0, 0, UnixBody::new("", fds))).await;
 	}
 
 	#[tokio::test]
