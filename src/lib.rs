@@ -38,8 +38,13 @@
 //!
 //! - [`message`]: what a message is ([`Message`], [`MessageHeader`], [`MessageType`]).
 //! - [`codec`]: pure encoding and decoding of frames over byte buffers, no I/O.
+//! - the connection state (`proto`, internal): everything about one connection (open requests
+//!   of both directions, queued messages, budgets, automatic replies, close state) in one
+//!   sans-I/O type behind one lock, fed decoded messages and handle actions;
+//! - [`Peer`], the driver: a task that moves messages between the transport and that state;
+//! - the handles: [`PeerHandle`] and the request handles, which lock the state to send and
+//!   receive (no channel per request);
 //! - [`transport`]: the [`Transport`] trait and its implementations.
-//! - [`Peer`] drives a transport; [`PeerHandle`] and the request handles are what you hold.
 //! - [`Listener`] accepts connections for any transport.
 //! - [`Reconnecting`] is a client that reconnects with [`Backoff`]; [`reconnect`] says what
 //!   survives a reconnect and what does not.
