@@ -4,6 +4,7 @@
 //! constant time; ids of received requests are chosen by the remote and only recorded.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::collections::VecDeque;
 
 /// A token that tells two openings of the same id apart, so that a late close by an old handle
@@ -122,10 +123,56 @@ pub enum OpenError {
 	Full,
 }
 
+/// A hash of request ids, keyed per table: a multiply-xorshift of the id and a random key, a few
+/// instructions where SipHash takes about a hundred. The remote chooses the ids, so the key is
+/// random (from std's `RandomState`) and unknown to it: it cannot pick ids that collide.
+#[derive(Clone, Copy)]
+pub struct IdHash {
+	key: u64,
+}
+
+impl IdHash {
+	fn new() -> Self {
+		// An odd multiplier keeps the map from ids to hashes one-to-one.
+		Self { key: std::collections::hash_map::RandomState::new().hash_one(0x7065_6572_7769_7265_u64) | 1 }
+	}
+}
+
+impl BuildHasher for IdHash {
+	type Hasher = IdHasher;
+
+	fn build_hasher(&self) -> IdHasher {
+		IdHasher { key: self.key, hash: 0 }
+	}
+}
+
+/// The hasher of [`IdHash`]; for `u32` keys only (anything else is folded in byte by byte).
+pub struct IdHasher {
+	key: u64,
+	hash: u64,
+}
+
+impl Hasher for IdHasher {
+	fn write(&mut self, bytes: &[u8]) {
+		for &byte in bytes {
+			self.write_u32(u32::from(byte));
+		}
+	}
+
+	fn write_u32(&mut self, id: u32) {
+		let mixed = (self.hash ^ u64::from(id) ^ self.key.rotate_left(32)).wrapping_mul(self.key);
+		self.hash = mixed ^ (mixed >> 29);
+	}
+
+	fn finish(&self) -> u64 {
+		self.hash
+	}
+}
+
 /// Requests received from the remote, keyed by the id the remote chose.
 #[derive(Debug)]
 pub struct ReceivedTable<T> {
-	open: HashMap<u32, (Serial, T)>,
+	open: HashMap<u32, (Serial, T), IdHash>,
 	limit: usize,
 	next_serial: Serial,
 }
@@ -133,7 +180,7 @@ pub struct ReceivedTable<T> {
 impl<T> ReceivedTable<T> {
 	/// A table with room for `limit` open requests.
 	pub fn new(limit: usize) -> Self {
-		Self { open: HashMap::new(), limit: limit.max(1), next_serial: 0 }
+		Self { open: HashMap::with_hasher(IdHash::new()), limit: limit.max(1), next_serial: 0 }
 	}
 
 	/// How many requests are open.
