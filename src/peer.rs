@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -37,8 +37,6 @@ const ROUNDS_BEFORE_YIELD: usize = 32;
 /// What the peer task and every handle of one connection share.
 pub(crate) struct Shared<B> {
 	state: Mutex<Connection<B>>,
-	/// The write side. Lock order: `writer`, then `state`; never the other way round.
-	writer: Mutex<Writer<B>>,
 	/// Cancelled when the peer task has stopped and the transport is dropped.
 	pub(crate) stopped: CancellationToken,
 	/// Notified when the write queue has room again (or the connection is closing or ended).
@@ -62,55 +60,6 @@ impl<B: Body> Shared<B> {
 	pub(crate) fn closed_error(&self) -> Error {
 		self.state().closed_error()
 	}
-
-	fn writer(&self) -> MutexGuard<'_, Writer<B>> {
-		// Its fields change one call at a time; a panic (only in a transport) leaves them usable.
-		self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-	}
-
-	/// A handle queued a message while the peer task slept with nothing to write: write it from
-	/// here, saving the hand-off to the peer task. If the peer task (or another handle) holds the
-	/// write side, or the transport cannot take it all now, the peer task is woken to go on; a
-	/// flush that must wait for the socket registers the peer task's waker, not this task's.
-	pub(crate) fn write_direct(&self) {
-		let mut writer = match self.writer.try_lock() {
-			Ok(writer) => writer,
-			Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-			Err(std::sync::TryLockError::WouldBlock) => return self.state().wake_driver(),
-		};
-		let Some(driver) = writer.driver.clone() else {
-			drop(writer);
-			return self.state().wake_driver();
-		};
-		if writer.transport.is_none() {
-			return;
-		}
-		if writer.batch.is_empty() {
-			let writer = &mut *writer;
-			self.state().take_outgoing(&mut writer.batch);
-		}
-		writer.feed(self);
-		writer.flush(&mut Context::from_waker(&driver));
-		let (notify_room, notify_flushed) = {
-			let mut state = self.state();
-			let notify = writer.report(&mut state);
-			if !writer.batch.is_empty() || writer.error.is_some() || writer.has_queued() {
-				state.wake_driver();
-			}
-			notify
-		};
-		drop(writer);
-		self.notify(notify_room, notify_flushed);
-	}
-
-	fn notify(&self, room: bool, flushed: bool) {
-		if room {
-			self.room.notify_waiters();
-		}
-		if flushed {
-			self.flushed.notify_waiters();
-		}
-	}
 }
 
 /// What the transport has flushed since the state last heard of it.
@@ -119,103 +68,6 @@ struct Flushed {
 	cost: usize,
 	auto_replies: usize,
 	total: u64,
-}
-
-/// The write side of a connection: the transport's writer and the messages taken from the state
-/// for it. The peer task writes through it, and so does a handle that queues a message while the
-/// peer task sleeps with nothing to write.
-struct Writer<B> {
-	/// `None` once the peer task has stopped (dropping it closes the connection).
-	transport: Option<Box<dyn TransportWrite<Body = B>>>,
-	/// Taken from the state and not yet given to the transport.
-	batch: VecDeque<Outgoing<B>>,
-	/// Metered messages given to the transport since the state last heard of it.
-	taken_metered: usize,
-	/// Messages given to the transport, ever.
-	taken_total: u64,
-	/// What the transport holds, not yet flushed: bytes of the outgoing budget, automatic
-	/// replies.
-	written_cost: usize,
-	written_auto: usize,
-	/// Flushed since the state last heard of it.
-	flushed: Option<Flushed>,
-	/// The state had nothing more to write when last looked at.
-	state_drained: bool,
-	/// The peer task's waker, for flushes a handle begins.
-	driver: Option<Waker>,
-	/// A write error met by a handle's flush, for the peer task to end the connection with.
-	error: Option<Error>,
-}
-
-impl<B: Body> Writer<B> {
-	fn has_queued(&self) -> bool {
-		self.transport.as_ref().is_some_and(|transport| transport.has_queued())
-	}
-
-	/// Give the batch to the transport while it wants more; whether anything was given.
-	fn feed(&mut self, shared: &Shared<B>) -> bool {
-		let Some(transport) = self.transport.as_mut() else { return false };
-		let mut fed = false;
-		while transport.wants_more() {
-			let Some(outgoing) = self.batch.pop_front() else { break };
-			self.taken_total += 1;
-			if outgoing.metered {
-				self.taken_metered += 1;
-			} else {
-				self.written_auto += 1;
-			}
-			self.written_cost += outgoing.cost;
-			let header = outgoing.message.header;
-			if let Err(error) = transport.start_send(outgoing.message) {
-				// Handles check the limits before queuing, so this is a configuration mismatch.
-				tracing::error!(?header, "transport refused a message: {error}");
-				if header.message_type == MessageType::Request {
-					// Fail the request's handle rather than leave it waiting for a response.
-					shared.state().refused_by_transport(header.request_id);
-				}
-			}
-			fed = true;
-		}
-		fed
-	}
-
-	/// Flush what the transport holds; whether anything changed (a flush completed, or an error
-	/// was met and kept in `error`).
-	fn flush(&mut self, cx: &mut Context<'_>) -> bool {
-		let Some(transport) = self.transport.as_mut() else { return false };
-		if transport.has_queued() {
-			match transport.poll_flush(cx) {
-				Poll::Ready(Ok(())) => {},
-				Poll::Ready(Err(error)) => {
-					self.error.get_or_insert(error);
-					return true;
-				},
-				Poll::Pending => return false,
-			}
-		} else if self.written_cost == 0 && self.written_auto == 0 {
-			return false;
-		}
-		// Everything given to the transport so far is written.
-		let flushed = self.flushed.get_or_insert_with(Flushed::default);
-		flushed.cost += std::mem::take(&mut self.written_cost);
-		flushed.auto_replies += std::mem::take(&mut self.written_auto);
-		flushed.total = self.taken_total;
-		true
-	}
-
-	/// Tell the state what was taken and flushed; whether senders waiting for room and flushes
-	/// waiting must be notified.
-	fn report(&mut self, state: &mut Connection<B>) -> (bool, bool) {
-		let freed = self.taken_metered > 0 || self.flushed.is_some();
-		state.on_taken(std::mem::take(&mut self.taken_metered));
-		let flushed = self.flushed.take();
-		if let Some(flushed) = &flushed {
-			state.on_flushed(flushed.cost, flushed.auto_replies, flushed.total);
-		}
-		let notify_room = (freed || state.is_closing()) && std::mem::take(&mut state.room_wanted);
-		let notify_flushed = flushed.is_some() && std::mem::take(&mut state.flush_wanted);
-		(notify_room, notify_flushed)
-	}
 }
 
 /// The background task of one connection.
@@ -230,9 +82,22 @@ impl<B: Body> Writer<B> {
 /// [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed).
 pub struct Peer<T: Transport> {
 	reader: T::Reader,
+	writer: T::Writer,
 	shared: Arc<Shared<T::Body>>,
 	/// Read and not yet handed to the state: the first may be waiting for room.
 	inbox: VecDeque<Message<T::Body>>,
+	/// Taken from the state and not yet given to the transport.
+	batch: VecDeque<Outgoing<T::Body>>,
+	/// Metered messages given to the transport since the state last heard of it.
+	taken_metered: usize,
+	/// Messages given to the transport, ever.
+	taken_total: u64,
+	/// What the transport holds, not yet flushed: bytes of the outgoing budget, automatic
+	/// replies.
+	written_cost: usize,
+	written_auto: usize,
+	/// Flushed since the state last heard of it.
+	flushed: Option<Flushed>,
 	/// The transport has reported the remote's end of stream (the state hears of it once the
 	/// inbox is handed over).
 	eof: bool,
@@ -242,9 +107,8 @@ pub struct Peer<T: Transport> {
 	links: usize,
 	unanswered: usize,
 	auto_replies_full: bool,
+	state_drained: bool,
 	state_idle: bool,
-	/// Messages queued by the handles as of the last round (for the idle timeout).
-	queued_seen: u64,
 	/// How long closing may take, and the deadline once closing has begun.
 	close_timeout: Duration,
 	close_deadline: Option<Pin<Box<Sleep>>>,
@@ -269,21 +133,8 @@ impl<T: Transport> Peer<T> {
 		let info = transport.info();
 		let (reader, writer) = transport.split();
 		let limits = Limits::new(config, writer.max_body_len(), writer.max_fds());
-		let writer = Writer {
-			transport: Some(Box::new(writer) as Box<dyn TransportWrite<Body = T::Body>>),
-			batch: VecDeque::new(),
-			taken_metered: 0,
-			taken_total: 0,
-			written_cost: 0,
-			written_auto: 0,
-			flushed: None,
-			state_drained: false,
-			driver: None,
-			error: None,
-		};
 		let shared = Arc::new(Shared {
 			state: Mutex::new(Connection::new(limits)),
-			writer: Mutex::new(writer),
 			stopped: CancellationToken::new(),
 			room: Notify::new(),
 			flushed: Notify::new(),
@@ -292,16 +143,23 @@ impl<T: Transport> Peer<T> {
 		let handle = PeerHandle::new(shared.clone());
 		let peer = Self {
 			reader,
+			writer,
 			shared,
 			inbox: VecDeque::new(),
+			batch: VecDeque::new(),
+			taken_metered: 0,
+			taken_total: 0,
+			written_cost: 0,
+			written_auto: 0,
+			flushed: None,
 			eof: false,
 			closing: false,
 			remote_done: false,
 			links: 1,
 			unanswered: 0,
 			auto_replies_full: false,
+			state_drained: false,
 			state_idle: false,
-			queued_seen: 0,
 			close_timeout: config.close_timeout,
 			close_deadline: None,
 			frame_timeout: config.frame_timeout,
@@ -429,16 +287,15 @@ impl<T: Transport> Peer<T> {
 				}
 			}
 
-			// The write side, then the state (the lock order): hand over what was read, take what
-			// the handles queued; then write and flush outside the state's lock.
-			let shared = self.shared.clone();
-			let mut writer = shared.writer();
-			if !writer.driver.as_ref().is_some_and(|driver| driver.will_wake(cx.waker())) {
-				writer.driver = Some(cx.waker().clone());
-			}
+			// The one lock of the round: hand over what was read, take what the handles queued.
 			let (notify_room, notify_flushed) = {
-				let mut state = shared.state();
-				let notify = writer.report(&mut state);
+				let mut state = self.shared.state();
+				let freed = self.taken_metered > 0 || self.flushed.is_some();
+				state.on_taken(std::mem::take(&mut self.taken_metered));
+				let flushed = self.flushed.take();
+				if let Some(flushed) = &flushed {
+					state.on_flushed(flushed.cost, flushed.auto_replies, flushed.total);
+				}
 				let waiting = self.inbox.len();
 				while let Some(message) = self.inbox.pop_front() {
 					if let Err(message) = state.recv(message) {
@@ -458,14 +315,12 @@ impl<T: Transport> Peer<T> {
 					state.remote_done();
 					progress = true;
 				}
-				if writer.batch.is_empty() {
-					let writer = &mut *writer;
-					writer.state_drained = !state.take_outgoing(&mut writer.batch);
+				if self.batch.is_empty() {
+					self.state_drained = !state.take_outgoing(&mut self.batch);
 				}
 				// Woken by the state when something changes that this task waits for; by a
-				// queued message only if it has nothing to write (else it is busy writing, and a
-				// handle that queues writes it itself).
-				state.park_driver(cx.waker(), writer.batch.is_empty());
+				// queued message only if it has nothing to write (else it is busy writing).
+				state.park_driver(cx.waker(), self.batch.is_empty());
 				if !self.closing && state.is_closing() {
 					tracing::debug!("closing on request");
 					progress = true;
@@ -477,35 +332,52 @@ impl<T: Transport> Peer<T> {
 				self.auto_replies_full = state.too_many_auto_replies();
 				if self.idle_timeout.is_some() {
 					self.state_idle = state.is_idle();
-					// Handles may have written without this task (`write_direct`).
-					if std::mem::replace(&mut self.queued_seen, state.queued_total()) != state.queued_total() {
-						active = true;
-					}
 				}
-				notify
+				let notify_room = (freed || self.closing) && std::mem::take(&mut state.room_wanted);
+				let notify_flushed = flushed.is_some() && std::mem::take(&mut state.flush_wanted);
+				(notify_room, notify_flushed)
 			};
 			if let Some(error) = read_error {
 				return Poll::Ready(Err(error));
 			}
-			self.shared.notify(notify_room, notify_flushed);
+			if notify_room {
+				self.shared.room.notify_waiters();
+			}
+			if notify_flushed {
+				self.shared.flushed.notify_waiters();
+			}
 
-			if writer.feed(&shared) {
+			// Write and flush, outside the lock.
+			while self.writer.wants_more() {
+				let Some(outgoing) = self.batch.pop_front() else { break };
+				self.taken_total += 1;
+				if outgoing.metered {
+					self.taken_metered += 1;
+				} else {
+					self.written_auto += 1;
+				}
+				self.written_cost += outgoing.cost;
+				self.write(outgoing.message);
 				progress = true;
 				active = true;
 			}
-			if writer.taken_metered > 0 {
+			if self.taken_metered > 0 {
 				// Places of the write queue are free: tell the state (and waiting senders) in
 				// another round, even if the flush below has to wait.
 				progress = true;
 			}
-			if writer.flush(cx) {
+			if self.writer.has_queued() {
+				if let Poll::Ready(result) = self.writer.poll_flush(cx) {
+					result?;
+					self.note_flushed();
+					progress = true;
+				}
+			} else if self.written_cost > 0 || self.written_auto > 0 || self.taken_metered > 0 {
+				self.note_flushed();
 				progress = true;
 			}
-			if let Some(error) = writer.error.take() {
-				return Poll::Ready(Err(error));
-			}
 
-			let done_writing = writer.batch.is_empty() && writer.state_drained && !writer.has_queued();
+			let done_writing = self.batch.is_empty() && self.state_drained && !self.writer.has_queued();
 			if self.closing || self.remote_done || self.links == 0 {
 				let timeout = self.close_timeout;
 				let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
@@ -521,18 +393,14 @@ impl<T: Transport> Peer<T> {
 					return Poll::Ready(Ok(()));
 				}
 			}
-			let settled = done_writing && writer.flushed.is_none() && writer.taken_metered == 0;
-			if let Some(transport) = writer.transport.as_mut().filter(|_| settled) {
-				if self.closing || self.links == 0 {
-					return transport.poll_shutdown(cx);
-				}
-				if self.remote_done && self.unanswered == 0 {
-					// Everything the remote asked is answered and on the wire: close our side too.
-					ready!(transport.poll_shutdown(cx))?;
-					return Poll::Ready(Err(Error::closed_by_remote()));
-				}
+			if (self.closing || self.links == 0) && done_writing && self.flushed.is_none() {
+				return self.writer.poll_shutdown(cx);
 			}
-			drop(writer);
+			if self.remote_done && self.unanswered == 0 && done_writing && self.flushed.is_none() {
+				// Everything the remote asked is answered and on the wire: close our side too.
+				ready!(self.writer.poll_shutdown(cx))?;
+				return Poll::Ready(Err(Error::closed_by_remote()));
+			}
 
 			if let Some(timeout) = self.frame_timeout {
 				if waiting_for_remote && self.reader.mid_frame() {
@@ -569,11 +437,18 @@ impl<T: Transport> Peer<T> {
 		Poll::Pending
 	}
 
+	/// Everything given to the transport so far is written: tell the state in the next round.
+	fn note_flushed(&mut self) {
+		let flushed = self.flushed.get_or_insert_with(Flushed::default);
+		flushed.cost += std::mem::take(&mut self.written_cost);
+		flushed.auto_replies += std::mem::take(&mut self.written_auto);
+		flushed.total = self.taken_total;
+	}
+
 	/// Let the transport give back buffers grown for a large message once the connection has been
 	/// quiet for [`RELEASE_SPARE_AFTER`]. Costs nothing (no timer) while it holds none.
 	fn poll_release_spare(&mut self, cx: &mut Context<'_>) {
-		let writer_holds = self.shared.writer().transport.as_ref().is_some_and(|writer| writer.holds_spare_memory());
-		if !self.reader.holds_spare_memory() && !writer_holds {
+		if !self.reader.holds_spare_memory() && !self.writer.holds_spare_memory() {
 			self.release_deadline = None;
 			return;
 		}
@@ -585,9 +460,7 @@ impl<T: Transport> Peer<T> {
 		while deadline.as_mut().poll(cx).is_ready() {
 			if self.quiet_since_look {
 				self.reader.release_spare_memory();
-				if let Some(writer) = self.shared.writer().transport.as_mut() {
-					writer.release_spare_memory();
-				}
+				self.writer.release_spare_memory();
 				self.release_deadline = None;
 				return;
 			}
@@ -615,8 +488,9 @@ impl<T: Transport> Peer<T> {
 		let now = Instant::now();
 		let idle = now.duration_since(self.last_activity) >= timeout
 			&& self.state_idle
+			&& self.batch.is_empty()
 			&& self.inbox.is_empty()
-			&& !self.shared.writer().has_queued()
+			&& !self.writer.has_queued()
 			&& !self.reader.mid_frame();
 		if idle {
 			tracing::info!("idle for {timeout:?}: closing the connection");
@@ -631,18 +505,24 @@ impl<T: Transport> Peer<T> {
 		// then the next round looks again).
 		deadline.as_mut().poll(cx).is_ready()
 	}
+
+	/// Give a message to the transport; one it refuses is dropped with an error log (handles
+	/// check the limits before queuing, so this is a configuration mismatch).
+	fn write(&mut self, message: Message<T::Body>) {
+		let header = message.header;
+		if let Err(error) = self.writer.start_send(message) {
+			tracing::error!(?header, "transport refused a message: {error}");
+			if header.message_type == MessageType::Request {
+				self.shared.state().refused_by_transport(header.request_id);
+			}
+		}
+	}
 }
 
 impl<T: Transport> Drop for Peer<T> {
 	fn drop(&mut self) {
 		// Reached at the end of `run`, or when a peer is dropped without running. Every handle
-		// is woken and reports the reason set first. Dropping the transport's writer closes the
-		// connection, even while handles live on.
-		let (transport, batch) = {
-			let mut writer = self.shared.writer();
-			(writer.transport.take(), std::mem::take(&mut writer.batch))
-		};
-		drop((transport, batch));
+		// is woken and reports the reason set first.
 		self.shared.state().end(Error::closed_locally());
 		self.shared.stopped.cancel();
 		self.shared.room.notify_waiters();

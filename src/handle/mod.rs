@@ -53,16 +53,7 @@ impl<B: Body> Shared<B> {
 		mut send: impl FnMut(&mut Connection<B>, B) -> Result<R, Refused<B>>,
 	) -> Result<R, Error> {
 		loop {
-			let (result, direct) = {
-				let mut state = self.state();
-				let result = send(&mut state, body);
-				(result, state.take_direct_write())
-			};
-			if direct {
-				// The peer task sleeps with nothing to write: write from here.
-				self.write_direct();
-			}
-			match result {
+			match send(&mut self.state(), body) {
 				Ok(done) => return Ok(done),
 				Err(Refused::Failed(error)) => return Err(error),
 				Err(Refused::Full(returned)) => body = returned,

@@ -196,9 +196,6 @@ pub struct Connection<B> {
 	/// (else a queued message need not wake it: it is busy writing).
 	driver_waker: Option<Waker>,
 	driver_wants_outgoing: bool,
-	/// A message was queued while the peer task slept with nothing to write: the handle that
-	/// queued it writes it (see `Shared::write_direct`) instead of waking the peer task.
-	direct_write: bool,
 	/// The peer task holds a message it could not hand over (a queue or the budget is full):
 	/// wake it when a handle takes something.
 	driver_blocked: bool,
@@ -237,7 +234,6 @@ impl<B: Body> Connection<B> {
 			flush_wanted: false,
 			driver_waker: None,
 			driver_wants_outgoing: false,
-			direct_write: false,
 			driver_blocked: false,
 			links: 0,
 			closing: false,
@@ -360,18 +356,7 @@ impl<B: Body> Connection<B> {
 		}
 	}
 
-	/// Messages ever queued for writing (a change means the connection is not idle).
-	pub fn queued_total(&self) -> u64 {
-		self.queued_total
-	}
-
-	/// Whether the caller, a handle that just queued a message, is to write it itself.
-	pub fn take_direct_write(&mut self) -> bool {
-		std::mem::take(&mut self.direct_write)
-	}
-
-	/// Wake the peer task, if it sleeps.
-	pub fn wake_driver(&mut self) {
+	fn wake_driver(&mut self) {
 		self.driver_wants_outgoing = false;
 		if let Some(waker) = self.driver_waker.take() {
 			waker.wake();
@@ -432,12 +417,7 @@ impl<B: Body> Connection<B> {
 		self.queued_total += 1;
 		self.outgoing.push_back(Outgoing { message, cost, metered });
 		if self.driver_wants_outgoing {
-			if self.remote_done || self.closing {
-				// The peer task decides when to close after each message: it writes.
-				self.wake_driver();
-			} else {
-				self.direct_write = true;
-			}
+			self.wake_driver();
 		}
 	}
 
@@ -662,9 +642,6 @@ impl<B: Body> Connection<B> {
 			}
 		}
 		self.release_buffered(freed);
-		if self.take_direct_write() {
-			self.wake_driver();
-		}
 	}
 
 	// ---- Handles: parts of a request ----
@@ -679,10 +656,6 @@ impl<B: Body> Connection<B> {
 	pub fn drop_part(&mut self, key: Key, reader: bool) {
 		self.release_part(key, reader);
 		self.drop_link();
-		if self.take_direct_write() {
-			// An automatic reply was queued: the peer task writes it.
-			self.wake_driver();
-		}
 	}
 
 	fn release_part(&mut self, key: Key, reader: bool) {
@@ -876,7 +849,6 @@ impl<B: Body> Connection<B> {
 	/// Move what is queued for writing into `batch` (empty), and say whether there was any.
 	pub fn take_outgoing(&mut self, batch: &mut VecDeque<Outgoing<B>>) -> bool {
 		debug_assert!(batch.is_empty());
-		self.direct_write = false;
 		if self.outgoing.is_empty() {
 			return false;
 		}
