@@ -124,6 +124,7 @@ use crate::handle::PeerHandle;
 use crate::listener::{AcceptError, Acceptor, Listener};
 use crate::message::{Body, HEADER_LEN, Message};
 use crate::peer::Peer;
+use crate::sys::batch::{self, MAX_BATCH, Outgoing, RecvControl};
 use crate::sys::fd;
 
 /// Datagrams up to this size are received into the arena and split off it without a copy.
@@ -141,6 +142,13 @@ const MAX_DATAGRAM_LEN: usize = i32::MAX as usize;
 const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
 /// The most descriptors Linux passes in one message (`SCM_MAX_FD`); `sendmsg` fails beyond it.
 const SCM_MAX_FD: usize = 253;
+/// The address space the receive slots of a batch may take beyond the first: each slot holds the
+/// largest datagram allowed, so a connection with a large read limit batches fewer datagrams per
+/// call (none beyond the first past 256 MiB). Pages of it cost memory only once written.
+const LANDING_SPACE: usize = 256 << 20;
+/// The control buffer for one batch of sends has room for at least this many descriptors (about
+/// 4 KiB), so that several datagrams with descriptors go in one call.
+const SEND_CONTROL_FDS: usize = 1000;
 /// Stop taking messages for a batch once this many bytes are queued...
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// ...or this many messages.
@@ -350,8 +358,30 @@ pub struct UnixSeqpacketReader {
 	overflow: Option<MmapMut>,
 	/// A datagram has used `overflow` since it was last mapped.
 	overflow_touched: bool,
-	/// Room for one descriptor more than the limit.
-	control: Vec<MaybeUninit<u8>>,
+	/// The receive slots of a batch after the first, `receive_len` bytes each, in an anonymous
+	/// mapping (`None` if one datagram per call is all the limits allow).
+	landing: Option<MmapMut>,
+	/// The size of a slot of `landing`: the largest datagram allowed, plus one byte.
+	receive_len: usize,
+	/// A datagram has used `landing` since it was last mapped.
+	landing_touched: bool,
+	/// For each slot, room for one descriptor more than the limit.
+	control: RecvControl,
+	/// What the last call received, before it is checked (kept for its allocation).
+	received: Vec<fd::Received>,
+	/// Messages received and checked, not yet read.
+	ready: VecDeque<Message<UnixBody>>,
+	/// What comes after `ready`: the remote's end of the connection, or an error.
+	end: Option<ReadEnd>,
+}
+
+/// How reading ended, after the messages received before it are read.
+#[derive(Debug)]
+enum ReadEnd {
+	/// The remote closed its side (or sent an empty datagram): read as `Ok(None)`, every time.
+	Closed,
+	/// A datagram broke a rule: read as that error.
+	Failed(Error),
 }
 
 impl UnixSeqpacketReader {
@@ -366,6 +396,18 @@ impl UnixSeqpacketReader {
 			// making every connection pay for the largest datagram it might ever receive.
 			len => Some(MmapOptions::new().len(len).no_reserve_swap().map_anon()?),
 		};
+		let landing_slots = (LANDING_SPACE / receive_len).min(MAX_BATCH - 1);
+		let landing = match landing_slots {
+			0 => None,
+			slots => match MmapOptions::new().len(slots * receive_len).no_reserve_swap().map_anon() {
+				Ok(mapping) => Some(mapping),
+				Err(error) => {
+					tracing::debug!("receiving one datagram per call: no room for the batch slots: {error}");
+					None
+				},
+			},
+		};
+		let slots = 1 + landing.as_ref().map_or(0, |landing| landing.len() / receive_len);
 		Ok(Self {
 			socket,
 			endian: config.endian,
@@ -375,13 +417,74 @@ impl UnixSeqpacketReader {
 			fast_len,
 			overflow,
 			overflow_touched: false,
-			control: fd::control_buffer(config.max_fds_read.min(SCM_MAX_FD) + 1),
+			landing,
+			receive_len,
+			landing_touched: false,
+			control: RecvControl::new(config.max_fds_read.min(SCM_MAX_FD) + 1, slots),
+			received: Vec::new(),
+			ready: VecDeque::new(),
+			end: None,
 		})
 	}
 
-	/// Check a received datagram and turn it into a message. Its descriptors are owned already:
-	/// every error return closes them.
-	fn finish(&mut self, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+	/// Receive what is queued on the socket, up to one batch, into `ready` and `end`.
+	fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+		if self.arena.len() < self.fast_len {
+			// Used up (what was split off lives on in the messages); start a fresh one.
+			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
+		}
+		let mut received = std::mem::take(&mut self.received);
+		let Self { socket, arena, fast_len, overflow, landing, receive_len, control, .. } = self;
+		loop {
+			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
+			let overflow = overflow.as_deref_mut().unwrap_or_default();
+			let first = [IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)];
+			// Datagram 0 lands in the arena and the overflow, the others in the slots of `landing`.
+			let mut first = Some(first);
+			let mut rest = landing.as_deref_mut().unwrap_or_default().chunks_exact_mut(*receive_len);
+			let mut slots: [[IoSliceMut<'_>; 2]; MAX_BATCH] = std::array::from_fn(|_| {
+				first
+					.take()
+					.unwrap_or_else(|| [IoSliceMut::new(rest.next().unwrap_or_default()), IoSliceMut::new(&mut [])])
+			});
+			let result = guard.try_io(|inner| {
+				batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots, control, &mut received).map(drop)
+			});
+			match result {
+				Ok(result) => {
+					if let Err(error) = result {
+						self.received = received;
+						return Poll::Ready(Err(error));
+					}
+					break;
+				},
+				Err(_would_block) => continue,
+			}
+		}
+		// Check each datagram in the order received. Those after an end or an error are dropped
+		// unread, which closes their descriptors.
+		for (slot, datagram) in received.drain(..).enumerate() {
+			if self.end.is_some() {
+				continue;
+			}
+			let checked = match slot {
+				0 => self.finish(datagram),
+				_ => self.finish_landed(slot - 1, datagram),
+			};
+			match checked {
+				Ok(Some(message)) => self.ready.push_back(message),
+				Ok(None) => self.end = Some(ReadEnd::Closed),
+				Err(error) => self.end = Some(ReadEnd::Failed(error)),
+			}
+		}
+		self.received = received;
+		Poll::Ready(Ok(()))
+	}
+
+	/// Check what the kernel said about a received datagram: its length and descriptors if it
+	/// is whole and within the limits, `None` for the end of the connection. Its descriptors are
+	/// owned already: every error return closes them.
+	fn check(&self, received: fd::Received) -> Result<Option<(usize, Vec<OwnedFd>)>, Error> {
 		let fd::Received { len, fds, truncated, control_truncated } = received;
 		if control_truncated {
 			return Err(ProtocolViolation::ControlTruncated.into());
@@ -400,6 +503,13 @@ impl UnixSeqpacketReader {
 			);
 			return Ok(None);
 		}
+		Ok(Some((len, fds)))
+	}
+
+	/// Check the first datagram of a batch, received into the arena and the overflow, and turn it
+	/// into a message.
+	fn finish(&mut self, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+		let Some((len, fds)) = self.check(received)? else { return Ok(None) };
 		let datagram = if len <= self.fast_len {
 			self.arena.split_to(len).freeze()
 		} else {
@@ -412,6 +522,33 @@ impl UnixSeqpacketReader {
 			self.overflow_touched = true;
 			datagram.freeze()
 		};
+		self.decode(datagram, fds)
+	}
+
+	/// Check a later datagram of a batch, received into slot `slot` of `landing`, and turn it
+	/// into a message: copied into the arena if it is small, else into a buffer of its size.
+	fn finish_landed(&mut self, slot: usize, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+		let Some((len, fds)) = self.check(received)? else { return Ok(None) };
+		// Like the overflow: let go of the pages once the connection is quiet.
+		self.landing_touched = true;
+		let landing = self.landing.as_deref().unwrap_or_default();
+		let Some(data) = landing.get(slot * self.receive_len..).and_then(|rest| rest.get(..len)) else {
+			// The kernel writes no more than the slot holds; this would be a bug here.
+			return Err(io::Error::other(format!("datagram of {len} bytes outside receive slot {slot}")).into());
+		};
+		let datagram = if len <= self.fast_len {
+			if self.arena.len() < len {
+				self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
+			}
+			self.arena[..len].copy_from_slice(data);
+			self.arena.split_to(len).freeze()
+		} else {
+			Bytes::copy_from_slice(data)
+		};
+		self.decode(datagram, fds)
+	}
+
+	fn decode(&self, datagram: Bytes, fds: Vec<OwnedFd>) -> Result<Option<Message<UnixBody>>, Error> {
 		let message = decode_datagram(datagram, self.endian, self.max_body_len)?;
 		Ok(Some(Message { header: message.header, body: UnixBody { data: message.body, fds } }))
 	}
@@ -421,37 +558,40 @@ impl TransportRead for UnixSeqpacketReader {
 	type Body = UnixBody;
 
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<UnixBody>>, Error>> {
-		if self.arena.len() < self.fast_len {
-			// Used up (what was split off lives on in the messages); start a fresh one.
-			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
-		}
-		let Self { socket, arena, fast_len, overflow, control, .. } = self;
-		let received = loop {
-			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
-			let overflow = overflow.as_deref_mut().unwrap_or_default();
-			let mut buffers = [IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)];
-			match guard.try_io(|inner| fd::recv_datagram(inner.get_ref().as_fd(), &mut buffers, control)) {
-				Ok(received) => break received?,
-				Err(_would_block) => continue,
+		loop {
+			if let Some(message) = self.ready.pop_front() {
+				return Poll::Ready(Ok(Some(message)));
 			}
-		};
-		Poll::Ready(self.finish(received))
+			match self.end.take() {
+				Some(ReadEnd::Closed) => {
+					self.end = Some(ReadEnd::Closed);
+					return Poll::Ready(Ok(None));
+				},
+				Some(ReadEnd::Failed(error)) => return Poll::Ready(Err(error)),
+				None => {},
+			}
+			ready!(self.poll_receive(cx))?;
+		}
 	}
 
 	fn holds_spare_memory(&self) -> bool {
-		self.overflow_touched
+		self.overflow_touched || self.landing_touched
 	}
 
-	/// Map the overflow area afresh, so that an idle connection does not keep the pages of its
-	/// largest datagram.
+	/// Map the overflow area and the batch slots afresh, so that an idle connection does not keep
+	/// the pages of its largest datagrams.
 	fn release_spare_memory(&mut self) {
-		if !std::mem::take(&mut self.overflow_touched) {
-			return;
-		}
-		if let Some(mapping) = &self.overflow {
-			match MmapOptions::new().len(mapping.len()).no_reserve_swap().map_anon() {
-				Ok(fresh) => self.overflow = Some(fresh),
-				Err(error) => tracing::debug!("kept the receive overflow mapping: {error}"),
+		for (mapping, touched) in
+			[(&mut self.overflow, &mut self.overflow_touched), (&mut self.landing, &mut self.landing_touched)]
+		{
+			if !std::mem::take(touched) {
+				continue;
+			}
+			if let Some(old) = mapping {
+				match MmapOptions::new().len(old.len()).no_reserve_swap().map_anon() {
+					Ok(fresh) => *mapping = Some(fresh),
+					Err(error) => tracing::debug!("kept a receive mapping: {error}"),
+				}
 			}
 		}
 	}
@@ -468,7 +608,11 @@ pub struct UnixSeqpacketWriter {
 	max_datagram_len: usize,
 	queue: VecDeque<Queued>,
 	queued_bytes: usize,
+	/// The control data of one batch: room for the most descriptors one message may carry, and
+	/// for several messages with a few.
 	control: Vec<MaybeUninit<u8>>,
+	/// The lengths sent by the last call, one per datagram (kept for its allocation).
+	sent: Vec<usize>,
 }
 
 /// A message waiting for its `sendmsg`.
@@ -489,7 +633,8 @@ impl UnixSeqpacketWriter {
 			max_datagram_len,
 			queue: VecDeque::new(),
 			queued_bytes: 0,
-			control: fd::control_buffer(config.max_fds_write.min(SCM_MAX_FD)),
+			control: fd::control_buffer(config.max_fds_write.min(SCM_MAX_FD).max(SEND_CONTROL_FDS)),
+			sent: Vec::new(),
 		})
 	}
 }
@@ -546,34 +691,55 @@ impl TransportWrite for UnixSeqpacketWriter {
 	}
 
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-		let Self { socket, queue, queued_bytes, control, .. } = self;
-		while let Some(front) = queue.front() {
-			let len = HEADER_LEN + front.body.data.len();
+		let Self { socket, queue, queued_bytes, control, sent, .. } = self;
+		while !queue.is_empty() {
 			let mut guard = ready!(socket.as_async_fd().poll_write_ready(cx))?;
-			let buffers = [IoSlice::new(&front.header), IoSlice::new(&front.body.data)];
-			let result = match guard
-				.try_io(|inner| fd::send_datagram(inner.get_ref().as_fd(), &buffers, &front.body.fds, control))
-			{
-				Ok(result) => result,
-				Err(_would_block) => continue,
-			};
+			// Up to one batch from the front of the queue, sent with one `sendmmsg` (one alone
+			// with a plain `sendmsg`).
+			let result = guard.try_io(|inner| {
+				let socket = inner.get_ref().as_fd();
+				if let (Some(only), 1) = (queue.front(), queue.len()) {
+					let buffers = [IoSlice::new(&only.header), IoSlice::new(&only.body.data)];
+					sent.clear();
+					return fd::send_datagram(socket, &buffers, &only.body.fds, control).map(|len| sent.push(len));
+				}
+				let mut queued = queue.iter();
+				let datagrams: [Outgoing<'_>; MAX_BATCH] = std::array::from_fn(|_| match queued.next() {
+					Some(queued) => Outgoing {
+						data: [IoSlice::new(&queued.header), IoSlice::new(&queued.body.data)],
+						fds: &queued.body.fds,
+					},
+					None => Outgoing { data: [IoSlice::new(&[]); 2], fds: &[] },
+				});
+				batch::send_datagrams(socket, &datagrams[..queue.len().min(MAX_BATCH)], control, sent)
+			});
 			match result {
+				Ok(Ok(())) => {},
+				Err(_would_block) => continue,
+				// Too large for the kernel after all (the send buffer shrank since it was checked):
+				// this message is lost, the connection is fine. (A later datagram of a batch that
+				// fails is not sent, and fails again as the first of the next call.)
+				Ok(Err(error)) if error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
+					let len = queue.front().map_or(0, |front| HEADER_LEN + front.body.data.len());
+					tracing::error!(len, "dropped a message too large for the socket: {error}");
+					*queued_bytes -= len;
+					queue.pop_front();
+					continue;
+				},
+				Ok(Err(error)) => return Poll::Ready(Err(error.into())),
+			}
+			for &sent in sent.iter() {
+				let Some(front) = queue.pop_front() else { break };
+				let len = HEADER_LEN + front.body.data.len();
 				// A datagram goes whole or not at all.
-				Ok(sent) if sent == len => {},
-				Ok(sent) => {
+				if sent != len {
 					let message = format!("sent {sent} bytes of a {len}-byte datagram");
 					return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, message).into()));
-				},
-				// Too large for the kernel after all (the send buffer shrank since it was checked):
-				// this message is lost, the connection is fine.
-				Err(error) if error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
-					tracing::error!(len, "dropped a message too large for the socket: {error}");
-				},
-				Err(error) => return Poll::Ready(Err(error.into())),
+				}
+				*queued_bytes -= len;
+				// `front` is dropped here, which closes this side's copies of the descriptors;
+				// the remote has its own.
 			}
-			*queued_bytes -= len;
-			// Closes this side's copies of the descriptors; the remote has its own.
-			queue.pop_front();
 		}
 		Poll::Ready(Ok(()))
 	}

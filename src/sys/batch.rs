@@ -1,0 +1,242 @@
+//! Several datagrams per system call: `recvmmsg` and `sendmmsg`, descriptors included.
+//!
+//! The same contract as [`fd::recv_datagram`] and [`fd::send_datagram`], for a batch:
+//!
+//! - every descriptor of every datagram a `recvmmsg` returned is an [`OwnedFd`] before this
+//!   module returns, whatever happens next: a datagram cut by the kernel in the middle of a batch
+//!   is reported through its own [`Received`] flags, and dropping it closes what it carried;
+//! - `MSG_TRUNC` and `MSG_CTRUNC` are reported per datagram, never merged over a batch;
+//! - a send never raises `SIGPIPE`.
+//!
+//! Sending needs no `unsafe`: rustix's `sendmmsg` is safe and builds the `SCM_RIGHTS` messages
+//! itself. rustix has no `recvmmsg`, so receiving calls libc and parses the control messages
+//! here; that is this module's only `unsafe`, four blocks, each with the invariant it relies on.
+//!
+//! `recvmmsg` takes datagrams while they are queued, at most one per slot, and returns the count;
+//! one that fails after the first has been taken keeps its error for the next call (the kernel
+//! stores it in the socket), so nothing is lost by returning what was received.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+use super::fd::{Received, control_space};
+
+/// The most datagrams one call receives or sends.
+pub(crate) const MAX_BATCH: usize = 16;
+
+/// Control buffers for a batch of receives: one slot per datagram, each with room for the same
+/// number of descriptors, each aligned for a `cmsghdr`.
+#[derive(Debug)]
+pub(crate) struct RecvControl {
+	/// `u64` words: aligned for a `cmsghdr` on every Linux target, and initialized.
+	words: Vec<u64>,
+	/// Words per slot.
+	slot_words: usize,
+}
+
+impl RecvControl {
+	/// Room for `fds` descriptors in each of `slots` datagrams (at most [`MAX_BATCH`]).
+	pub(crate) fn new(fds: usize, slots: usize) -> Self {
+		let slot_words = control_space(fds).div_ceil(size_of::<u64>());
+		Self { words: vec![0; slot_words * slots.clamp(1, MAX_BATCH)], slot_words }
+	}
+
+	/// How many datagrams these buffers serve.
+	pub(crate) fn slots(&self) -> usize {
+		self.words.len() / self.slot_words.max(1)
+	}
+}
+
+/// Receive up to `slots.len()` datagrams (at most [`MAX_BATCH`] and at most `control.slots()`)
+/// with one `recvmmsg`, datagram `i` into the buffers `slots[i]`, and append them to `received`
+/// in the order they arrived. Returns how many were received: at least one, or an error.
+///
+/// Non-blocking sockets return `WouldBlock` when nothing is queued. `EINTR` is retried.
+/// Descriptors arrive close-on-exec.
+pub(crate) fn recv_datagrams(
+	socket: BorrowedFd<'_>,
+	slots: &mut [[IoSliceMut<'_>; 2]],
+	control: &mut RecvControl,
+	received: &mut Vec<Received>,
+) -> io::Result<usize> {
+	let count = slots.len().min(MAX_BATCH).min(control.slots());
+	if count == 0 {
+		return Err(io::Error::new(io::ErrorKind::InvalidInput, "no buffers to receive into"));
+	}
+	let slot_bytes = control.slot_words * size_of::<u64>();
+	// SAFETY: `mmsghdr` is a plain C struct of integers and raw pointers; all zeros is a valid
+	// value of it (null pointers, zero lengths: a message with no buffers and no name).
+	let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+	for ((header, buffers), control) in
+		headers.iter_mut().zip(slots.iter_mut()).zip(control.words.chunks_exact_mut(control.slot_words)).take(count)
+	{
+		// `IoSliceMut` is guaranteed ABI-compatible with `iovec` on Unix.
+		header.msg_hdr.msg_iov = buffers.as_mut_ptr().cast::<libc::iovec>();
+		header.msg_hdr.msg_iovlen = buffers.len() as _;
+		header.msg_hdr.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
+		header.msg_hdr.msg_controllen = slot_bytes as _;
+	}
+	let taken = loop {
+		// SAFETY: the first `count` headers point at live buffers that nothing else uses while
+		// the call runs: their iovecs at the `IoSliceMut`s of `slots` (exclusively borrowed, each
+		// describing writable memory of its stated length), their control buffers at disjoint
+		// `slot_bytes`-long chunks of `control.words` (exclusively borrowed). `count` is at most
+		// `headers.len()`. No name buffer is given (`msg_name` is null) and no timeout.
+		let result = unsafe {
+			libc::recvmmsg(
+				socket.as_raw_fd(),
+				headers.as_mut_ptr(),
+				count as libc::c_uint,
+				libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+				std::ptr::null_mut(),
+			)
+		};
+		match usize::try_from(result) {
+			Ok(taken) => break taken.min(count),
+			Err(_) => {
+				let error = io::Error::last_os_error();
+				if error.kind() != io::ErrorKind::Interrupted {
+					return Err(error);
+				}
+			},
+		}
+	};
+	// Take ownership of every descriptor of every datagram first: nothing before this can fail,
+	// and from here on each is closed when dropped.
+	received.reserve(taken);
+	for header in &headers[..taken] {
+		let fds = take_descriptors(&header.msg_hdr);
+		let flags = header.msg_hdr.msg_flags;
+		received.push(Received {
+			len: header.msg_len as usize,
+			fds,
+			truncated: flags & libc::MSG_TRUNC != 0,
+			control_truncated: flags & libc::MSG_CTRUNC != 0,
+		});
+	}
+	Ok(taken)
+}
+
+/// The descriptors of every `SCM_RIGHTS` message in the control data of `header`, owned.
+///
+/// `header` must be one that `recvmmsg` has just filled: its control pointer and length describe
+/// the control messages the kernel wrote, and every descriptor in them was installed in this
+/// process for this call alone.
+fn take_descriptors(header: &libc::msghdr) -> Vec<OwnedFd> {
+	let mut fds = Vec::new();
+	// SAFETY: the kernel set `msg_controllen` to the length of the control data it wrote into
+	// `msg_control` (at most the buffer's length), so `CMSG_FIRSTHDR` yields null or a pointer to
+	// a `cmsghdr` inside the buffer, aligned since the buffer is made of `u64`s.
+	let mut message = unsafe { libc::CMSG_FIRSTHDR(header) };
+	while !message.is_null() {
+		// SAFETY: `message` is non-null, so `CMSG_FIRSTHDR`/`CMSG_NXTHDR` checked that a whole
+		// `cmsghdr` lies inside the control data; it is aligned and initialized (the kernel wrote
+		// it; the buffer was initialized before in any case).
+		let (level, kind, len) = unsafe { ((*message).cmsg_level, (*message).cmsg_type, (*message).cmsg_len as usize) };
+		if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+			// SAFETY: `CMSG_LEN(0)` is arithmetic on a constant.
+			let data_offset = unsafe { libc::CMSG_LEN(0) } as usize;
+			let count = len.saturating_sub(data_offset) / size_of::<libc::c_int>();
+			for i in 0..count {
+				// SAFETY: the kernel wrote `len` bytes of this message, `len` at most what is left
+				// of the control data (it sizes `SCM_RIGHTS` to the descriptors that fit, setting
+				// `MSG_CTRUNC` for the rest), so the `count` descriptors after the header are in
+				// the buffer; they may be unaligned, hence `read_unaligned`. Each is a descriptor
+				// the kernel installed in this process for this receive and that nothing else
+				// owns, so wrapping it in an `OwnedFd` makes it closed exactly once.
+				fds.push(unsafe {
+					let data = libc::CMSG_DATA(message).cast::<libc::c_int>();
+					OwnedFd::from_raw_fd(data.add(i).read_unaligned())
+				});
+			}
+		}
+		// SAFETY: `header` describes the control data (as above) and `message` is a header inside
+		// it; `CMSG_NXTHDR` returns the next one only if it lies whole inside the data, else null.
+		message = unsafe { libc::CMSG_NXTHDR(header, message) };
+	}
+	fds
+}
+
+/// One datagram to send: the header and the body, and the descriptors to pass with them.
+#[derive(Debug)]
+pub(crate) struct Outgoing<'a> {
+	/// The data, sent as one datagram.
+	pub(crate) data: [IoSlice<'a>; 2],
+	/// Passed as `SCM_RIGHTS`; this side keeps its copies.
+	pub(crate) fds: &'a [OwnedFd],
+}
+
+/// Send up to [`MAX_BATCH`] of `datagrams`, in order, with one `sendmmsg`; the control data of
+/// the datagrams with descriptors is built in `control`, and the batch stops early at the first
+/// datagram whose descriptors no longer fit in what is left of it.
+///
+/// Returns the length sent of each datagram sent, in `sent` (cleared first): at least one, or an
+/// error for the first datagram. A datagram after the first that fails is left unsent, and the
+/// next call reports its error.
+///
+/// `control` must hold at least [`control_space`] of the descriptors of the first datagram.
+/// Never raises `SIGPIPE`. `EINTR` is retried.
+pub(crate) fn send_datagrams(
+	socket: BorrowedFd<'_>,
+	datagrams: &[Outgoing<'_>],
+	control: &mut [MaybeUninit<u8>],
+	sent: &mut Vec<usize>,
+) -> io::Result<()> {
+	sent.clear();
+	// Which datagrams go in this call: as many as fit in `control` (those without descriptors
+	// need none of it).
+	let mut count = 0;
+	let mut control_used = 0;
+	for datagram in datagrams.iter().take(MAX_BATCH) {
+		let needed = if datagram.fds.is_empty() { 0 } else { control_space(datagram.fds.len()) };
+		if control_used + needed > control.len() {
+			break;
+		}
+		control_used += needed;
+		count += 1;
+	}
+	if count == 0 {
+		return Err(io::Error::new(io::ErrorKind::InvalidInput, "control buffer too small for the descriptors"));
+	}
+	let datagrams = &datagrams[..count];
+	// One list of borrowed descriptors for the whole batch; it allocates only if there are any.
+	let borrowed: Vec<BorrowedFd<'_>> =
+		datagrams.iter().flat_map(|datagram| datagram.fds.iter().map(AsFd::as_fd)).collect();
+	let mut ancillary: [SendAncillaryBuffer<'_, '_, '_>; MAX_BATCH] = std::array::from_fn(|_| Default::default());
+	let mut rest = control;
+	let mut fds_at = 0;
+	for (datagram, ancillary) in datagrams.iter().zip(ancillary.iter_mut()) {
+		if datagram.fds.is_empty() {
+			continue;
+		}
+		let (own, others) = rest.split_at_mut(control_space(datagram.fds.len()));
+		rest = others;
+		*ancillary = SendAncillaryBuffer::new(own);
+		let fds = &borrowed[fds_at..fds_at + datagram.fds.len()];
+		fds_at += datagram.fds.len();
+		if !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
+			return Err(io::Error::new(io::ErrorKind::InvalidInput, "control buffer too small for the descriptors"));
+		}
+	}
+	// A header for every slot, so that they fit a fixed-size array (no allocation per call);
+	// only the first `count` are passed to the kernel.
+	let mut messages = ancillary.iter_mut().enumerate().map(|(i, ancillary)| match datagrams.get(i) {
+		Some(datagram) => MMsgHdr::new(&datagram.data, ancillary),
+		None => MMsgHdr::new(&[], ancillary),
+	});
+	let mut headers: [MMsgHdr<'_>; MAX_BATCH] =
+		std::array::from_fn(|_| messages.next().expect("one header per ancillary buffer"));
+	let taken = loop {
+		match rustix::net::sendmmsg(socket, &mut headers[..count], SendFlags::NOSIGNAL) {
+			Err(rustix::io::Errno::INTR) => continue,
+			result => break result?,
+		}
+	};
+	sent.extend(headers[..taken.min(count)].iter().map(MMsgHdr::bytes_sent));
+	Ok(())
+}
