@@ -240,3 +240,121 @@ pub(crate) fn send_datagrams(
 	sent.extend(headers[..taken.min(count)].iter().map(MMsgHdr::bytes_sent));
 	Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use crate::sys::fd::{control_buffer, send_datagram};
+	use std::os::unix::net::UnixDatagram;
+
+	fn devnull() -> OwnedFd {
+		std::fs::File::open("/dev/null").unwrap().into()
+	}
+
+	fn send(socket: &UnixDatagram, data: &[u8], fds: usize) {
+		let fds: Vec<OwnedFd> = (0..fds).map(|_| devnull()).collect();
+		let mut control = control_buffer(fds.len());
+		send_datagram(socket.as_fd(), &[IoSlice::new(data)], &fds, &mut control).unwrap();
+	}
+
+	/// Receive into `slots` buffers of `len` bytes each, with room for `fds` descriptors each.
+	fn recv(socket: &UnixDatagram, slots: usize, len: usize, fds: usize) -> io::Result<(Vec<Received>, Vec<Vec<u8>>)> {
+		let mut buffers = vec![vec![0; len]; slots];
+		let mut control = RecvControl::new(fds, slots);
+		let mut received = Vec::new();
+		{
+			let mut iter = buffers.iter_mut();
+			let mut slices: Vec<[IoSliceMut<'_>; 2]> =
+				(0..slots).map(|_| [IoSliceMut::new(iter.next().unwrap()), IoSliceMut::new(&mut [])]).collect();
+			let count = recv_datagrams(socket.as_fd(), &mut slices, &mut control, &mut received)?;
+			assert_eq!(count, received.len());
+		}
+		Ok((received, buffers))
+	}
+
+	#[test]
+	fn several_datagrams_arrive_in_one_call_each_with_its_own_descriptors_and_flags() {
+		let (a, b) = UnixDatagram::pair().unwrap();
+		b.set_nonblocking(true).unwrap();
+		send(&a, b"one", 1);
+		send(&a, &[7; 32], 2); // longer than a slot: cut
+		send(&a, b"three", 0);
+		send(&a, b"four", 40); // more descriptors than a slot holds: cut
+		send(&a, b"five", 3);
+		let (received, buffers) = recv(&b, 8, 16, 3).unwrap();
+		assert_eq!(received.len(), 5, "everything queued comes in one call");
+		let summary: Vec<_> = received.iter().map(|r| (r.len, r.fds.len(), r.truncated, r.control_truncated)).collect();
+		assert_eq!(summary[0], (3, 1, false, false));
+		assert_eq!(summary[1], (16, 2, true, false));
+		assert_eq!(summary[2], (5, 0, false, false));
+		assert_eq!((summary[3].0, summary[3].2, summary[3].3), (4, false, true));
+		// As many as fit the slot (its alignment slack may hold a few more than asked for).
+		assert!(summary[3].1 < 40, "{} descriptors", summary[3].1);
+		assert_eq!(summary[4], (4, 3, false, false));
+		assert_eq!(&buffers[0][..3], b"one");
+		assert_eq!(&buffers[2][..5], b"three");
+		assert_eq!(&buffers[4][..4], b"five");
+		// Nothing left: the next call would block.
+		assert_eq!(recv(&b, 8, 16, 3).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+	}
+
+	#[test]
+	fn a_call_takes_no_more_than_its_slots() {
+		let (a, b) = UnixDatagram::pair().unwrap();
+		b.set_nonblocking(true).unwrap();
+		for i in 0..5u8 {
+			send(&a, &[i], 0);
+		}
+		let (received, buffers) = recv(&b, 3, 4, 0).unwrap();
+		assert_eq!(received.len(), 3);
+		let (received, later) = recv(&b, 3, 4, 0).unwrap();
+		assert_eq!(received.len(), 2);
+		assert_eq!([buffers[0][0], buffers[2][0], later[0][0], later[1][0]], [0, 2, 3, 4]);
+	}
+
+	#[test]
+	fn descriptors_received_are_owned_and_usable() {
+		let (a, b) = UnixDatagram::pair().unwrap();
+		b.set_nonblocking(true).unwrap();
+		let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+		let fds: Vec<OwnedFd> = vec![writer.into()];
+		let mut control = control_buffer(1);
+		send_datagram(a.as_fd(), &[IoSlice::new(b"x")], &fds, &mut control).unwrap();
+		drop(fds);
+		let (mut received, _) = recv(&b, 2, 4, 1).unwrap();
+		let writer = std::os::unix::net::UnixStream::from(received[0].fds.pop().unwrap());
+		std::io::Write::write_all(&mut &writer, b"hi").unwrap();
+		drop(writer);
+		let mut text = String::new();
+		std::io::Read::read_to_string(&mut &reader, &mut text).unwrap();
+		assert_eq!(text, "hi", "the only copy of the write end was the one received, now closed");
+	}
+
+	#[test]
+	fn a_batch_of_sends_goes_in_one_call_and_stops_where_the_control_buffer_ends() {
+		let (a, b) = UnixDatagram::pair().unwrap();
+		b.set_nonblocking(true).unwrap();
+		let fds: Vec<Vec<OwnedFd>> = [1, 0, 2, 5].iter().map(|&n| (0..n).map(|_| devnull()).collect()).collect();
+		let bodies = [&b"a"[..], b"bb", b"ccc", b"dddd"];
+		let datagrams: Vec<Outgoing<'_>> = bodies
+			.iter()
+			.zip(&fds)
+			.map(|(body, fds)| Outgoing { data: [IoSlice::new(b"h:"), IoSlice::new(body)], fds })
+			.collect();
+		// Room for the first three datagrams' descriptors, not for the fourth's.
+		let mut control = vec![MaybeUninit::uninit(); control_space(1) + control_space(2)];
+		let mut sent = Vec::new();
+		send_datagrams(a.as_fd(), &datagrams, &mut control, &mut sent).unwrap();
+		assert_eq!(sent, [3, 4, 5]);
+		let (received, buffers) = recv(&b, 8, 16, 8).unwrap();
+		assert_eq!(received.iter().map(|r| r.fds.len()).collect::<Vec<_>>(), [1, 0, 2]);
+		assert_eq!(&buffers[2][..5], b"h:ccc");
+		// The rest goes in the next call.
+		send_datagrams(a.as_fd(), &datagrams[3..], &mut control_buffer(5), &mut sent).unwrap();
+		assert_eq!(sent, [6]);
+		assert_eq!(recv(&b, 8, 16, 8).unwrap().0[0].fds.len(), 5);
+		// A first datagram whose descriptors do not fit is refused before anything is sent.
+		let error = send_datagrams(a.as_fd(), &datagrams[3..], &mut control_buffer(1), &mut sent).unwrap_err();
+		assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+	}
+}

@@ -890,6 +890,42 @@ mod tests {
 	}
 
 	#[tokio::test]
+	async fn what_is_queued_is_taken_in_one_call_and_the_batch_slots_are_let_go_when_quiet() {
+		let config = config(100_000, 1);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		assert_eq!(reader.control.slots(), MAX_BATCH);
+		for i in 0..MAX_BATCH as u32 + 4 {
+			let len = if i == 3 { 50_000 } else { 10 };
+			writer.start_send(Message::stream(i, 0, UnixBody::with_fds(vec![i as u8; len], [devnull()]))).unwrap();
+		}
+		poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		let first = read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(first.header.request_id, 0);
+		// One call took a whole batch; the rest waits in the socket.
+		assert_eq!(reader.ready.len(), MAX_BATCH - 1);
+		assert!(reader.holds_spare_memory());
+		for i in 1..MAX_BATCH as u32 + 4 {
+			let message = read(&mut reader).await.unwrap().unwrap();
+			assert_eq!(message.header.request_id, i);
+			assert_eq!(message.body.data.len(), if i == 3 { 50_000 } else { 10 });
+			assert!(message.body.data.iter().all(|&byte| byte == i as u8));
+			assert_eq!(message.body.fds.len(), 1);
+		}
+		reader.release_spare_memory();
+		assert!(!reader.holds_spare_memory());
+	}
+
+	#[tokio::test]
+	async fn limits_too_large_for_batch_slots_receive_one_datagram_per_call() {
+		let (_, b) = UnixSeqpacketTransport::pair(&config(LANDING_SPACE, 1)).unwrap();
+		let (reader, _) = b.split();
+		assert!(reader.landing.is_none());
+		assert_eq!(reader.control.slots(), 1);
+	}
+
+	#[tokio::test]
 	async fn the_send_buffer_is_raised_but_never_lowered() {
 		let small = UnixSeqpacketTransport::pair(&config(16, 1)).unwrap().0;
 		assert!(small.max_datagram_len() >= 100_000, "{}", small.max_datagram_len());
