@@ -10,7 +10,8 @@
 //!
 //! Sending needs no `unsafe`: rustix's `sendmmsg` is safe and builds the `SCM_RIGHTS` messages
 //! itself. rustix has no `recvmmsg`, so receiving calls libc and parses the control messages
-//! here; that is this module's only `unsafe`, four blocks, each with the invariant it relies on.
+//! here: the crate's only `unsafe` code, each block with a `SAFETY` comment saying which
+//! invariant it relies on (enforced by `clippy::undocumented_unsafe_blocks`).
 //!
 //! `recvmmsg` takes datagrams while they are queued, at most one per slot, and returns the count;
 //! one that fails after the first has been taken keeps its error for the next call (the kernel
@@ -58,6 +59,7 @@ impl RecvControl {
 ///
 /// Non-blocking sockets return `WouldBlock` when nothing is queued. `EINTR` is retried.
 /// Descriptors arrive close-on-exec.
+#[allow(clippy::unnecessary_cast, reason = "msg_controllen is a size_t on glibc, a socklen_t on musl")]
 pub(crate) fn recv_datagrams(
 	socket: BorrowedFd<'_>,
 	slots: &mut [[IoSliceMut<'_>; 2]],
@@ -97,6 +99,8 @@ pub(crate) fn recv_datagrams(
 			)
 		};
 		match usize::try_from(result) {
+			// Never 0 for a count above 0; if it were, waiting for the socket is what is safe.
+			Ok(0) => return Err(io::ErrorKind::WouldBlock.into()),
 			Ok(taken) => break taken.min(count),
 			Err(_) => {
 				let error = io::Error::last_os_error();
@@ -109,7 +113,12 @@ pub(crate) fn recv_datagrams(
 	// Take ownership of every descriptor of every datagram first: nothing before this can fail,
 	// and from here on each is closed when dropped.
 	received.reserve(taken);
-	for header in &headers[..taken] {
+	for header in &mut headers[..taken] {
+		// The kernel writes no more than the buffer holds; clamped all the same, since the
+		// parsing below relies on it.
+		if header.msg_hdr.msg_controllen as usize > slot_bytes {
+			header.msg_hdr.msg_controllen = slot_bytes as _;
+		}
 		let fds = take_descriptors(&header.msg_hdr);
 		let flags = header.msg_hdr.msg_flags;
 		received.push(Received {
@@ -124,35 +133,40 @@ pub(crate) fn recv_datagrams(
 
 /// The descriptors of every `SCM_RIGHTS` message in the control data of `header`, owned.
 ///
-/// `header` must be one that `recvmmsg` has just filled: its control pointer and length describe
-/// the control messages the kernel wrote, and every descriptor in them was installed in this
-/// process for this call alone.
+/// `header` must be one that `recvmmsg` has just filled, with `msg_controllen` at most the length
+/// of the buffer at `msg_control` (the caller clamps it): the control messages in that range are
+/// the ones the kernel wrote, and every descriptor in them was installed in this process for this
+/// call alone.
+#[allow(clippy::unnecessary_cast, reason = "msg_controllen is a size_t on glibc, a socklen_t on musl")]
 fn take_descriptors(header: &libc::msghdr) -> Vec<OwnedFd> {
 	let mut fds = Vec::new();
-	// SAFETY: the kernel set `msg_controllen` to the length of the control data it wrote into
-	// `msg_control` (at most the buffer's length), so `CMSG_FIRSTHDR` yields null or a pointer to
-	// a `cmsghdr` inside the buffer, aligned since the buffer is made of `u64`s.
+	let end = (header.msg_control as usize).saturating_add(header.msg_controllen as usize);
+	// SAFETY: reads `msg_controllen` and returns `msg_control` or null, no dereference; the
+	// pointer, if any, is to a whole `cmsghdr` inside the buffer (it checks that the length holds
+	// one), aligned since the buffer is made of `u64`s.
 	let mut message = unsafe { libc::CMSG_FIRSTHDR(header) };
 	while !message.is_null() {
-		// SAFETY: `message` is non-null, so `CMSG_FIRSTHDR`/`CMSG_NXTHDR` checked that a whole
-		// `cmsghdr` lies inside the control data; it is aligned and initialized (the kernel wrote
-		// it; the buffer was initialized before in any case).
+		// SAFETY: a non-null `message` from `CMSG_FIRSTHDR` or `CMSG_NXTHDR` points at a whole,
+		// aligned `cmsghdr` inside `msg_control..end` (both check that it fits); the kernel wrote
+		// it, and the buffer was initialized before the call in any case.
 		let (level, kind, len) = unsafe { ((*message).cmsg_level, (*message).cmsg_type, (*message).cmsg_len as usize) };
 		if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
-			// SAFETY: `CMSG_LEN(0)` is arithmetic on a constant.
-			let data_offset = unsafe { libc::CMSG_LEN(0) } as usize;
-			let count = len.saturating_sub(data_offset) / size_of::<libc::c_int>();
-			for i in 0..count {
-				// SAFETY: the kernel wrote `len` bytes of this message, `len` at most what is left
-				// of the control data (it sizes `SCM_RIGHTS` to the descriptors that fit, setting
-				// `MSG_CTRUNC` for the rest), so the `count` descriptors after the header are in
-				// the buffer; they may be unaligned, hence `read_unaligned`. Each is a descriptor
-				// the kernel installed in this process for this receive and that nothing else
-				// owns, so wrapping it in an `OwnedFd` makes it closed exactly once.
-				fds.push(unsafe {
-					let data = libc::CMSG_DATA(message).cast::<libc::c_int>();
-					OwnedFd::from_raw_fd(data.add(i).read_unaligned())
-				});
+			// SAFETY: `CMSG_DATA` is `message + 1` as a byte pointer, no dereference; the whole
+			// header is inside the buffer, so that is at most one past its end.
+			let data = unsafe { libc::CMSG_DATA(message) };
+			let header_len = data as usize - message as usize;
+			// What the message says it holds, and never more than the buffer holds after it.
+			let data_len = len.saturating_sub(header_len).min(end.saturating_sub(data as usize));
+			for i in 0..data_len / size_of::<libc::c_int>() {
+				// SAFETY: descriptor `i` lies inside `data..end`, which is inside the buffer
+				// (`data_len` is bounded by both); it may be unaligned, hence `read_unaligned`.
+				let fd = unsafe { data.cast::<libc::c_int>().add(i).read_unaligned() };
+				if fd >= 0 {
+					// SAFETY: the kernel sizes `SCM_RIGHTS` to the descriptors it installed
+					// (setting `MSG_CTRUNC` for those that did not fit), each a new descriptor
+					// of this process that nothing else owns: wrapped once, it is closed once.
+					fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+				}
 			}
 		}
 		// SAFETY: `header` describes the control data (as above) and `message` is a header inside

@@ -43,10 +43,19 @@
 //!
 //! # Descriptors
 //!
-//! A received descriptor is an [`OwnedFd`] from the instant `recvmsg` returns, before any check
+//! A received descriptor is an [`OwnedFd`] from the instant `recvmmsg` returns, before any check
 //! that can fail: a malformed datagram, a message dropped unread, a connection that ends with
-//! messages queued all close what they held. Sent descriptors are borrowed for the `sendmsg`
+//! messages queued all close what they held. Sent descriptors are borrowed for the `sendmmsg`
 //! and closed on this side once the datagram is on its way (the remote has its own copies).
+//!
+//! # Batches
+//!
+//! One system call moves several datagrams each way when several are waiting: the reader takes up
+//! to 16 queued datagrams with one `recvmmsg` and hands them out one per read, and the writer
+//! sends up to 16 queued messages with one `sendmmsg` (a message alone goes with `sendmsg`).
+//! Every datagram of a batch is checked on its own, as if it had come alone: when one in the
+//! middle breaks a rule, the messages before it are read first, then the error, and the
+//! descriptors of the bad one and of any behind it in the batch are closed.
 //!
 //! # Limits and errors
 //!
@@ -94,6 +103,13 @@
 //! buffer is an anonymous memory mapping, whose pages cost memory only once a large datagram
 //! has touched them: an idle connection costs its arena, not `max_body_len_read`. A larger
 //! datagram is copied out of it at its actual size.
+//!
+//! The other datagrams of a batch land in slots of a second anonymous mapping, each as large as
+//! the receive buffer, and are copied out of it: into the arena up to 16 KiB, else at their
+//! actual size. These slots take address space, not memory (at most 256 MiB of it: with the
+//! default 16 MiB read limit, 15 slots; with a read limit over 256 MiB, none, and one datagram
+//! per call); the pages a batch touched are let go, like the overflow's, once the connection is
+//! quiet. If the system refuses the mapping, the connection receives one datagram per call.
 //!
 //! # Between a parent and a child process
 //!
