@@ -111,6 +111,10 @@
 //! per call); the pages a batch touched are let go, like the overflow's, once the connection is
 //! quiet. If the system refuses the mapping, the connection receives one datagram per call.
 //!
+//! A batch takes no more than the kernel had queued for the connection, and what a remote can
+//! have queued is bounded by its send buffer (at most twice `net.core.wmem_max`): the reader
+//! holds at most one batch that the peer has not taken yet, in bytes what the socket held before.
+//!
 //! # Between a parent and a child process
 //!
 //! [`UnixSeqpacketTransport::pair`] connects two transports in one process. For a child
@@ -383,6 +387,11 @@ pub struct UnixSeqpacketReader {
 	landing_touched: bool,
 	/// For each slot, room for one descriptor more than the limit.
 	control: RecvControl,
+	/// How many datagrams the next call asks for: what the last call found when it found fewer
+	/// than it asked for, twice as many when it found all it asked for. A call that asks for more
+	/// than is queued makes the kernel try (and fail) once more, which a connection that only
+	/// ever has one datagram waiting (a round trip) would pay on every message.
+	batch_len: usize,
 	/// What the last call received, before it is checked (kept for its allocation).
 	received: Vec<fd::Received>,
 	/// Messages received and checked, not yet read.
@@ -437,6 +446,7 @@ impl UnixSeqpacketReader {
 			receive_len,
 			landing_touched: false,
 			control: RecvControl::new(config.max_fds_read.min(SCM_MAX_FD) + 1, slots),
+			batch_len: slots,
 			received: Vec::new(),
 			ready: VecDeque::new(),
 			end: None,
@@ -450,7 +460,7 @@ impl UnixSeqpacketReader {
 			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
 		}
 		let mut received = std::mem::take(&mut self.received);
-		let Self { socket, arena, fast_len, overflow, landing, receive_len, control, .. } = self;
+		let Self { socket, arena, fast_len, overflow, landing, receive_len, control, batch_len, .. } = self;
 		loop {
 			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
 			let overflow = overflow.as_deref_mut().unwrap_or_default();
@@ -463,16 +473,18 @@ impl UnixSeqpacketReader {
 					.take()
 					.unwrap_or_else(|| [IoSliceMut::new(rest.next().unwrap_or_default()), IoSliceMut::new(&mut [])])
 			});
+			let asked = (*batch_len).clamp(1, control.slots());
 			let result = guard.try_io(|inner| {
-				batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots, control, &mut received).map(drop)
+				batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots[..asked], control, &mut received)
 			});
 			match result {
-				Ok(result) => {
-					if let Err(error) = result {
-						self.received = received;
-						return Poll::Ready(Err(error));
-					}
+				Ok(Ok(taken)) => {
+					*batch_len = if taken < asked { taken } else { asked * 2 };
 					break;
+				},
+				Ok(Err(error)) => {
+					self.received = received;
+					return Poll::Ready(Err(error));
 				},
 				Err(_would_block) => continue,
 			}
@@ -931,6 +943,38 @@ mod tests {
 		}
 		reader.release_spare_memory();
 		assert!(!reader.holds_spare_memory());
+	}
+
+	#[tokio::test]
+	async fn a_call_asks_for_what_the_last_one_found_and_twice_as_much_when_it_found_all() {
+		let config = config(1000, 1);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		let mut send = async |count: u32| {
+			for i in 0..count {
+				writer.start_send(Message::stream(i, 0, UnixBody::new("x"))).unwrap();
+			}
+			poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		};
+		// One at a time, as in a round trip: one is asked for, and found.
+		send(1).await;
+		read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(reader.batch_len, 1);
+		send(1).await;
+		read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(reader.batch_len, 2);
+		// A burst: 2, then 4, then 8 are asked for and found, then 16, of which 1 is left.
+		send(15).await;
+		for expected in [4, 8, 16, 1] {
+			let before = reader.ready.len();
+			read(&mut reader).await.unwrap().unwrap();
+			assert_eq!(before, 0);
+			assert_eq!(reader.batch_len, expected);
+			while !reader.ready.is_empty() {
+				read(&mut reader).await.unwrap().unwrap();
+			}
+		}
 	}
 
 	#[tokio::test]
