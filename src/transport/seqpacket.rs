@@ -459,14 +459,39 @@ impl UnixSeqpacketReader {
 			// Used up (what was split off lives on in the messages); start a fresh one.
 			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
 		}
+		// Taken out for the call and always put back, so that its allocation is kept.
 		let mut received = std::mem::take(&mut self.received);
+		let result = self.poll_recv_datagrams(cx, &mut received);
+		if let Poll::Ready(Ok(())) = result {
+			// Check each datagram in the order received. Those after an end or an error are
+			// dropped unread, which closes their descriptors.
+			for (slot, datagram) in received.drain(..).enumerate() {
+				if self.end.is_some() {
+					continue;
+				}
+				let checked = match slot {
+					0 => self.finish(datagram),
+					_ => self.finish_landed(slot - 1, datagram),
+				};
+				match checked {
+					Ok(Some(message)) => self.ready.push_back(message),
+					Ok(None) => self.end = Some(ReadEnd::Closed),
+					Err(error) => self.end = Some(ReadEnd::Failed(error)),
+				}
+			}
+		}
+		self.received = received;
+		result
+	}
+
+	/// One `recvmmsg` once the socket is readable: datagram 0 into the arena and the overflow,
+	/// the others into the slots of `landing`.
+	fn poll_recv_datagrams(&mut self, cx: &mut Context<'_>, received: &mut Vec<fd::Received>) -> Poll<io::Result<()>> {
 		let Self { socket, arena, fast_len, overflow, landing, receive_len, control, batch_len, .. } = self;
 		loop {
 			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
 			let overflow = overflow.as_deref_mut().unwrap_or_default();
-			let first = [IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)];
-			// Datagram 0 lands in the arena and the overflow, the others in the slots of `landing`.
-			let mut first = Some(first);
+			let mut first = Some([IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)]);
 			let mut rest = landing.as_deref_mut().unwrap_or_default().chunks_exact_mut(*receive_len);
 			let mut slots: [[IoSliceMut<'_>; 2]; MAX_BATCH] = std::array::from_fn(|_| {
 				first
@@ -474,39 +499,17 @@ impl UnixSeqpacketReader {
 					.unwrap_or_else(|| [IoSliceMut::new(rest.next().unwrap_or_default()), IoSliceMut::new(&mut [])])
 			});
 			let asked = (*batch_len).clamp(1, control.slots());
-			let result = guard.try_io(|inner| {
-				batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots[..asked], control, &mut received)
-			});
+			let result = guard
+				.try_io(|inner| batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots[..asked], control, received));
 			match result {
 				Ok(Ok(taken)) => {
 					*batch_len = if taken < asked { taken } else { asked * 2 };
-					break;
+					return Poll::Ready(Ok(()));
 				},
-				Ok(Err(error)) => {
-					self.received = received;
-					return Poll::Ready(Err(error));
-				},
+				Ok(Err(error)) => return Poll::Ready(Err(error)),
 				Err(_would_block) => continue,
 			}
 		}
-		// Check each datagram in the order received. Those after an end or an error are dropped
-		// unread, which closes their descriptors.
-		for (slot, datagram) in received.drain(..).enumerate() {
-			if self.end.is_some() {
-				continue;
-			}
-			let checked = match slot {
-				0 => self.finish(datagram),
-				_ => self.finish_landed(slot - 1, datagram),
-			};
-			match checked {
-				Ok(Some(message)) => self.ready.push_back(message),
-				Ok(None) => self.end = Some(ReadEnd::Closed),
-				Err(error) => self.end = Some(ReadEnd::Failed(error)),
-			}
-		}
-		self.received = received;
-		Poll::Ready(Ok(()))
 	}
 
 	/// Check what the kernel said about a received datagram: its length and descriptors if it
