@@ -387,11 +387,14 @@ pub struct UnixSeqpacketReader {
 	landing_touched: bool,
 	/// For each slot, room for one descriptor more than the limit.
 	control: RecvControl,
-	/// How many datagrams the next call asks for: what the last call found when it found fewer
-	/// than it asked for, twice as many when it found all it asked for. A call that asks for more
-	/// than is queued makes the kernel try (and fail) once more, which a connection that only
-	/// ever has one datagram waiting (a round trip) would pay on every message.
+	/// How many datagrams the next call asks for: twice as many as the last call if it found all
+	/// it asked for (more may be waiting), and after the socket ran dry, as many as came since it
+	/// last did (the size of the last burst). Asking for more than is queued makes the kernel try
+	/// (and fail) once more inside the call, which a connection that has one datagram waiting per
+	/// wakeup (a round trip) would otherwise pay on every message.
 	batch_len: usize,
+	/// Datagrams received since the socket last ran dry.
+	burst: usize,
 	/// What the last call received, before it is checked (kept for its allocation).
 	received: Vec<fd::Received>,
 	/// Messages received and checked, not yet read.
@@ -447,6 +450,7 @@ impl UnixSeqpacketReader {
 			landing_touched: false,
 			control: RecvControl::new(config.max_fds_read.min(SCM_MAX_FD) + 1, slots),
 			batch_len: slots,
+			burst: 0,
 			received: Vec::new(),
 			ready: VecDeque::new(),
 			end: None,
@@ -487,7 +491,7 @@ impl UnixSeqpacketReader {
 	/// One `recvmmsg` once the socket is readable: datagram 0 into the arena and the overflow,
 	/// the others into the slots of `landing`.
 	fn poll_recv_datagrams(&mut self, cx: &mut Context<'_>, received: &mut Vec<fd::Received>) -> Poll<io::Result<()>> {
-		let Self { socket, arena, fast_len, overflow, landing, receive_len, control, batch_len, .. } = self;
+		let Self { socket, arena, fast_len, overflow, landing, receive_len, control, batch_len, burst, .. } = self;
 		loop {
 			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
 			let overflow = overflow.as_deref_mut().unwrap_or_default();
@@ -503,11 +507,17 @@ impl UnixSeqpacketReader {
 				.try_io(|inner| batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots[..asked], control, received));
 			match result {
 				Ok(Ok(taken)) => {
-					*batch_len = if taken < asked { taken } else { asked * 2 };
+					*burst += taken;
+					if taken == asked {
+						*batch_len = asked * 2;
+					}
 					return Poll::Ready(Ok(()));
 				},
 				Ok(Err(error)) => return Poll::Ready(Err(error)),
-				Err(_would_block) => continue,
+				Err(_would_block) => {
+					*batch_len = std::mem::take(burst).max(1);
+					continue;
+				},
 			}
 		}
 	}
@@ -949,7 +959,7 @@ mod tests {
 	}
 
 	#[tokio::test]
-	async fn a_call_asks_for_what_the_last_one_found_and_twice_as_much_when_it_found_all() {
+	async fn a_call_asks_for_twice_what_the_last_found_and_after_a_dry_socket_for_the_last_burst() {
 		let config = config(1000, 1);
 		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
 		let (_, mut writer) = a.split();
@@ -960,24 +970,27 @@ mod tests {
 			}
 			poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
 		};
-		// One at a time, as in a round trip: one is asked for, and found.
-		send(1).await;
-		read(&mut reader).await.unwrap().unwrap();
-		assert_eq!(reader.batch_len, 1);
-		send(1).await;
-		read(&mut reader).await.unwrap().unwrap();
-		assert_eq!(reader.batch_len, 2);
-		// A burst: 2, then 4, then 8 are asked for and found, then 16, of which 1 is left.
-		send(15).await;
-		for expected in [4, 8, 16, 1] {
-			let before = reader.ready.len();
-			read(&mut reader).await.unwrap().unwrap();
-			assert_eq!(before, 0);
-			assert_eq!(reader.batch_len, expected);
-			while !reader.ready.is_empty() {
-				read(&mut reader).await.unwrap().unwrap();
+		// Read what is queued, then once more, which finds the socket dry.
+		async fn drain(reader: &mut UnixSeqpacketReader, count: usize) {
+			for _ in 0..count {
+				read(reader).await.unwrap().unwrap();
 			}
+			assert!(poll_fn(|cx| Poll::Ready(reader.poll_read_message(cx))).await.is_pending());
 		}
+		// One at a time, as in a round trip: after each, one is asked for.
+		for _ in 0..3 {
+			send(1).await;
+			drain(&mut reader, 1).await;
+			assert_eq!(reader.batch_len, 1);
+		}
+		// A burst of 15: 1, 2, 4, 8 are asked for and found, then 16, and the socket is dry.
+		send(15).await;
+		drain(&mut reader, 15).await;
+		assert_eq!(reader.batch_len, 15);
+		// The next burst of 15 comes in one call.
+		send(15).await;
+		read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(reader.ready.len(), 14);
 	}
 
 	#[tokio::test]
