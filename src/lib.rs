@@ -80,7 +80,7 @@
 //! [`ErrorKind::ConnectionClosed`]. Queues between the handles and the peer task are bounded
 //! (see [`Config`]), so a slow reader pushes back on the remote instead of growing memory.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod codec;

@@ -186,3 +186,40 @@ async fn updates_spread_over_many_requests_are_bounded_by_the_incoming_budget() 
 		assert_eq!(update.header.service_id, (n / 100) as i32);
 	}
 }
+
+/// A seqpacket remote queues a burst, so that the peer reads it in one batch, with a datagram cut
+/// by the kernel in the middle: the messages before it reach the handle, then the connection ends
+/// with the violation; nothing behind it is delivered.
+#[cfg(feature = "unix-seqpacket")]
+#[tokio::test]
+async fn a_bad_datagram_in_the_middle_of_a_burst_ends_the_connection_after_the_good_ones() {
+	use peerwire::UnixBody;
+	use peerwire::transport::seqpacket::UnixSeqpacketTransport;
+
+	let config = Config::default().with_max_body_len_read(64);
+	let (raw, ours) = tokio_seqpacket::UnixSeqpacket::pair().unwrap();
+	let datagram = |request_id: u32, body: &[u8]| {
+		let mut out: Vec<u8> = [4u32, request_id, 0].iter().flat_map(|field| field.to_le_bytes()).collect();
+		out.extend_from_slice(body);
+		out
+	};
+	for id in 0..8 {
+		raw.send(&datagram(id, b"good")).await.unwrap();
+	}
+	raw.send(&datagram(8, &[0; 4096])).await.unwrap();
+	for id in 9..12 {
+		raw.send(&datagram(id, b"behind")).await.unwrap();
+	}
+	let (peer, mut handle) = peerwire::Peer::<UnixSeqpacketTransport>::new(
+		UnixSeqpacketTransport::from_socket(ours, &config).unwrap(),
+		&config,
+	);
+	let error = within(peer.run()).await.unwrap_err();
+	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTruncated));
+	for id in 0..8 {
+		let message: peerwire::Message<UnixBody> = within(handle.recv_message()).await.unwrap().into_stream().unwrap();
+		assert_eq!((message.header.request_id, &message.body.data[..]), (id, &b"good"[..]));
+	}
+	let error = within(handle.recv_message()).await.unwrap_err();
+	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTruncated));
+}

@@ -302,6 +302,195 @@ async fn malformed_datagrams_from_a_raw_socket_give_the_documented_errors() {
 	assert!(read(&mut reader).await.unwrap().is_none());
 }
 
+/// `count` datagrams of varied sizes queued at once, each with a pipe's write end when `i % 3`
+/// is 0; the read ends, in order.
+async fn queue_many(raw: &UnixSeqpacket, count: usize, sizes: &[usize]) -> Vec<Option<OwnedFd>> {
+	let mut pipes = Vec::new();
+	for i in 0..count {
+		let body: Vec<u8> = (0..sizes[i % sizes.len()]).map(|at| (at + i) as u8).collect();
+		if i % 3 == 0 {
+			let (read, write) = pipe();
+			raw_send(raw, &datagram(4, i as u32, 2, &body), &[OwnedFd::from(write)]).await.unwrap();
+			pipes.push(Some(read));
+		} else {
+			raw_send(raw, &datagram(4, i as u32, 2, &body), NO_FDS).await.unwrap();
+			pipes.push(None);
+		}
+	}
+	pipes
+}
+
+#[tokio::test]
+async fn many_datagrams_queued_at_once_arrive_whole_and_in_order() {
+	// Small ones batched through the arena, and ones over 16 KiB through the other slots.
+	let sizes = [0, 1, 100, 16 * 1024, 20_000, 7, 150_000, 64];
+	// With the default address space for batch slots, and with limits so large that every
+	// datagram is received alone.
+	for max_body in [200_000, 300 << 20] {
+		let config = limits(max_body, 2);
+		let (raw, mut reader) = raw_pair(&config);
+		let count = 100;
+		let sender = tokio::spawn(async move {
+			let pipes = queue_many(&raw, count, &sizes).await;
+			(raw, pipes)
+		});
+		let mut messages = Vec::new();
+		for _ in 0..count {
+			messages.push(read(&mut reader).await.unwrap().unwrap());
+		}
+		let (_raw, pipes) = within(sender).await.unwrap();
+		for (i, (mut message, pipe)) in messages.into_iter().zip(pipes).enumerate() {
+			assert_eq!(message.header.request_id, i as u32);
+			let expected: Vec<u8> = (0..sizes[i % sizes.len()]).map(|at| (at + i) as u8).collect();
+			assert_eq!(message.body.data, expected, "message {i}, limit {max_body}");
+			match pipe {
+				Some(read_end) => {
+					// The descriptor is the pipe's write end: what goes in comes out.
+					let mut write = File::from(message.body.fds.pop().expect("a descriptor"));
+					write.write_all(b"through").unwrap();
+					drop(write);
+					assert_eq!(read_pipe(read_end).await, b"through");
+				},
+				None => assert!(message.body.fds.is_empty()),
+			}
+		}
+	}
+}
+
+/// Five good datagrams, a bad one, five more good ones, all queued before the reader looks: the
+/// first five are read, then the error; the descriptors of the bad one and of those behind it
+/// are closed (a pipe whose write end travelled in each sees its end).
+async fn a_bad_datagram_in_the_middle_of_a_batch(bad: &[u8], fds: usize, check: impl Fn(&Error)) {
+	let config = limits(16, 2);
+	let (raw, mut reader) = raw_pair(&config);
+	let mut read_ends = Vec::new();
+	let mut send_with_pipe = async |data: &[u8], extra: usize| {
+		let (read_end, write_end) = pipe();
+		let mut sent: Vec<OwnedFd> = vec![write_end.into()];
+		sent.extend(descriptors(extra));
+		raw_send(&raw, data, &sent).await;
+		read_ends.push(read_end);
+	};
+	for i in 0..5 {
+		send_with_pipe(&datagram(4, i, 0, b"before"), 0).await;
+	}
+	send_with_pipe(bad, fds.saturating_sub(1)).await;
+	for i in 5..10 {
+		send_with_pipe(&datagram(4, i, 0, b"after"), 0).await;
+	}
+	for i in 0..5 {
+		let message = read(&mut reader).await.unwrap().unwrap();
+		assert_eq!((message.header.request_id, &message.body.data[..]), (i, &b"before"[..]));
+		assert_eq!(message.body.fds.len(), 1);
+	}
+	check(&read(&mut reader).await.unwrap_err());
+	let mut read_ends = read_ends.into_iter();
+	// The good ones delivered are still open...
+	let delivered: Vec<OwnedFd> = read_ends.by_ref().take(5).collect();
+	// ...and every later one is closed already, or once the reader is gone (the datagrams still
+	// in the socket behind the batch).
+	drop(reader);
+	for read_end in read_ends {
+		assert_eq!(read_pipe(read_end).await, b"");
+	}
+	drop(delivered);
+}
+
+#[tokio::test]
+async fn a_bad_datagram_in_the_middle_of_a_batch_ends_reading_after_the_good_ones_before_it() {
+	let violation =
+		|expected: ProtocolViolation| move |error: &Error| assert_eq!(error.protocol_violation(), Some(&expected));
+	// Cut by the kernel.
+	a_bad_datagram_in_the_middle_of_a_batch(
+		&datagram(4, 99, 0, &[0; 1000]),
+		1,
+		violation(ProtocolViolation::DatagramTruncated),
+	)
+	.await;
+	// Descriptors cut by the kernel.
+	a_bad_datagram_in_the_middle_of_a_batch(
+		&datagram(4, 99, 0, b""),
+		40,
+		violation(ProtocolViolation::ControlTruncated),
+	)
+	.await;
+	// One descriptor over the limit.
+	a_bad_datagram_in_the_middle_of_a_batch(&datagram(4, 99, 0, b""), 3, |error| {
+		assert_eq!(error.kind(), ErrorKind::TooManyFds)
+	})
+	.await;
+	// Shorter than a header.
+	a_bad_datagram_in_the_middle_of_a_batch(&[0; 11], 1, violation(ProtocolViolation::DatagramTooShort { length: 11 }))
+		.await;
+	// Over the body limit.
+	a_bad_datagram_in_the_middle_of_a_batch(&datagram(4, 99, 0, &[0; 17]), 1, |error| {
+		assert_eq!(error.kind(), ErrorKind::BodyTooLarge)
+	})
+	.await;
+}
+
+#[tokio::test]
+async fn the_end_of_the_connection_behind_a_batch_comes_after_its_messages() {
+	let config = limits(16, 2);
+	let (raw, mut reader) = raw_pair(&config);
+	for i in 0..20 {
+		raw_send(&raw, &datagram(4, i, 0, b"last words"), &descriptors(1)).await;
+	}
+	drop(raw);
+	for i in 0..20 {
+		assert_eq!(read(&mut reader).await.unwrap().unwrap().header.request_id, i);
+	}
+	// And it stays ended.
+	assert!(read(&mut reader).await.unwrap().is_none());
+	assert!(read(&mut reader).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_writer_batch_with_descriptors_arrives_whole_and_in_order() {
+	// More than one call's worth, with some messages carrying descriptors, some not, and more
+	// descriptors in all than one call's control buffer holds.
+	let config = limits(1000, 253);
+	let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+	let (_, mut writer) = a.split();
+	let (mut reader, _) = b.split();
+	let fds_of = |i: usize| match i % 4 {
+		0 => 0,
+		1 => 1,
+		2 => 253,
+		_ => 7,
+	};
+	let mut pipes = Vec::new();
+	for i in 0..60 {
+		let (read_end, write_end) = pipe();
+		let mut fds: Vec<OwnedFd> = Vec::new();
+		if fds_of(i) > 0 {
+			fds.push(write_end.into());
+			fds.extend(descriptors(fds_of(i) - 1));
+			pipes.push(Some(read_end));
+		} else {
+			pipes.push(None);
+		}
+		writer.start_send(Message::stream(i as u32, 1, UnixBody::new(vec![i as u8; i * 10], fds))).unwrap();
+	}
+	assert!(!writer.wants_more() || writer.has_queued());
+	within(poll_fn(|cx| writer.poll_flush(cx))).await.unwrap();
+	assert!(!writer.has_queued());
+	for (i, pipe) in pipes.into_iter().enumerate() {
+		let mut message = read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(message.header.request_id, i as u32);
+		assert_eq!(message.body.data, vec![i as u8; i * 10]);
+		assert_eq!(message.body.fds.len(), fds_of(i));
+		if let Some(read_end) = pipe {
+			let mut write = File::from(message.body.fds.swap_remove(0));
+			write.write_all(b"ok").unwrap();
+			drop((write, message));
+			// This side's copy was closed once the datagram was sent: only the one received
+			// held the pipe open.
+			assert_eq!(read_pipe(read_end).await, b"ok");
+		}
+	}
+}
+
 #[tokio::test]
 async fn a_malformed_datagram_ends_the_connection_and_every_handle_learns_why() {
 	let config = limits(16, 2);

@@ -1,5 +1,6 @@
 //! No descriptor leaks, on any path: 10,000 messages with descriptors (read, dropped unread,
-//! refused), malformed datagrams that end connections, and connections that end mid-way.
+//! refused), malformed datagrams that end connections (alone, and in the middle of a batch read
+//! with one call), and connections that end mid-way.
 //!
 //! This test counts the entries of `/proc/self/fd`, so it is the only test in this file: the test
 //! harness runs the tests of one file as threads of one process, and any other test would open
@@ -176,6 +177,39 @@ async fn error_paths() {
 	}
 }
 
+/// Many datagrams with descriptors queued at once, so that each read takes a batch, with a bad one
+/// in the middle of a batch (cut, too many descriptors, descriptors cut, too short): the good
+/// ones before it are read, the rest are dropped with what they carry.
+async fn batch_error_paths() {
+	let config = Config::default().with_max_body_len_read(64).with_max_fds_read(2);
+	let mut truncated = header(4);
+	truncated.extend_from_slice(&[0; 500]);
+	let cases: [(&[u8], usize); 4] = [(&truncated, 2), (&header(4), 3), (&header(4), 40), (&[1, 2, 3], 1)];
+	for round in 0..25 {
+		for (bad, count) in cases {
+			let (raw, ours) = UnixSeqpacket::pair().unwrap();
+			let (peer, mut handle) = Peer::new(UnixSeqpacketTransport::from_socket(ours, &config).unwrap(), &config);
+			let mut good = header(4);
+			good.extend_from_slice(b"fine");
+			// All queued before the peer reads anything.
+			let before = round % 7;
+			for _ in 0..before {
+				raw_send(&raw, &good, &fds(2)).await;
+			}
+			raw_send(&raw, bad, &fds(count)).await;
+			for _ in 0..10 {
+				raw_send(&raw, &good, &fds(1)).await;
+			}
+			let run = tokio::spawn(peer.run());
+			assert!(within(run).await.unwrap().is_err());
+			// The good ones before the bad one reached the handle: read some, leave the rest.
+			for _ in 0..before / 2 {
+				within(handle.recv_message()).await.unwrap();
+			}
+		}
+	}
+}
+
 /// Connections that end with messages everywhere: in the writer's queue, in the socket, in the
 /// incoming queue, and sends racing the end.
 async fn shutdown_mid_way() {
@@ -219,14 +253,17 @@ async fn no_descriptor_leaks_on_any_path() {
 	let after_traffic = settled_count(baseline).await;
 	phase(error_paths()).await;
 	let after_errors = settled_count(baseline).await;
+	phase(batch_error_paths()).await;
+	let after_batches = settled_count(baseline).await;
 	phase(shutdown_mid_way()).await;
 	let after_shutdowns = settled_count(baseline).await;
 	eprintln!(
-		"leak test: {:?}, descriptors {baseline} -> {after_traffic}, {after_errors}, {after_shutdowns}",
+		"leak test: {:?}, descriptors {baseline} -> {after_traffic}, {after_errors}, {after_batches}, {after_shutdowns}",
 		started.elapsed()
 	);
 
 	assert_eq!(after_traffic, baseline, "descriptors leaked by normal traffic");
 	assert_eq!(after_errors, baseline, "descriptors leaked on error paths");
+	assert_eq!(after_batches, baseline, "descriptors leaked by a bad datagram in the middle of a batch");
 	assert_eq!(after_shutdowns, baseline, "descriptors leaked when connections ended mid-way");
 }

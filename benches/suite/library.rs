@@ -1,8 +1,9 @@
 //! The two libraries: peerwire and fizyr-rpc 0.8, each used as its documentation shows.
 //!
 //! Both run the same application code: the client keeps its open request handles in a queue and
-//! awaits the oldest; the server task answers each request in the order received and counts
-//! stream messages. Both get the sockets from [`crate::transport`].
+//! awaits the oldest; the server task answers each request in the order received (or, for a
+//! spawning server, spawns a task per request that answers it) and counts stream messages. Both
+//! get the sockets from [`crate::transport`].
 
 use std::collections::VecDeque;
 
@@ -120,6 +121,11 @@ impl<B: peerwire::Body + From<Bytes> + IntoBytes> Client for PeerwireClient<B> {
 async fn serve_peerwire<B: peerwire::Body>(mut peer: peerwire::PeerHandle<B>, server: Server) {
 	while let Ok(message) = peer.recv_message().await {
 		match message {
+			peerwire::ReceivedMessage::Request(request, body) if server.spawn => {
+				tokio::spawn(async move {
+					let _ = request.send_response(0, body).await;
+				});
+			},
 			peerwire::ReceivedMessage::Request(request, body) => {
 				if request.send_response(0, body).await.is_err() {
 					break;
@@ -204,6 +210,11 @@ fn fizyr_error(error: fizyr_rpc::Error) -> BoxError {
 async fn serve_fizyr<B: fizyr_rpc::Body + Send + 'static>(mut peer: fizyr_rpc::PeerHandle<B>, server: Server) {
 	while let Ok(message) = peer.recv_message().await {
 		match message {
+			fizyr_rpc::ReceivedMessage::Request(request, body) if server.spawn => {
+				tokio::spawn(async move {
+					let _ = request.send_response(0, body).await;
+				});
+			},
 			fizyr_rpc::ReceivedMessage::Request(request, body) => {
 				if request.send_response(0, body).await.is_err() {
 					break;

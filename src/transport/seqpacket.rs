@@ -43,10 +43,19 @@
 //!
 //! # Descriptors
 //!
-//! A received descriptor is an [`OwnedFd`] from the instant `recvmsg` returns, before any check
+//! A received descriptor is an [`OwnedFd`] from the instant `recvmmsg` returns, before any check
 //! that can fail: a malformed datagram, a message dropped unread, a connection that ends with
-//! messages queued all close what they held. Sent descriptors are borrowed for the `sendmsg`
+//! messages queued all close what they held. Sent descriptors are borrowed for the `sendmmsg`
 //! and closed on this side once the datagram is on its way (the remote has its own copies).
+//!
+//! # Batches
+//!
+//! One system call moves several datagrams each way when several are waiting: the reader takes up
+//! to 16 queued datagrams with one `recvmmsg` and hands them out one per read, and the writer
+//! sends up to 16 queued messages with one `sendmmsg` (a message alone goes with `sendmsg`).
+//! Every datagram of a batch is checked on its own, as if it had come alone: when one in the
+//! middle breaks a rule, the messages before it are read first, then the error, and the
+//! descriptors of the bad one and of any behind it in the batch are closed.
 //!
 //! # Limits and errors
 //!
@@ -95,6 +104,17 @@
 //! has touched them: an idle connection costs its arena, not `max_body_len_read`. A larger
 //! datagram is copied out of it at its actual size.
 //!
+//! The other datagrams of a batch land in slots of a second anonymous mapping, each as large as
+//! the receive buffer, and are copied out of it: into the arena up to 16 KiB, else at their
+//! actual size. These slots take address space, not memory (at most 256 MiB of it: with the
+//! default 16 MiB read limit, 15 slots; with a read limit over 256 MiB, none, and one datagram
+//! per call); the pages a batch touched are let go, like the overflow's, once the connection is
+//! quiet. If the system refuses the mapping, the connection receives one datagram per call.
+//!
+//! A batch takes no more than the kernel had queued for the connection, and what a remote can
+//! have queued is bounded by its send buffer (at most twice `net.core.wmem_max`): the reader
+//! holds at most one batch that the peer has not taken yet, in bytes what the socket held before.
+//!
 //! # Between a parent and a child process
 //!
 //! [`UnixSeqpacketTransport::pair`] connects two transports in one process. For a child
@@ -124,6 +144,7 @@ use crate::handle::PeerHandle;
 use crate::listener::{AcceptError, Acceptor, Listener};
 use crate::message::{Body, CloneBody, HEADER_LEN, IntoBody, Message};
 use crate::peer::Peer;
+use crate::sys::batch::{self, MAX_BATCH, Outgoing, RecvControl};
 use crate::sys::fd;
 
 /// Datagrams up to this size are received into the arena and split off it without a copy.
@@ -141,6 +162,13 @@ const MAX_DATAGRAM_LEN: usize = i32::MAX as usize;
 pub const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
 /// The most descriptors Linux passes in one message (`SCM_MAX_FD`); `sendmsg` fails beyond it.
 pub const SCM_MAX_FD: usize = 253;
+/// The address space the receive slots of a batch may take beyond the first: each slot holds the
+/// largest datagram allowed, so a connection with a large read limit batches fewer datagrams per
+/// call (none beyond the first past 256 MiB). Pages of it cost memory only once written.
+const LANDING_SPACE: usize = 256 << 20;
+/// The control buffer for one batch of sends has room for at least this many descriptors (about
+/// 4 KiB), so that several datagrams with descriptors go in one call.
+const SEND_CONTROL_FDS: usize = 1000;
 /// Stop taking messages for a batch once this many bytes are queued...
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// ...or this many messages.
@@ -378,8 +406,38 @@ pub struct UnixSeqpacketReader {
 	overflow: Option<MmapMut>,
 	/// A datagram has used `overflow` since it was last mapped.
 	overflow_touched: bool,
-	/// Room for one descriptor more than the limit.
-	control: Vec<MaybeUninit<u8>>,
+	/// The receive slots of a batch after the first, `receive_len` bytes each, in an anonymous
+	/// mapping (`None` if one datagram per call is all the limits allow).
+	landing: Option<MmapMut>,
+	/// The size of a slot of `landing`: the largest datagram allowed, plus one byte.
+	receive_len: usize,
+	/// A datagram has used `landing` since it was last mapped.
+	landing_touched: bool,
+	/// For each slot, room for one descriptor more than the limit.
+	control: RecvControl,
+	/// How many datagrams the next call asks for: twice as many as the last call if it found all
+	/// it asked for (more may be waiting), and after the socket ran dry, as many as came since it
+	/// last did (the size of the last burst). Asking for more than is queued makes the kernel try
+	/// (and fail) once more inside the call, which a connection that has one datagram waiting per
+	/// wakeup (a round trip) would otherwise pay on every message.
+	batch_len: usize,
+	/// Datagrams received since the socket last ran dry.
+	burst: usize,
+	/// What the last call received, before it is checked (kept for its allocation).
+	received: Vec<fd::Received>,
+	/// Messages received and checked, not yet read.
+	ready: VecDeque<Message<UnixBody>>,
+	/// What comes after `ready`: the remote's end of the connection, or an error.
+	end: Option<ReadEnd>,
+}
+
+/// How reading ended, after the messages received before it are read.
+#[derive(Debug)]
+enum ReadEnd {
+	/// The remote closed its side (or sent an empty datagram): read as `Ok(None)`, every time.
+	Closed,
+	/// A datagram broke a rule: read as that error.
+	Failed(Error),
 }
 
 impl UnixSeqpacketReader {
@@ -394,6 +452,18 @@ impl UnixSeqpacketReader {
 			// making every connection pay for the largest datagram it might ever receive.
 			len => Some(MmapOptions::new().len(len).no_reserve_swap().map_anon()?),
 		};
+		let landing_slots = (LANDING_SPACE / receive_len).min(MAX_BATCH - 1);
+		let landing = match landing_slots {
+			0 => None,
+			slots => match MmapOptions::new().len(slots * receive_len).no_reserve_swap().map_anon() {
+				Ok(mapping) => Some(mapping),
+				Err(error) => {
+					tracing::debug!("receiving one datagram per call: no room for the batch slots: {error}");
+					None
+				},
+			},
+		};
+		let slots = 1 + landing.as_ref().map_or(0, |landing| landing.len() / receive_len);
 		Ok(Self {
 			socket,
 			endian: config.endian,
@@ -403,13 +473,87 @@ impl UnixSeqpacketReader {
 			fast_len,
 			overflow,
 			overflow_touched: false,
-			control: fd::control_buffer(config.max_fds_read.min(SCM_MAX_FD) + 1),
+			landing,
+			receive_len,
+			landing_touched: false,
+			control: RecvControl::new(config.max_fds_read.min(SCM_MAX_FD) + 1, slots),
+			batch_len: slots,
+			burst: 0,
+			received: Vec::new(),
+			ready: VecDeque::new(),
+			end: None,
 		})
 	}
 
-	/// Check a received datagram and turn it into a message. Its descriptors are owned already:
-	/// every error return closes them.
-	fn finish(&mut self, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+	/// Receive what is queued on the socket, up to one batch, into `ready` and `end`.
+	fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+		if self.arena.len() < self.fast_len {
+			// Used up (what was split off lives on in the messages); start a fresh one.
+			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
+		}
+		// Taken out for the call and always put back, so that its allocation is kept.
+		let mut received = std::mem::take(&mut self.received);
+		let result = self.poll_recv_datagrams(cx, &mut received);
+		if let Poll::Ready(Ok(())) = result {
+			// Check each datagram in the order received. Those after an end or an error are
+			// dropped unread, which closes their descriptors.
+			for (slot, datagram) in received.drain(..).enumerate() {
+				if self.end.is_some() {
+					continue;
+				}
+				let checked = match slot {
+					0 => self.finish(datagram),
+					_ => self.finish_landed(slot - 1, datagram),
+				};
+				match checked {
+					Ok(Some(message)) => self.ready.push_back(message),
+					Ok(None) => self.end = Some(ReadEnd::Closed),
+					Err(error) => self.end = Some(ReadEnd::Failed(error)),
+				}
+			}
+		}
+		self.received = received;
+		result
+	}
+
+	/// One `recvmmsg` once the socket is readable: datagram 0 into the arena and the overflow,
+	/// the others into the slots of `landing`.
+	fn poll_recv_datagrams(&mut self, cx: &mut Context<'_>, received: &mut Vec<fd::Received>) -> Poll<io::Result<()>> {
+		let Self { socket, arena, fast_len, overflow, landing, receive_len, control, batch_len, burst, .. } = self;
+		loop {
+			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
+			let overflow = overflow.as_deref_mut().unwrap_or_default();
+			let mut first = Some([IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)]);
+			let mut rest = landing.as_deref_mut().unwrap_or_default().chunks_exact_mut(*receive_len);
+			let mut slots: [[IoSliceMut<'_>; 2]; MAX_BATCH] = std::array::from_fn(|_| {
+				first
+					.take()
+					.unwrap_or_else(|| [IoSliceMut::new(rest.next().unwrap_or_default()), IoSliceMut::new(&mut [])])
+			});
+			let asked = (*batch_len).clamp(1, control.slots());
+			let result = guard
+				.try_io(|inner| batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots[..asked], control, received));
+			match result {
+				Ok(Ok(taken)) => {
+					*burst += taken;
+					if taken == asked {
+						*batch_len = asked * 2;
+					}
+					return Poll::Ready(Ok(()));
+				},
+				Ok(Err(error)) => return Poll::Ready(Err(error)),
+				Err(_would_block) => {
+					*batch_len = std::mem::take(burst).max(1);
+					continue;
+				},
+			}
+		}
+	}
+
+	/// Check what the kernel said about a received datagram: its length and descriptors if it
+	/// is whole and within the limits, `None` for the end of the connection. Its descriptors are
+	/// owned already: every error return closes them.
+	fn check(&self, received: fd::Received) -> Result<Option<(usize, Vec<OwnedFd>)>, Error> {
 		let fd::Received { len, fds, truncated, control_truncated } = received;
 		if control_truncated {
 			return Err(ProtocolViolation::ControlTruncated.into());
@@ -428,6 +572,13 @@ impl UnixSeqpacketReader {
 			);
 			return Ok(None);
 		}
+		Ok(Some((len, fds)))
+	}
+
+	/// Check the first datagram of a batch, received into the arena and the overflow, and turn it
+	/// into a message.
+	fn finish(&mut self, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+		let Some((len, fds)) = self.check(received)? else { return Ok(None) };
 		let datagram = if len <= self.fast_len {
 			self.arena.split_to(len).freeze()
 		} else {
@@ -440,6 +591,33 @@ impl UnixSeqpacketReader {
 			self.overflow_touched = true;
 			datagram.freeze()
 		};
+		self.decode(datagram, fds)
+	}
+
+	/// Check a later datagram of a batch, received into slot `slot` of `landing`, and turn it
+	/// into a message: copied into the arena if it is small, else into a buffer of its size.
+	fn finish_landed(&mut self, slot: usize, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+		let Some((len, fds)) = self.check(received)? else { return Ok(None) };
+		// Like the overflow: let go of the pages once the connection is quiet.
+		self.landing_touched = true;
+		let landing = self.landing.as_deref().unwrap_or_default();
+		let Some(data) = landing.get(slot * self.receive_len..).and_then(|rest| rest.get(..len)) else {
+			// The kernel writes no more than the slot holds; this would be a bug here.
+			return Err(io::Error::other(format!("datagram of {len} bytes outside receive slot {slot}")).into());
+		};
+		let datagram = if len <= self.fast_len {
+			if self.arena.len() < len {
+				self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
+			}
+			self.arena[..len].copy_from_slice(data);
+			self.arena.split_to(len).freeze()
+		} else {
+			Bytes::copy_from_slice(data)
+		};
+		self.decode(datagram, fds)
+	}
+
+	fn decode(&self, datagram: Bytes, fds: Vec<OwnedFd>) -> Result<Option<Message<UnixBody>>, Error> {
 		let message = decode_datagram(datagram, self.endian, self.max_body_len)?;
 		Ok(Some(Message { header: message.header, body: UnixBody { data: message.body, fds } }))
 	}
@@ -449,37 +627,40 @@ impl TransportRead for UnixSeqpacketReader {
 	type Body = UnixBody;
 
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<UnixBody>>, Error>> {
-		if self.arena.len() < self.fast_len {
-			// Used up (what was split off lives on in the messages); start a fresh one.
-			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
-		}
-		let Self { socket, arena, fast_len, overflow, control, .. } = self;
-		let received = loop {
-			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
-			let overflow = overflow.as_deref_mut().unwrap_or_default();
-			let mut buffers = [IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)];
-			match guard.try_io(|inner| fd::recv_datagram(inner.get_ref().as_fd(), &mut buffers, control)) {
-				Ok(received) => break received?,
-				Err(_would_block) => continue,
+		loop {
+			if let Some(message) = self.ready.pop_front() {
+				return Poll::Ready(Ok(Some(message)));
 			}
-		};
-		Poll::Ready(self.finish(received))
+			match self.end.take() {
+				Some(ReadEnd::Closed) => {
+					self.end = Some(ReadEnd::Closed);
+					return Poll::Ready(Ok(None));
+				},
+				Some(ReadEnd::Failed(error)) => return Poll::Ready(Err(error)),
+				None => {},
+			}
+			ready!(self.poll_receive(cx))?;
+		}
 	}
 
 	fn holds_spare_memory(&self) -> bool {
-		self.overflow_touched
+		self.overflow_touched || self.landing_touched
 	}
 
-	/// Map the overflow area afresh, so that an idle connection does not keep the pages of its
-	/// largest datagram.
+	/// Map the overflow area and the batch slots afresh, so that an idle connection does not keep
+	/// the pages of its largest datagrams.
 	fn release_spare_memory(&mut self) {
-		if !std::mem::take(&mut self.overflow_touched) {
-			return;
-		}
-		if let Some(mapping) = &self.overflow {
-			match MmapOptions::new().len(mapping.len()).no_reserve_swap().map_anon() {
-				Ok(fresh) => self.overflow = Some(fresh),
-				Err(error) => tracing::debug!("kept the receive overflow mapping: {error}"),
+		for (mapping, touched) in
+			[(&mut self.overflow, &mut self.overflow_touched), (&mut self.landing, &mut self.landing_touched)]
+		{
+			if !std::mem::take(touched) {
+				continue;
+			}
+			if let Some(old) = mapping {
+				match MmapOptions::new().len(old.len()).no_reserve_swap().map_anon() {
+					Ok(fresh) => *mapping = Some(fresh),
+					Err(error) => tracing::debug!("kept a receive mapping: {error}"),
+				}
 			}
 		}
 	}
@@ -496,7 +677,11 @@ pub struct UnixSeqpacketWriter {
 	max_datagram_len: usize,
 	queue: VecDeque<Queued>,
 	queued_bytes: usize,
+	/// The control data of one batch: room for the most descriptors one message may carry, and
+	/// for several messages with a few.
 	control: Vec<MaybeUninit<u8>>,
+	/// The lengths sent by the last call, one per datagram (kept for its allocation).
+	sent: Vec<usize>,
 }
 
 /// A message waiting for its `sendmsg`.
@@ -517,7 +702,8 @@ impl UnixSeqpacketWriter {
 			max_datagram_len,
 			queue: VecDeque::new(),
 			queued_bytes: 0,
-			control: fd::control_buffer(config.max_fds_write.min(SCM_MAX_FD)),
+			control: fd::control_buffer(config.max_fds_write.min(SCM_MAX_FD).max(SEND_CONTROL_FDS)),
+			sent: Vec::new(),
 		})
 	}
 }
@@ -574,34 +760,55 @@ impl TransportWrite for UnixSeqpacketWriter {
 	}
 
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-		let Self { socket, queue, queued_bytes, control, .. } = self;
-		while let Some(front) = queue.front() {
-			let len = HEADER_LEN + front.body.data.len();
+		let Self { socket, queue, queued_bytes, control, sent, .. } = self;
+		while !queue.is_empty() {
 			let mut guard = ready!(socket.as_async_fd().poll_write_ready(cx))?;
-			let buffers = [IoSlice::new(&front.header), IoSlice::new(&front.body.data)];
-			let result = match guard
-				.try_io(|inner| fd::send_datagram(inner.get_ref().as_fd(), &buffers, &front.body.fds, control))
-			{
-				Ok(result) => result,
-				Err(_would_block) => continue,
-			};
+			// Up to one batch from the front of the queue, sent with one `sendmmsg` (one alone
+			// with a plain `sendmsg`).
+			let result = guard.try_io(|inner| {
+				let socket = inner.get_ref().as_fd();
+				if let (Some(only), 1) = (queue.front(), queue.len()) {
+					let buffers = [IoSlice::new(&only.header), IoSlice::new(&only.body.data)];
+					sent.clear();
+					return fd::send_datagram(socket, &buffers, &only.body.fds, control).map(|len| sent.push(len));
+				}
+				let mut queued = queue.iter();
+				let datagrams: [Outgoing<'_>; MAX_BATCH] = std::array::from_fn(|_| match queued.next() {
+					Some(queued) => Outgoing {
+						data: [IoSlice::new(&queued.header), IoSlice::new(&queued.body.data)],
+						fds: &queued.body.fds,
+					},
+					None => Outgoing { data: [IoSlice::new(&[]); 2], fds: &[] },
+				});
+				batch::send_datagrams(socket, &datagrams[..queue.len().min(MAX_BATCH)], control, sent)
+			});
 			match result {
+				Ok(Ok(())) => {},
+				Err(_would_block) => continue,
+				// Too large for the kernel after all (the send buffer shrank since it was checked):
+				// this message is lost, the connection is fine. (A later datagram of a batch that
+				// fails is not sent, and fails again as the first of the next call.)
+				Ok(Err(error)) if error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
+					let len = queue.front().map_or(0, |front| HEADER_LEN + front.body.data.len());
+					tracing::error!(len, "dropped a message too large for the socket: {error}");
+					*queued_bytes -= len;
+					queue.pop_front();
+					continue;
+				},
+				Ok(Err(error)) => return Poll::Ready(Err(error.into())),
+			}
+			for &sent in sent.iter() {
+				let Some(front) = queue.pop_front() else { break };
+				let len = HEADER_LEN + front.body.data.len();
 				// A datagram goes whole or not at all.
-				Ok(sent) if sent == len => {},
-				Ok(sent) => {
+				if sent != len {
 					let message = format!("sent {sent} bytes of a {len}-byte datagram");
 					return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, message).into()));
-				},
-				// Too large for the kernel after all (the send buffer shrank since it was checked):
-				// this message is lost, the connection is fine.
-				Err(error) if error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
-					tracing::error!(len, "dropped a message too large for the socket: {error}");
-				},
-				Err(error) => return Poll::Ready(Err(error.into())),
+				}
+				*queued_bytes -= len;
+				// `front` is dropped here, which closes this side's copies of the descriptors;
+				// the remote has its own.
 			}
-			*queued_bytes -= len;
-			// Closes this side's copies of the descriptors; the remote has its own.
-			queue.pop_front();
 		}
 		Poll::Ready(Ok(()))
 	}
@@ -746,6 +953,77 @@ mod tests {
 		assert_eq!(error.kind(), crate::ErrorKind::TooManyFds);
 		let fds: Vec<OwnedFd> = (0..SCM_MAX_FD).map(|_| devnull()).collect();
 		send(&mut writer, Message::stream(0, 0, UnixBody::new("", fds))).await;
+	}
+
+	#[tokio::test]
+	async fn what_is_queued_is_taken_in_one_call_and_the_batch_slots_are_let_go_when_quiet() {
+		let config = config(100_000, 1);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		assert_eq!(reader.control.slots(), MAX_BATCH);
+		for i in 0..MAX_BATCH as u32 + 4 {
+			let len = if i == 3 { 50_000 } else { 10 };
+			writer.start_send(Message::stream(i, 0, UnixBody::new(vec![i as u8; len], [devnull()]))).unwrap();
+		}
+		poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		let first = read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(first.header.request_id, 0);
+		// One call took a whole batch; the rest waits in the socket.
+		assert_eq!(reader.ready.len(), MAX_BATCH - 1);
+		assert!(reader.holds_spare_memory());
+		for i in 1..MAX_BATCH as u32 + 4 {
+			let message = read(&mut reader).await.unwrap().unwrap();
+			assert_eq!(message.header.request_id, i);
+			assert_eq!(message.body.data.len(), if i == 3 { 50_000 } else { 10 });
+			assert!(message.body.data.iter().all(|&byte| byte == i as u8));
+			assert_eq!(message.body.fds.len(), 1);
+		}
+		reader.release_spare_memory();
+		assert!(!reader.holds_spare_memory());
+	}
+
+	#[tokio::test]
+	async fn a_call_asks_for_twice_what_the_last_found_and_after_a_dry_socket_for_the_last_burst() {
+		let config = config(1000, 1);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		let mut send = async |count: u32| {
+			for i in 0..count {
+				writer.start_send(Message::stream(i, 0, UnixBody::from("x"))).unwrap();
+			}
+			poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		};
+		// Read what is queued, then once more, which finds the socket dry.
+		async fn drain(reader: &mut UnixSeqpacketReader, count: usize) {
+			for _ in 0..count {
+				read(reader).await.unwrap().unwrap();
+			}
+			assert!(poll_fn(|cx| Poll::Ready(reader.poll_read_message(cx))).await.is_pending());
+		}
+		// One at a time, as in a round trip: after each, one is asked for.
+		for _ in 0..3 {
+			send(1).await;
+			drain(&mut reader, 1).await;
+			assert_eq!(reader.batch_len, 1);
+		}
+		// A burst of 15: 1, 2, 4, 8 are asked for and found, then 16, and the socket is dry.
+		send(15).await;
+		drain(&mut reader, 15).await;
+		assert_eq!(reader.batch_len, 15);
+		// The next burst of 15 comes in one call.
+		send(15).await;
+		read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(reader.ready.len(), 14);
+	}
+
+	#[tokio::test]
+	async fn limits_too_large_for_batch_slots_receive_one_datagram_per_call() {
+		let (_, b) = UnixSeqpacketTransport::pair(&config(LANDING_SPACE, 1)).unwrap();
+		let (reader, _) = b.split();
+		assert!(reader.landing.is_none());
+		assert_eq!(reader.control.slots(), 1);
 	}
 
 	#[tokio::test]
