@@ -368,7 +368,7 @@ async fn a_bad_datagram_in_the_middle_of_a_batch(bad: &[u8], fds: usize, check: 
 		let (read_end, write_end) = pipe();
 		let mut sent: Vec<OwnedFd> = vec![write_end.into()];
 		sent.extend(descriptors(extra));
-		raw_send(&raw, data, &sent).await;
+		raw_send(&raw, data, &sent).await.unwrap();
 		read_ends.push(read_end);
 	};
 	for i in 0..5 {
@@ -434,7 +434,7 @@ async fn the_end_of_the_connection_behind_a_batch_comes_after_its_messages() {
 	let config = limits(16, 2);
 	let (raw, mut reader) = raw_pair(&config);
 	for i in 0..20 {
-		raw_send(&raw, &datagram(4, i, 0, b"last words"), &descriptors(1)).await;
+		raw_send(&raw, &datagram(4, i, 0, b"last words"), &descriptors(1)).await.unwrap();
 	}
 	drop(raw);
 	for i in 0..20 {
