@@ -194,9 +194,9 @@ async fn batch_error_paths() {
 			// All queued before the peer reads anything.
 			let before = round % 7;
 			for _ in 0..before {
-				raw_send(&raw, &good, &fds(2)).await;
+				raw_send(&raw, &good, &fds(2)).await.unwrap();
 			}
-			raw_send(&raw, bad, &fds(count)).await;
+			raw_send(&raw, bad, &fds(count)).await.unwrap();
 			for _ in 0..10 {
 				raw_send(&raw, &good, &fds(1)).await;
 			}
