@@ -198,7 +198,7 @@ async fn batch_error_paths() {
 			}
 			raw_send(&raw, bad, &fds(count)).await.unwrap();
 			for _ in 0..10 {
-				raw_send(&raw, &good, &fds(1)).await;
+				raw_send(&raw, &good, &fds(1)).await.unwrap();
 			}
 			let run = tokio::spawn(peer.run());
 			assert!(within(run).await.unwrap().is_err());
