@@ -116,7 +116,7 @@ async fn answer_record(request: &ReceivedRequestHandle<UnixBody>, sequence: u32)
 	request.send_update(PROGRESS, STAGES[1]).await?;
 	seal(&frame)?;
 	request.send_update(PROGRESS, STAGES[2]).await?;
-	request.send_response(0, UnixBody::with_fds(info.encode(), [frame])).await?;
+	request.send_response(0, UnixBody::new(info.encode(), [frame])).await?;
 	Ok(())
 }
 
@@ -139,10 +139,8 @@ pub async fn record(peer: &PeerHandle<UnixBody>) -> Result<Recording, BoxError> 
 	while let Some(update) = request.recv_update().await? {
 		stages.push(String::from_utf8_lossy(&update.body.data).into_owned());
 	}
-	let response = request.recv_response().await?;
-	if let Some(error) = response.error_text() {
-		return Err(format!("the camera failed: {error}").into());
-	}
+	// An error response from the camera is an `Err` of kind `ErrorKind::Remote` here.
+	let response = request.recv_response_ok().await.map_err(|error| format!("the camera failed: {error}"))?;
 	let info = FrameInfo::decode(&response.body.data).ok_or("the response body is not frame metadata")?;
 	let mut fds = response.body.fds.into_iter();
 	let (Some(fd), None) = (fds.next(), fds.next()) else {
@@ -186,11 +184,11 @@ async fn main() -> Result<(), BoxError> {
 
 async fn run(path: &std::path::Path) -> Result<(), BoxError> {
 	let config = Config::default();
-	let mut listener = UnixSeqpacketListener::bind(path, config.clone()).await?;
+	let mut listener = UnixSeqpacketListener::bind(path, &config).await?;
 	println!("[camera] listening on {}", path.display());
 	let camera = tokio::spawn(async move {
 		let (peer, info) = listener.accept().await?;
-		println!("[camera] client connected: {:?}", info.credentials);
+		println!("[camera] client connected: {info}");
 		serve(peer).await;
 		Ok::<_, peerwire::Error>(())
 	});

@@ -12,13 +12,13 @@ use peerwire::{Config, ReceivedMessage, TcpListener, TcpPeer};
 
 #[tokio::main]
 async fn main() -> Result<(), peerwire::Error> {
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await?;
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await?;
 	let address = listener.local_addr()?;
 	println!("[server] listening on tcp://{address}");
 
 	let server = tokio::spawn(async move {
 		let (peer, info) = listener.accept().await?;
-		println!("[server] connection from {:?}", info.remote_address);
+		println!("[server] connection from {info}");
 		// The server also talks first: a stream message to the client.
 		peer.send_stream(service::LOG, "welcome").await?;
 		service::serve(peer).await;

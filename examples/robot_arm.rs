@@ -65,13 +65,13 @@ async fn run_server(listener: TcpListener, shutdown: CancellationToken) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await?;
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await?;
 	let address = listener.local_addr()?;
 	let shutdown = CancellationToken::new();
 	let server = tokio::spawn(run_server(listener, shutdown.clone()));
 
 	// One typed client for the whole run: it reconnects when the server comes back.
-	let connection = Reconnecting::tcp(address, Config::default(), Backoff::default()).send_only();
+	let connection = Reconnecting::tcp(address, &Config::default(), Backoff::default()).send_only();
 	let arm = arm::Client::new(connection);
 
 	let mut moving = arm.move_to(&Target { x: 3.0, y: 4.0 }).await?;
@@ -89,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 	shutdown.cancel();
 	server.await?;
 	let shutdown = CancellationToken::new();
-	let server = tokio::spawn(run_server(TcpListener::bind(address, Config::default()).await?, shutdown.clone()));
+	let server = tokio::spawn(run_server(TcpListener::bind(address, &Config::default()).await?, shutdown.clone()));
 	arm.home().await?.recv_response().await?;
 	println!("[client] home, after a server restart");
 

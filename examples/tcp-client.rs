@@ -10,6 +10,6 @@ mod service;
 async fn main() -> Result<(), peerwire::Error> {
 	let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:29285".into());
 	let (peer, info) = peerwire::TcpPeer::connect(&address, &peerwire::Config::default()).await?;
-	println!("[client] connected to {:?}", info.remote_address);
+	println!("[client] connected to {info}");
 	client::run(&peer).await
 }

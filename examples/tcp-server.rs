@@ -7,12 +7,12 @@ mod service;
 #[tokio::main]
 async fn main() -> Result<(), peerwire::Error> {
 	let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:29285".into());
-	let mut listener = peerwire::TcpListener::bind(&address, peerwire::Config::default()).await?;
+	let mut listener = peerwire::TcpListener::bind(&address, &peerwire::Config::default()).await?;
 	println!("[server] listening on tcp://{}", listener.local_addr()?);
 	loop {
 		match listener.accept().await {
 			Ok((peer, info)) => {
-				println!("[server] connection from {:?}", info.remote_address);
+				println!("[server] connection from {info}");
 				tokio::spawn(service::serve(peer));
 			},
 			// For example out of descriptors: this connection failed, the listener did not.

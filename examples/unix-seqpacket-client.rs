@@ -25,19 +25,19 @@ fn memfile(name: &str, text: &str) -> std::io::Result<std::fs::File> {
 async fn main() -> Result<(), BoxError> {
 	let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/peerwire-seqpacket-example.sock".into());
 	let (peer, info) = UnixSeqpacketPeer::connect(&path, &Config::default()).await?;
-	println!("[client] connected to seqpacket://{path}, server {:?}", info.credentials);
+	println!("[client] connected to seqpacket://{path}, server {info}");
 
 	// Echo: the descriptor comes back as a new number for the same open file.
 	let file = memfile("echo", "")?;
 	let inode = file.metadata()?.ino();
-	let mut request = peer.send_request(ECHO, UnixBody::with_fds("echo", [file])).await?;
+	let mut request = peer.send_request(ECHO, UnixBody::new("echo", [file])).await?;
 	let response = request.recv_response().await?;
 	let returned = std::fs::File::from(response.body.fds.into_iter().next().ok_or("no descriptor came back")?);
 	println!("[client] echo: {:?}, same file: {}", response.body.data, returned.metadata()?.ino() == inode);
 
 	// Read: the server reads what two files hold, reporting each with an update.
 	let files = [memfile("first", "Hello, ")?, memfile("second", "descriptors!")?];
-	let mut request = peer.send_request(READ, UnixBody::with_fds("", files)).await?;
+	let mut request = peer.send_request(READ, UnixBody::new("", files)).await?;
 	while let Some(update) = request.recv_update().await? {
 		println!("[client] read update: {}", String::from_utf8_lossy(&update.body.data));
 	}
@@ -55,7 +55,7 @@ async fn main() -> Result<(), BoxError> {
 	.await??;
 	println!("[client] from the pipe: {}", text.trim_end());
 
-	peer.send_stream(LOG, UnixBody::with_fds("client done", [memfile("log", "")?])).await?;
+	peer.send_stream(LOG, UnixBody::new("client done", [memfile("log", "")?])).await?;
 	peer.close();
 	// Wait for the log message (and its descriptor) to be on the wire before the process exits.
 	peer.closed().await;

@@ -22,13 +22,13 @@ const LOG: i32 = 10;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
 	let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/peerwire-seqpacket-example.sock".into());
-	let mut listener = peerwire::UnixSeqpacketListener::bind(&path, peerwire::Config::default()).await?;
+	let mut listener = peerwire::UnixSeqpacketListener::bind(&path, &peerwire::Config::default()).await?;
 	println!("[server] listening on seqpacket://{path}");
 	loop {
 		match listener.accept().await {
 			Ok((peer, info)) => {
 				// The kernel tells who is on the other end: refuse processes you do not trust here.
-				println!("[server] connection from {:?}", info.credentials);
+				println!("[server] connection from {info}");
 				tokio::spawn(serve(peer));
 			},
 			Err(error) => eprintln!("[server] accept failed: {error}"),
@@ -81,7 +81,7 @@ async fn answer(request: ReceivedRequestHandle<UnixBody>, body: UnixBody) -> Res
 				Ok(pipe) => pipe,
 				Err(error) => return request.send_error_response(&format!("pipe: {error}")).await,
 			};
-			request.send_response(0, UnixBody::with_fds("the read end of a pipe", [read])).await?;
+			request.send_response(0, UnixBody::new("the read end of a pipe", [read])).await?;
 			// Written after the response: the client reads it through the descriptor it got.
 			let mut write = std::fs::File::from(write);
 			let _ = writeln!(write, "hello through a pipe from process {}", std::process::id());

@@ -7,13 +7,13 @@ mod service;
 #[tokio::main]
 async fn main() -> Result<(), peerwire::Error> {
 	let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/peerwire-example.sock".into());
-	let mut listener = peerwire::UnixStreamListener::bind(&path, peerwire::Config::default()).await?;
+	let mut listener = peerwire::UnixStreamListener::bind(&path, &peerwire::Config::default()).await?;
 	println!("[server] listening on unix://{path}");
 	loop {
 		match listener.accept().await {
 			Ok((peer, info)) => {
 				// The kernel tells who is on the other end: refuse processes you do not trust here.
-				println!("[server] connection from {:?}", info.credentials);
+				println!("[server] connection from {info}");
 				tokio::spawn(service::serve(peer));
 			},
 			Err(error) => eprintln!("[server] accept failed: {error}"),

@@ -7,15 +7,23 @@ use crate::codec::Endian;
 /// One `Config` serves every transport; settings a transport has no use for are ignored
 /// (descriptor limits on TCP, for example).
 ///
+/// Build one from the default with the `with_*` setters; the fields stay public for reading.
+/// The type is `#[non_exhaustive]`, so that a new setting is not a breaking change: a struct
+/// literal does not compile outside the crate.
+///
 /// ```
-/// let config = peerwire::Config {
-///     max_body_len_read: 64 << 20,
-///     max_body_len_write: 64 << 20,
-///     ..Default::default()
-/// };
-/// # let _ = config;
+/// use std::time::Duration;
+///
+/// let config = peerwire::Config::default()
+///     .with_max_body_len_read(64 << 20)
+///     .with_max_body_len_write(64 << 20)
+///     .with_idle_timeout(Some(Duration::from_secs(60)));
+/// assert_eq!(config.max_body_len_read, 64 << 20);
 /// ```
+///
+/// Every constructor, connect and bind function takes it by reference, `&Config`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
 	/// The byte order of headers and frame lengths; both sides must agree.
 	///
@@ -151,5 +159,98 @@ impl Default for Config {
 			frame_timeout: None,
 			idle_timeout: None,
 		}
+	}
+}
+
+/// Setters, one per field, for building a `Config` from the default.
+impl Config {
+	/// Set [`endian`](Self::endian).
+	pub fn with_endian(mut self, endian: Endian) -> Self {
+		self.endian = endian;
+		self
+	}
+
+	/// Set [`max_body_len_read`](Self::max_body_len_read).
+	pub fn with_max_body_len_read(mut self, max_body_len_read: usize) -> Self {
+		self.max_body_len_read = max_body_len_read;
+		self
+	}
+
+	/// Set [`max_body_len_write`](Self::max_body_len_write).
+	pub fn with_max_body_len_write(mut self, max_body_len_write: usize) -> Self {
+		self.max_body_len_write = max_body_len_write;
+		self
+	}
+
+	/// Set [`max_fds_read`](Self::max_fds_read).
+	pub fn with_max_fds_read(mut self, max_fds_read: usize) -> Self {
+		self.max_fds_read = max_fds_read;
+		self
+	}
+
+	/// Set [`max_fds_write`](Self::max_fds_write).
+	pub fn with_max_fds_write(mut self, max_fds_write: usize) -> Self {
+		self.max_fds_write = max_fds_write;
+		self
+	}
+
+	/// Set [`write_queue`](Self::write_queue).
+	pub fn with_write_queue(mut self, write_queue: usize) -> Self {
+		self.write_queue = write_queue;
+		self
+	}
+
+	/// Set [`incoming_queue`](Self::incoming_queue).
+	pub fn with_incoming_queue(mut self, incoming_queue: usize) -> Self {
+		self.incoming_queue = incoming_queue;
+		self
+	}
+
+	/// Set [`request_queue`](Self::request_queue).
+	pub fn with_request_queue(mut self, request_queue: usize) -> Self {
+		self.request_queue = request_queue;
+		self
+	}
+
+	/// Set [`max_buffered_incoming`](Self::max_buffered_incoming).
+	pub fn with_max_buffered_incoming(mut self, max_buffered_incoming: usize) -> Self {
+		self.max_buffered_incoming = max_buffered_incoming;
+		self
+	}
+
+	/// Set [`max_unanswered_incoming`](Self::max_unanswered_incoming).
+	pub fn with_max_unanswered_incoming(mut self, max_unanswered_incoming: usize) -> Self {
+		self.max_unanswered_incoming = max_unanswered_incoming;
+		self
+	}
+
+	/// Set [`max_open_requests`](Self::max_open_requests).
+	pub fn with_max_open_requests(mut self, max_open_requests: usize) -> Self {
+		self.max_open_requests = max_open_requests;
+		self
+	}
+
+	/// Set [`close_timeout`](Self::close_timeout).
+	pub fn with_close_timeout(mut self, close_timeout: std::time::Duration) -> Self {
+		self.close_timeout = close_timeout;
+		self
+	}
+
+	/// Set [`max_buffered_outgoing`](Self::max_buffered_outgoing).
+	pub fn with_max_buffered_outgoing(mut self, max_buffered_outgoing: usize) -> Self {
+		self.max_buffered_outgoing = max_buffered_outgoing;
+		self
+	}
+
+	/// Set [`frame_timeout`](Self::frame_timeout).
+	pub fn with_frame_timeout(mut self, frame_timeout: Option<std::time::Duration>) -> Self {
+		self.frame_timeout = frame_timeout;
+		self
+	}
+
+	/// Set [`idle_timeout`](Self::idle_timeout).
+	pub fn with_idle_timeout(mut self, idle_timeout: Option<std::time::Duration>) -> Self {
+		self.idle_timeout = idle_timeout;
+		self
 	}
 }

@@ -35,7 +35,11 @@ pub enum ErrorKind {
 	Encode,
 	/// A typed body could not be decoded; the message says for which service.
 	Decode,
-	/// The remote answered with an error response (typed layer); see [`Error::remote_text`].
+	/// The remote answered with an error response (a response with a negative service id); see
+	/// [`Error::remote_text`] and [`Error::remote_service_id`]. Made by
+	/// [`Message::into_result`](crate::Message::into_result),
+	/// [`SentRequestHandle::recv_response_ok`](crate::SentRequestHandle::recv_response_ok) and the
+	/// typed layer; a response read with `recv_response` stays an `Ok` message.
 	Remote,
 	/// The remote asked for a service, or sent a stream or update kind, that is not declared.
 	UnknownService,
@@ -137,6 +141,11 @@ enum Repr {
 	/// `what` names the call the remote refused: `move_to (1)`.
 	#[error("{what}: {text}")]
 	Remote { what: String, text: String },
+	/// A response with a negative service id, as [`Message::into_result`] reports it.
+	///
+	/// [`Message::into_result`]: crate::Message::into_result
+	#[error("error response (service id {service_id}): {text}")]
+	ErrorResponse { service_id: i32, text: String },
 	#[error("{what} is not declared")]
 	UnknownService { what: String },
 }
@@ -163,7 +172,7 @@ impl Error {
 			Repr::Unsupported(_) => ErrorKind::Unsupported,
 			Repr::Encode { .. } => ErrorKind::Encode,
 			Repr::Decode { .. } => ErrorKind::Decode,
-			Repr::Remote { .. } => ErrorKind::Remote,
+			Repr::Remote { .. } | Repr::ErrorResponse { .. } => ErrorKind::Remote,
 			Repr::UnknownService { .. } => ErrorKind::UnknownService,
 		}
 	}
@@ -190,7 +199,18 @@ impl Error {
 	/// The text of the remote's error response, for errors of kind [`ErrorKind::Remote`].
 	pub fn remote_text(&self) -> Option<&str> {
 		match &*self.repr {
-			Repr::Remote { text, .. } => Some(text),
+			Repr::Remote { text, .. } | Repr::ErrorResponse { text, .. } => Some(text),
+			_ => None,
+		}
+	}
+
+	/// The service id of the remote's error response (negative: -1 for the protocol's error
+	/// response, other values by the application's convention), for errors made from a response
+	/// by [`Message::into_result`](crate::Message::into_result) and
+	/// [`recv_response_ok`](crate::SentRequestHandle::recv_response_ok).
+	pub fn remote_service_id(&self) -> Option<i32> {
+		match &*self.repr {
+			Repr::ErrorResponse { service_id, .. } => Some(*service_id),
 			_ => None,
 		}
 	}
@@ -268,6 +288,11 @@ impl Error {
 	#[allow(dead_code)]
 	pub(crate) fn remote(what: String, text: String) -> Self {
 		Self::new(Repr::Remote { what, text })
+	}
+
+	/// An error response with service id `service_id` and body `text`.
+	pub(crate) fn error_response(service_id: i32, text: String) -> Self {
+		Self::new(Repr::ErrorResponse { service_id, text })
 	}
 
 	#[allow(dead_code)]

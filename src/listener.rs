@@ -177,6 +177,21 @@ impl AcceptRetry {
 		poll_fn(|cx| self.poll_accept(cx, &mut attempt)).await
 	}
 
+	/// [`accept`](Self::accept) until `shutdown` is cancelled: `None` once it is, at once and
+	/// without a connection, so that an accept loop over a raw listening socket is
+	/// `while let Some(accepted) = retry.accept_until(&shutdown, ...).await`. Cancel-safe.
+	pub async fn accept_until<T>(
+		&mut self,
+		shutdown: &tokio_util::sync::CancellationToken,
+		attempt: impl FnMut(&mut Context<'_>) -> Poll<Result<T, AcceptError>>,
+	) -> Option<io::Result<T>> {
+		tokio::select! {
+			biased;
+			() = shutdown.cancelled() => None,
+			accepted = self.accept(attempt) => Some(accepted),
+		}
+	}
+
 	fn back_off(&mut self, error: &io::Error) {
 		let delay = match &mut self.burst {
 			Some(burst) => {
@@ -287,7 +302,7 @@ type Accepted<A> = (PeerHandle<<<A as Acceptor>::Transport as Transport>::Body>,
 /// # async fn demo() -> Result<(), peerwire::Error> {
 /// use peerwire::{Config, ReceivedMessage, TcpListener};
 ///
-/// let mut listener = TcpListener::bind("127.0.0.1:1337", Config::default()).await?.with_max_connections(1000);
+/// let mut listener = TcpListener::bind("127.0.0.1:1337", &Config::default()).await?.with_max_connections(1000);
 /// loop {
 ///     let (mut peer, info) = listener.accept().await?;
 ///     tokio::spawn(async move {
@@ -319,10 +334,10 @@ pub struct Listener<A: Acceptor> {
 
 impl<A: Acceptor> Listener<A> {
 	/// A listener over an already bound socket, with no connection limit.
-	pub fn new(acceptor: A, config: Config) -> Self {
+	pub fn new(acceptor: A, config: &Config) -> Self {
 		Self {
 			acceptor,
-			config,
+			config: config.clone(),
 			retry: AcceptRetry::new(),
 			limit: ConnectionLimit::default(),
 			admission: None,
@@ -490,6 +505,30 @@ mod tests {
 			AcceptError::Listener(error) if is_exhaustion(&error) => "exhaustion",
 			AcceptError::Listener(_) => "listener",
 		}
+	}
+
+	#[tokio::test]
+	async fn accept_until_ends_on_shutdown_and_otherwise_accepts() {
+		let shutdown = tokio_util::sync::CancellationToken::new();
+		let mut retry = AcceptRetry::new();
+		let accepted = retry.accept_until(&shutdown, |_| Poll::Ready(Ok::<_, AcceptError>(7))).await;
+		assert_eq!(accepted.map(Result::unwrap), Some(7));
+		// A failed connection is skipped, not returned.
+		let mut failures = 0;
+		let accepted = retry
+			.accept_until(&shutdown, |_| {
+				failures += 1;
+				if failures == 1 {
+					Poll::Ready(Err(AcceptError::Connection(io::Error::from_raw_os_error(libc::ECONNABORTED))))
+				} else {
+					Poll::Ready(Ok(failures))
+				}
+			})
+			.await;
+		assert_eq!(accepted.map(Result::unwrap), Some(2));
+		shutdown.cancel();
+		let never = retry.accept_until(&shutdown, |_| Poll::<Result<(), AcceptError>>::Pending).await;
+		assert!(never.is_none());
 	}
 
 	#[test]

@@ -98,6 +98,87 @@ impl Body for Bytes {
 	}
 }
 
+/// What every `send_*` method, and every [`Message`] constructor, takes as a body: the body type
+/// itself, or bytes in any usual form.
+///
+/// Both body types of the crate, [`Bytes`] and the seqpacket transport's `UnixBody`, accept the
+/// same inputs: `b"..."` (`&[u8; N]`), `&[u8]` and `&str` (copied), `Vec<u8>`, `String` and
+/// [`Bytes`] (neither copied), and the body type itself. A body type of your own gets the byte
+/// inputs by implementing `From<Bytes>`.
+///
+/// ```
+/// use peerwire::{Bytes, IntoBody};
+///
+/// fn body(input: impl IntoBody<Bytes>) -> Bytes {
+///     input.into_body()
+/// }
+///
+/// let borrowed: &[u8] = &[1, 2, 3];
+/// assert_eq!(body(b"abc"), body("abc"));
+/// assert_eq!(body(borrowed), body(vec![1, 2, 3]));
+/// assert_eq!(body(String::from("x")), body(Bytes::from_static(b"x")));
+/// ```
+pub trait IntoBody<B> {
+	/// Convert into the body.
+	fn into_body(self) -> B;
+}
+
+/// Every body is a body of its own type.
+impl<B: Body> IntoBody<B> for B {
+	fn into_body(self) -> B {
+		self
+	}
+}
+
+impl<B: Body + From<Bytes>> IntoBody<B> for Vec<u8> {
+	fn into_body(self) -> B {
+		B::from(Bytes::from(self))
+	}
+}
+
+impl<B: Body + From<Bytes>> IntoBody<B> for String {
+	fn into_body(self) -> B {
+		B::from(Bytes::from(self))
+	}
+}
+
+/// Copied.
+impl<B: Body + From<Bytes>> IntoBody<B> for &str {
+	fn into_body(self) -> B {
+		B::from(Bytes::copy_from_slice(self.as_bytes()))
+	}
+}
+
+/// Copied.
+impl<B: Body + From<Bytes>> IntoBody<B> for &[u8] {
+	fn into_body(self) -> B {
+		B::from(Bytes::copy_from_slice(self))
+	}
+}
+
+/// Copied: a `b"..."` literal.
+impl<B: Body + From<Bytes>, const N: usize> IntoBody<B> for &[u8; N] {
+	fn into_body(self) -> B {
+		B::from(Bytes::copy_from_slice(self))
+	}
+}
+
+/// A body that can be sent more than once, as [`Reconnecting`](crate::Reconnecting) does when
+/// the connection it first tried turns out to be closed.
+///
+/// Every `Clone` body is one; the seqpacket transport's `UnixBody` is one through `try_clone`,
+/// which duplicates its descriptors (and can fail, for want of descriptors).
+pub trait CloneBody: Body + Sized {
+	/// A copy of the body to send.
+	fn clone_body(&self) -> Result<Self, crate::Error>;
+}
+
+impl<B: Body + Clone> CloneBody for B {
+	fn clone_body(&self) -> Result<Self, crate::Error> {
+		Ok(self.clone())
+	}
+}
+
 /// A header and a body.
 ///
 /// ```
@@ -120,32 +201,32 @@ pub struct Message<B = Bytes> {
 
 impl<B> Message<B> {
 	/// A message from a header and a body.
-	pub fn new(header: MessageHeader, body: impl Into<B>) -> Self {
-		Self { header, body: body.into() }
+	pub fn new(header: MessageHeader, body: impl IntoBody<B>) -> Self {
+		Self { header, body: body.into_body() }
 	}
 
 	/// A request opening request `request_id` for service `service_id`.
-	pub fn request(request_id: u32, service_id: i32, body: impl Into<B>) -> Self {
+	pub fn request(request_id: u32, service_id: i32, body: impl IntoBody<B>) -> Self {
 		Self::new(MessageHeader::new(MessageType::Request, request_id, service_id), body)
 	}
 
 	/// A response closing request `request_id`; a negative `service_id` means failure.
-	pub fn response(request_id: u32, service_id: i32, body: impl Into<B>) -> Self {
+	pub fn response(request_id: u32, service_id: i32, body: impl IntoBody<B>) -> Self {
 		Self::new(MessageHeader::new(MessageType::Response, request_id, service_id), body)
 	}
 
 	/// An update from the requester of request `request_id`.
-	pub fn requester_update(request_id: u32, service_id: i32, body: impl Into<B>) -> Self {
+	pub fn requester_update(request_id: u32, service_id: i32, body: impl IntoBody<B>) -> Self {
 		Self::new(MessageHeader::new(MessageType::RequesterUpdate, request_id, service_id), body)
 	}
 
 	/// An update from the responder of request `request_id`.
-	pub fn responder_update(request_id: u32, service_id: i32, body: impl Into<B>) -> Self {
+	pub fn responder_update(request_id: u32, service_id: i32, body: impl IntoBody<B>) -> Self {
 		Self::new(MessageHeader::new(MessageType::ResponderUpdate, request_id, service_id), body)
 	}
 
 	/// A one-way stream message. The request id has no meaning to the protocol; 0 is usual.
-	pub fn stream(request_id: u32, service_id: i32, body: impl Into<B>) -> Self {
+	pub fn stream(request_id: u32, service_id: i32, body: impl IntoBody<B>) -> Self {
 		Self::new(MessageHeader::new(MessageType::Stream, request_id, service_id), body)
 	}
 
@@ -171,6 +252,31 @@ impl<B: Body> Message<B> {
 	pub fn error_text(&self) -> Option<std::borrow::Cow<'_, str>> {
 		let is_error = self.header.message_type == MessageType::Response && self.header.service_id == SERVICE_ID_ERROR;
 		is_error.then(|| String::from_utf8_lossy(self.body.as_bytes()))
+	}
+
+	/// The message as a `Result`: an error response (any negative service id) becomes an
+	/// [`Error`](crate::Error) of kind [`Remote`](crate::ErrorKind::Remote) that holds the service
+	/// id ([`Error::remote_service_id`](crate::Error::remote_service_id)) and the body, decoded
+	/// lossily as UTF-8 ([`Error::remote_text`](crate::Error::remote_text)); any other message is
+	/// `Ok` as it is. Nothing on the wire changes: this is how the receiving side reads it.
+	///
+	/// ```
+	/// use peerwire::{Bytes, ErrorKind, Message};
+	///
+	/// let ok = Message::<Bytes>::response(3, 0, "done").into_result().unwrap();
+	/// assert_eq!(&ok.body[..], b"done");
+	///
+	/// let error = Message::<Bytes>::error_response(3, "no such file").into_result().unwrap_err();
+	/// assert_eq!(error.kind(), ErrorKind::Remote);
+	/// assert_eq!(error.remote_text(), Some("no such file"));
+	/// assert_eq!(error.remote_service_id(), Some(-1));
+	/// ```
+	pub fn into_result(self) -> Result<Self, crate::Error> {
+		if self.is_error_response() {
+			let text = String::from_utf8_lossy(self.body.as_bytes()).into_owned();
+			return Err(crate::Error::error_response(self.header.service_id, text));
+		}
+		Ok(self)
 	}
 }
 
@@ -198,5 +304,21 @@ mod tests {
 		assert!(other_failure.is_error_response());
 		assert_eq!(other_failure.error_text(), None);
 		assert_eq!(Message::<Bytes>::response(7, 0, "x").error_text(), None);
+	}
+
+	#[test]
+	fn into_result_turns_negative_service_ids_into_errors() {
+		let error = Message::<Bytes>::response(7, -7, &b"custom"[..]).into_result().unwrap_err();
+		assert_eq!(error.kind(), crate::ErrorKind::Remote);
+		assert_eq!(error.remote_service_id(), Some(-7));
+		assert_eq!(error.remote_text(), Some("custom"));
+		assert_eq!(error.to_string(), "error response (service id -7): custom");
+		let lossy = Message::<Bytes>::response(7, -1, vec![0xff, b'a']).into_result().unwrap_err();
+		assert_eq!(lossy.remote_text(), Some("\u{fffd}a"));
+		for message in
+			[Message::<Bytes>::response(7, 0, "x"), Message::request(7, -1, "x"), Message::stream(0, -1, "x")]
+		{
+			assert_eq!(message.clone().into_result().unwrap(), message);
+		}
 	}
 }

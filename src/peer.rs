@@ -1,156 +1,73 @@
-//! The background task of one connection: it owns the transport, writes what the handles queue,
-//! reads what the remote sends and routes each message to the handle it belongs to.
+//! The driver of one connection: a task that moves bytes between the transport and the
+//! connection state ([`proto::Connection`](crate::proto)), which the handles share with it.
+//!
+//! Each round it reads a batch of messages (decoding outside the lock), takes the lock once to
+//! hand them to the state and take what the handles queued, then writes and flushes outside the
+//! lock. Timers (close, frame, idle, letting go of spare buffers) live here, not in the state.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::error::{Error, ProtocolViolation};
-use crate::handle::{Link, PeerHandle, ReceivedMessage, ReceivedRequestHandle};
+use crate::error::Error;
+use crate::handle::PeerHandle;
 use crate::message::{Body, Message, MessageType};
-use crate::tracker::{OpenError, ReceivedTable, SentTable};
+use crate::proto::{Connection, Limits, Outgoing};
 use crate::transport::{ConnectionInfo, Transport, TransportRead, TransportWrite};
 
-/// Error responses the peer writes on its own (duplicate ids, the open-request limit) may pile up
-/// to this many before it stops reading until they are flushed: a remote that floods bad
-/// requests and never reads cannot grow our write buffer without limit.
-const MAX_AUTO_REPLIES: usize = 1024;
-/// What a message is charged against the incoming and outgoing budgets beyond its body.
-const MESSAGE_OVERHEAD: usize = 64;
 /// Messages read in one go before the peer looks at its other work again.
 const READ_BATCH: usize = 64;
+/// Bytes of bodies read in one go before they are handed to the state.
+const INBOX_BYTES: usize = 64 * 1024;
 /// How long a connection must be quiet before the transport lets go of buffers grown for a large
 /// message: long enough that a steady flow of large messages keeps them.
 const RELEASE_SPARE_AFTER: Duration = Duration::from_millis(100);
 /// Rounds of work before the peer yields to the runtime even if more is ready.
 const ROUNDS_BEFORE_YIELD: usize = 32;
 
-/// What the handles ask of the peer task, in the order they asked.
-pub(crate) enum Command<B> {
-	/// Write a message. `metered` says whether it holds a write-queue permit to give back,
-	/// `cost` how many permits of the outgoing byte budget.
-	Send { message: Message<B>, metered: bool, cost: u32 },
-	/// Say so once everything queued before this has been written to the transport.
-	Flush(oneshot::Sender<()>),
-}
-
-/// The open requests of both directions, behind the lock that handles and the peer share.
-pub(crate) struct Tracker<B> {
-	pub(crate) sent: SentTable<RequestSender<B>>,
-	pub(crate) received: ReceivedTable<RequestSender<B>>,
-	/// Set once the peer has stopped: nothing new may be opened.
-	pub(crate) closed: bool,
-}
-
-/// State shared by the peer task and every handle of one connection.
+/// What the peer task and every handle of one connection share.
 pub(crate) struct Shared<B> {
-	tracker: Mutex<Tracker<B>>,
-	/// Why the connection ended; set before any handle can observe the end.
-	close_reason: OnceLock<Error>,
+	state: Mutex<Connection<B>>,
 	/// Cancelled when the peer task has stopped and the transport is dropped.
 	pub(crate) stopped: CancellationToken,
-	/// Cancelled by a handle's `close`.
-	pub(crate) close_requested: CancellationToken,
-	/// Set when the remote has closed its sending side (end of stream).
-	pub(crate) remote_finished: std::sync::atomic::AtomicBool,
-	/// Bytes of received messages that may wait in the handles' queues, all queues together.
-	incoming_budget: Arc<Semaphore>,
-	/// Bytes of received requests not yet answered (`Config::max_unanswered_incoming`).
-	unanswered_budget: Arc<Semaphore>,
-	unanswered_total: usize,
-	/// One permit per message the handles may queue (the write queue's bound).
-	pub(crate) write_permits: Semaphore,
-	/// One permit per byte the handles may queue for writing (`Config::max_buffered_outgoing`).
-	pub(crate) write_bytes: Semaphore,
-	write_bytes_total: usize,
-	/// Unmetered messages (error responses of dropped requests) queued but not yet taken by the
-	/// peer. The peer stops reading while there are too many, so a remote cannot grow the queue.
-	pub(crate) unmetered: AtomicUsize,
+	/// Notified when the write queue has room again (or the connection is closing or ended).
+	pub(crate) room: Notify,
+	/// Notified when more of the queued messages are flushed (or the connection ended).
+	pub(crate) flushed: Notify,
 	pub(crate) info: ConnectionInfo,
-	pub(crate) max_body_len_write: usize,
-	pub(crate) max_fds_write: usize,
-	pub(crate) request_queue: usize,
-	max_open_requests: usize,
 }
 
 impl<B> Shared<B> {
-	pub(crate) fn tracker(&self) -> MutexGuard<'_, Tracker<B>> {
-		// A panic while holding this lock cannot leave the tables half-updated (every update
-		// is a single call), so a poisoned lock is safe to keep using.
-		self.tracker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+	pub(crate) fn state(&self) -> MutexGuard<'_, Connection<B>> {
+		// Every change of the state is made by one method call that cannot panic half-way on
+		// remote input; a poisoned lock (a panic in application code cannot happen under it)
+		// is safe to keep using.
+		self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 	}
+}
 
-	pub(crate) fn max_open_requests(&self) -> usize {
-		self.max_open_requests
-	}
-
-	/// What a message with a body of `body_len` bytes costs of the outgoing byte budget: the body
-	/// plus a little, so that empty bodies are not free; a message larger than the whole budget
-	/// takes all of it and goes alone.
-	pub(crate) fn outgoing_cost(&self, body_len: usize) -> u32 {
-		body_len.saturating_add(MESSAGE_OVERHEAD).min(self.write_bytes_total).min(u32::MAX as usize) as u32
-	}
-
-	/// Refuse new sends at once and ask the peer to flush what is queued and close.
-	pub(crate) fn request_close(&self) {
-		self.write_permits.close();
-		self.write_bytes.close();
-		self.close_requested.cancel();
-	}
-
+impl<B: Body> Shared<B> {
 	/// The error for an operation on a connection that has ended.
 	pub(crate) fn closed_error(&self) -> Error {
-		self.close_reason.get().cloned().unwrap_or_else(Error::closed_locally)
+		self.state().closed_error()
 	}
 }
 
-/// A received item waiting in a handle's queue, holding its share of the incoming budget until
-/// a handle takes it (or the queue is dropped).
-pub(crate) struct Charged<T> {
-	pub(crate) item: T,
-	_budget: OwnedSemaphorePermit,
-}
-
-/// The queue of one request's updates (and, for sent requests, its response).
-pub(crate) type RequestSender<B> = mpsc::Sender<Charged<Message<B>>>;
-/// The receiving end of a [`RequestSender`].
-pub(crate) type RequestReceiver<B> = mpsc::Receiver<Charged<Message<B>>>;
-/// The queue of incoming requests and stream messages for the read handle.
-pub(crate) type IncomingReceiver<B> = mpsc::Receiver<Charged<ReceivedMessage<B>>>;
-
-/// Where a received message goes.
-enum Target<B: Body> {
-	Incoming(ReceivedMessage<B>),
-	Request(RequestSender<B>, Message<B>),
-}
-
-impl<B: Body> Target<B> {
-	/// Its charge against the incoming budget: the body, plus a little for the rest, so that
-	/// empty bodies are not free.
-	fn cost(&self, budget: usize) -> u32 {
-		let len = match self {
-			Target::Incoming(ReceivedMessage::Request(_, body)) => body.len(),
-			Target::Incoming(ReceivedMessage::Stream(message)) | Target::Request(_, message) => message.body.len(),
-		};
-		len.saturating_add(MESSAGE_OVERHEAD).min(budget).min(u32::MAX as usize) as u32
-	}
-}
-
-/// A message the peer could not hand over yet: the incoming budget is spent, or the receiving
-/// queue is full. The peer reads nothing more until it is handed over.
-enum Pending<B: Body> {
-	Budget(u32, Target<B>),
-	Incoming(PollSender<Charged<ReceivedMessage<B>>>, Charged<ReceivedMessage<B>>),
-	Request(PollSender<Charged<Message<B>>>, Charged<Message<B>>),
+/// What the transport has flushed since the state last heard of it.
+#[derive(Default)]
+struct Flushed {
+	cost: usize,
+	auto_replies: usize,
+	total: u64,
 }
 
 /// The background task of one connection.
@@ -166,38 +83,35 @@ enum Pending<B: Body> {
 pub struct Peer<T: Transport> {
 	reader: T::Reader,
 	writer: T::Writer,
-	commands: mpsc::UnboundedReceiver<Command<T::Body>>,
-	/// Received requests opened and not yet answered: their responses (or the automatic error
-	/// response of a dropped handle) are still to come through `commands`.
-	unanswered: usize,
-	/// The remote has closed its sending side: read nothing more, answer what it asked, then
-	/// close (bounded by the close deadline).
-	remote_done: bool,
-	/// For the handles of requests the remote opens; weak so that the peer alone does not keep
-	/// itself alive.
-	link: WeakLink<T::Body>,
-	/// `None` once the remote has closed its side: the read handle then gets what was queued,
-	/// and then the end of the connection.
-	incoming: Option<mpsc::Sender<Charged<ReceivedMessage<T::Body>>>>,
 	shared: Arc<Shared<T::Body>>,
-	pending: Option<Pending<T::Body>>,
-	/// Set after a local close: drain the queue, flush, shut down.
+	/// Read and not yet handed to the state: the first may be waiting for room.
+	inbox: VecDeque<Message<T::Body>>,
+	/// Taken from the state and not yet given to the transport.
+	batch: VecDeque<Outgoing<T::Body>>,
+	/// Metered messages given to the transport since the state last heard of it.
+	taken_metered: usize,
+	/// Messages given to the transport, ever.
+	taken_total: u64,
+	/// What the transport holds, not yet flushed: bytes of the outgoing budget, automatic
+	/// replies.
+	written_cost: usize,
+	written_auto: usize,
+	/// Flushed since the state last heard of it.
+	flushed: Option<Flushed>,
+	/// The transport has reported the remote's end of stream (the state hears of it once the
+	/// inbox is handed over).
+	eof: bool,
+	// Copies of the state's flags from the last round.
 	closing: bool,
-	/// The command queue is closed and empty: once the writer is flushed, shut down.
-	commands_done: bool,
+	remote_done: bool,
+	links: usize,
+	unanswered: usize,
+	auto_replies_full: bool,
+	state_drained: bool,
+	state_idle: bool,
 	/// How long closing may take, and the deadline once closing has begun.
 	close_timeout: Duration,
 	close_deadline: Option<Pin<Box<Sleep>>>,
-	close_requested: Pin<Box<WaitForCancellationFutureOwned>>,
-	/// The incoming budget, for waiting until a handle has taken enough to make room.
-	budget: PollSemaphore,
-	budget_total: usize,
-	auto_replies: usize,
-	/// Bytes of the outgoing budget taken back from the queue and not yet written: given back to
-	/// the handles once the writer has flushed.
-	written_cost: usize,
-	/// Flushes asked for, answered once the writer has nothing queued.
-	flush_waiters: Vec<oneshot::Sender<()>>,
 	/// `Config::frame_timeout`, and the deadline of the frame being read, once it has begun.
 	frame_timeout: Option<Duration>,
 	frame_deadline: Option<Pin<Box<Sleep>>>,
@@ -211,11 +125,6 @@ pub struct Peer<T: Transport> {
 	quiet_since_look: bool,
 }
 
-struct WeakLink<B> {
-	commands: mpsc::WeakUnboundedSender<Command<B>>,
-	shared: Arc<Shared<B>>,
-}
-
 impl<T: Transport> Peer<T> {
 	/// Create the peer task for `transport` and the handle to talk through it.
 	///
@@ -223,59 +132,36 @@ impl<T: Transport> Peer<T> {
 	pub fn new(transport: T, config: &Config) -> (Self, PeerHandle<T::Body>) {
 		let info = transport.info();
 		let (reader, writer) = transport.split();
-		let (command_tx, commands) = mpsc::unbounded_channel();
-		let (incoming, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
-		let budget_total = config.max_buffered_incoming.clamp(1, Semaphore::MAX_PERMITS);
-		let write_bytes_total = config.max_buffered_outgoing.clamp(1, Semaphore::MAX_PERMITS);
-		let unanswered_total = config.max_unanswered_incoming.clamp(1, Semaphore::MAX_PERMITS);
+		let limits = Limits::new(config, writer.max_body_len(), writer.max_fds());
 		let shared = Arc::new(Shared {
-			tracker: Mutex::new(Tracker {
-				sent: SentTable::new(config.max_open_requests),
-				received: ReceivedTable::new(config.max_open_requests),
-				closed: false,
-			}),
-			close_reason: OnceLock::new(),
+			state: Mutex::new(Connection::new(limits)),
 			stopped: CancellationToken::new(),
-			close_requested: CancellationToken::new(),
-			remote_finished: std::sync::atomic::AtomicBool::new(false),
-			incoming_budget: Arc::new(Semaphore::new(budget_total)),
-			unanswered_budget: Arc::new(Semaphore::new(unanswered_total)),
-			unanswered_total,
-			write_permits: Semaphore::new(config.write_queue.max(1)),
-			write_bytes: Semaphore::new(write_bytes_total),
-			write_bytes_total,
-			unmetered: AtomicUsize::new(0),
+			room: Notify::new(),
+			flushed: Notify::new(),
 			info,
-			// The handles check against these, so they must be the tighter of the two limits.
-			max_body_len_write: config.max_body_len_write.min(writer.max_body_len()),
-			max_fds_write: config.max_fds_write.min(writer.max_fds()),
-			request_queue: config.request_queue.max(1),
-			max_open_requests: config.max_open_requests,
 		});
-		let close_requested = shared.close_requested.clone().cancelled_owned();
-		let budget = shared.incoming_budget.clone();
-		let link = Link::new(command_tx, shared.clone());
-		let weak = WeakLink { commands: link.downgrade(), shared: shared.clone() };
+		let handle = PeerHandle::new(shared.clone());
 		let peer = Self {
 			reader,
 			writer,
-			commands,
-			unanswered: 0,
-			remote_done: false,
-			link: weak,
-			incoming: Some(incoming),
 			shared,
-			pending: None,
+			inbox: VecDeque::new(),
+			batch: VecDeque::new(),
+			taken_metered: 0,
+			taken_total: 0,
+			written_cost: 0,
+			written_auto: 0,
+			flushed: None,
+			eof: false,
 			closing: false,
-			commands_done: false,
+			remote_done: false,
+			links: 1,
+			unanswered: 0,
+			auto_replies_full: false,
+			state_drained: false,
+			state_idle: false,
 			close_timeout: config.close_timeout,
 			close_deadline: None,
-			close_requested: Box::pin(close_requested),
-			budget: PollSemaphore::new(budget),
-			budget_total,
-			auto_replies: 0,
-			written_cost: 0,
-			flush_waiters: Vec::new(),
 			frame_timeout: config.frame_timeout,
 			frame_deadline: None,
 			idle_timeout: config.idle_timeout,
@@ -285,7 +171,7 @@ impl<T: Transport> Peer<T> {
 			release_deadline: None,
 			quiet_since_look: false,
 		};
-		(peer, PeerHandle::new(incoming_rx, link))
+		(peer, handle)
 	}
 
 	/// Spawn the peer task on the current tokio runtime and return its handle.
@@ -341,7 +227,7 @@ impl<T: Transport> Peer<T> {
 			Err(error) => Error::closed_by(error.clone()),
 		};
 		// Set before `self` is dropped, which is when the handles learn of the end.
-		let _ = self.shared.close_reason.set(reason);
+		self.shared.state().set_close_reason(reason);
 		match result {
 			Err(error) if error.is_closed_by_remote() => Ok(()),
 			other => other,
@@ -354,78 +240,145 @@ impl<T: Transport> Peer<T> {
 			// A message went either way this round (for the idle timeout).
 			let mut active = false;
 
-			// Take what the handles queued, as much as the writer wants for one batch.
-			// Noticed even while the writer is full, so that the close deadline starts at once.
-			if !self.closing && self.close_requested.as_mut().poll(cx).is_ready() {
-				tracing::debug!("closing on request");
-				// Refuse new messages; what was queued before still drains below.
-				self.closing = true;
-				self.commands.close();
-				progress = true;
-			}
-
-			// Permits go back once per batch: each return takes the semaphore's lock.
-			let mut permits = 0;
-			// The queue was seen empty this round.
-			let mut drained = false;
-			while self.writer.wants_more() && !self.commands_done {
-				match self.commands.poll_recv(cx) {
-					Poll::Ready(Some(Command::Flush(done))) => {
-						// Flushes given up on (their future dropped) need no answer.
-						self.flush_waiters.retain(|waiter| !waiter.is_closed());
-						self.flush_waiters.push(done);
-						progress = true;
-					},
-					Poll::Ready(Some(Command::Send { message, metered, cost })) => {
-						if metered {
-							permits += 1;
-						} else {
-							self.shared.unmetered.fetch_sub(1, Ordering::Relaxed);
-						}
-						self.written_cost += cost as usize;
-						// This side sends responses only to requests it received: one each.
-						if message.header.message_type == MessageType::Response {
-							self.unanswered = self.unanswered.saturating_sub(1);
-						}
-						self.write(message);
-						progress = true;
-						active = true;
-					},
-					Poll::Ready(None) => {
-						// Every handle is gone, or a close has drained the queue.
-						self.closing = true;
-						self.commands_done = true;
-						drained = true;
-						break;
-					},
-					Poll::Pending => {
-						drained = true;
-						break;
-					},
+			// Read a batch, outside the lock. Nothing more while the inbox waits for room or
+			// replies of our own making wait to be written (reading could make more).
+			let mut waiting_for_remote = false;
+			let mut read_error = None;
+			let mut inbox_bytes = 0;
+			if !self.eof && (self.closing || (self.inbox.is_empty() && !self.auto_replies_full)) {
+				for _ in 0..READ_BATCH {
+					match self.reader.poll_read_message(cx) {
+						Poll::Ready(Ok(Some(message))) => {
+							progress = true;
+							if self.closing {
+								// Kept reading only so that a remote that hangs up ends the wait
+								// for the flush.
+								tracing::debug!(header = ?message.header, "closing: dropped an incoming message");
+								continue;
+							}
+							self.frame_deadline = None;
+							inbox_bytes += message.body.len();
+							self.inbox.push_back(message);
+							active = true;
+							if inbox_bytes >= INBOX_BYTES {
+								// Handed over before reading more: what the state refuses is
+								// let go at once, so reading ahead holds little.
+								break;
+							}
+						},
+						Poll::Ready(Ok(None)) => {
+							self.eof = true;
+							progress = true;
+							break;
+						},
+						Poll::Ready(Err(error)) => {
+							if let Some(violation) = error.protocol_violation() {
+								tracing::warn!("protocol violation by the remote: {violation}");
+							}
+							// Handed what came before it first, below.
+							read_error = Some(error);
+							break;
+						},
+						Poll::Pending => {
+							waiting_for_remote = true;
+							break;
+						},
+					}
 				}
 			}
-			if permits > 0 {
-				self.shared.write_permits.add_permits(permits);
+
+			// The one lock of the round: hand over what was read, take what the handles queued.
+			let (notify_room, notify_flushed) = {
+				let mut state = self.shared.state();
+				let freed = self.taken_metered > 0 || self.flushed.is_some();
+				state.on_taken(std::mem::take(&mut self.taken_metered));
+				let flushed = self.flushed.take();
+				if let Some(flushed) = &flushed {
+					state.on_flushed(flushed.cost, flushed.auto_replies, flushed.total);
+				}
+				let waiting = self.inbox.len();
+				while let Some(message) = self.inbox.pop_front() {
+					if let Err(message) = state.recv(message) {
+						self.inbox.push_front(message);
+						break;
+					}
+				}
+				if self.inbox.len() < waiting {
+					// Handed over: read again (which also registers for the remote's bytes).
+					progress = true;
+				}
+				if self.eof && !self.remote_done && self.inbox.is_empty() {
+					tracing::debug!(
+						unanswered = state.unanswered(),
+						"the remote closed its side; answering what it asked, then closing"
+					);
+					state.remote_done();
+					progress = true;
+				}
+				if self.batch.is_empty() {
+					self.state_drained = !state.take_outgoing(&mut self.batch);
+				}
+				// Woken by the state when something changes that this task waits for; by a
+				// queued message only if it has nothing to write (else it is busy writing).
+				state.park_driver(cx.waker(), self.batch.is_empty());
+				if !self.closing && state.is_closing() {
+					tracing::debug!("closing on request");
+					progress = true;
+				}
+				self.closing = state.is_closing();
+				self.remote_done = state.is_remote_done();
+				self.links = state.links();
+				self.unanswered = state.unanswered();
+				self.auto_replies_full = state.too_many_auto_replies();
+				if self.idle_timeout.is_some() {
+					self.state_idle = state.is_idle();
+				}
+				let notify_room = (freed || self.closing) && std::mem::take(&mut state.room_wanted);
+				let notify_flushed = flushed.is_some() && std::mem::take(&mut state.flush_wanted);
+				(notify_room, notify_flushed)
+			};
+			if let Some(error) = read_error {
+				return Poll::Ready(Err(error));
+			}
+			if notify_room {
+				self.shared.room.notify_waiters();
+			}
+			if notify_flushed {
+				self.shared.flushed.notify_waiters();
 			}
 
+			// Write and flush, outside the lock.
+			while self.writer.wants_more() {
+				let Some(outgoing) = self.batch.pop_front() else { break };
+				self.taken_total += 1;
+				if outgoing.metered {
+					self.taken_metered += 1;
+				} else {
+					self.written_auto += 1;
+				}
+				self.written_cost += outgoing.cost;
+				self.write(outgoing.message);
+				progress = true;
+				active = true;
+			}
+			if self.taken_metered > 0 {
+				// Places of the write queue are free: tell the state (and waiting senders) in
+				// another round, even if the flush below has to wait.
+				progress = true;
+			}
 			if self.writer.has_queued() {
 				if let Poll::Ready(result) = self.writer.poll_flush(cx) {
 					result?;
-					self.auto_replies = 0;
-					self.release_written();
+					self.note_flushed();
 					progress = true;
 				}
-			} else {
-				self.release_written();
-			}
-			if !self.writer.has_queued() {
-				// Everything taken so far is written, so everything queued before each of these.
-				for done in self.flush_waiters.drain(..) {
-					let _ = done.send(());
-				}
+			} else if self.written_cost > 0 || self.written_auto > 0 || self.taken_metered > 0 {
+				self.note_flushed();
+				progress = true;
 			}
 
-			if self.closing || self.remote_done {
+			let done_writing = self.batch.is_empty() && self.state_drained && !self.writer.has_queued();
+			if self.closing || self.remote_done || self.links == 0 {
 				let timeout = self.close_timeout;
 				let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
 				if deadline.as_mut().poll(cx).is_ready() {
@@ -440,95 +393,13 @@ impl<T: Transport> Peer<T> {
 					return Poll::Ready(Ok(()));
 				}
 			}
-
-			if self.commands_done && !self.writer.has_queued() {
+			if (self.closing || self.links == 0) && done_writing && self.flushed.is_none() {
 				return self.writer.poll_shutdown(cx);
 			}
-			if self.remote_done && self.unanswered == 0 && drained && !self.writer.has_queued() {
+			if self.remote_done && self.unanswered == 0 && done_writing && self.flushed.is_none() {
 				// Everything the remote asked is answered and on the wire: close our side too.
 				ready!(self.writer.poll_shutdown(cx))?;
 				return Poll::Ready(Err(Error::closed_by_remote()));
-			}
-
-			if let Some(Pending::Budget(cost, _)) = &self.pending {
-				if let Poll::Ready(permit) = self.budget.poll_acquire_many(cx, *cost) {
-					progress = true;
-					if let (Some(permit), Some(Pending::Budget(_, target))) = (permit, self.pending.take()) {
-						self.hand_over(target, permit);
-					}
-				}
-			}
-			let reserved = match &mut self.pending {
-				Some(Pending::Incoming(sender, _)) => sender.poll_reserve(cx).map(|result| result.is_ok()),
-				Some(Pending::Request(sender, _)) => sender.poll_reserve(cx).map(|result| result.is_ok()),
-				Some(Pending::Budget(..)) | None => Poll::Pending,
-			};
-			if let Poll::Ready(reserved) = reserved {
-				progress = true;
-				// A failed reservation means the receiver is gone: the message has no one to go
-				// to (a request handle among it answers itself when dropped).
-				match self.pending.take() {
-					Some(Pending::Incoming(mut sender, item)) if reserved => drop(sender.send_item(item)),
-					Some(Pending::Request(mut sender, item)) if reserved => drop(sender.send_item(item)),
-					_ => tracing::debug!("receiver gone: dropped a delayed message"),
-				}
-			}
-
-			// Whether the reader is waiting for the remote's bytes (rather than for us).
-			let mut waiting_for_remote = false;
-			if self.remote_done {
-				// Nothing more will come.
-			} else if self.closing {
-				// Keep reading, so that a remote that hangs up ends the wait for the flush.
-				for _ in 0..READ_BATCH {
-					match self.reader.poll_read_message(cx) {
-						Poll::Ready(Ok(Some(message))) => {
-							tracing::debug!(header = ?message.header, "closing: dropped an incoming message");
-							progress = true;
-						},
-						Poll::Ready(Ok(None)) => {
-							self.on_remote_done();
-							progress = true;
-							break;
-						},
-						Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-						Poll::Pending => break,
-					}
-				}
-			} else if self.pending.is_none() {
-				for _ in 0..READ_BATCH {
-					// Replies of our own making wait to be written: read no more requests (which
-					// could make more) until they are.
-					if self.auto_replies + self.shared.unmetered.load(Ordering::Relaxed) >= MAX_AUTO_REPLIES {
-						break;
-					}
-					match self.reader.poll_read_message(cx) {
-						Poll::Ready(Ok(Some(message))) => {
-							self.frame_deadline = None;
-							self.dispatch(message);
-							progress = true;
-							active = true;
-							if self.pending.is_some() {
-								break;
-							}
-						},
-						Poll::Ready(Ok(None)) => {
-							self.on_remote_done();
-							progress = true;
-							break;
-						},
-						Poll::Ready(Err(error)) => {
-							if let Some(violation) = error.protocol_violation() {
-								tracing::warn!("protocol violation by the remote: {violation}");
-							}
-							return Poll::Ready(Err(error));
-						},
-						Poll::Pending => {
-							waiting_for_remote = true;
-							break;
-						},
-					}
-				}
 			}
 
 			if let Some(timeout) = self.frame_timeout {
@@ -566,6 +437,14 @@ impl<T: Transport> Peer<T> {
 		Poll::Pending
 	}
 
+	/// Everything given to the transport so far is written: tell the state in the next round.
+	fn note_flushed(&mut self) {
+		let flushed = self.flushed.get_or_insert_with(Flushed::default);
+		flushed.cost += std::mem::take(&mut self.written_cost);
+		flushed.auto_replies += std::mem::take(&mut self.written_auto);
+		flushed.total = self.taken_total;
+	}
+
 	/// Let the transport give back buffers grown for a large message once the connection has been
 	/// quiet for [`RELEASE_SPARE_AFTER`]. Costs nothing (no timer) while it holds none.
 	fn poll_release_spare(&mut self, cx: &mut Context<'_>) {
@@ -591,38 +470,6 @@ impl<T: Transport> Peer<T> {
 		}
 	}
 
-	/// Give the outgoing byte budget of what has been written back to the handles.
-	fn release_written(&mut self) {
-		if self.written_cost > 0 {
-			self.shared.write_bytes.add_permits(std::mem::take(&mut self.written_cost));
-		}
-	}
-
-	/// The remote has closed its sending side (end of stream, or a 0-byte datagram). Requests
-	/// this side sent can no longer be answered: fail them now. Requests it received are still
-	/// answered: the connection closes once they are, and what is queued is written.
-	fn on_remote_done(&mut self) {
-		tracing::debug!(
-			unanswered = self.unanswered,
-			"the remote closed its side; answering what it asked, then closing"
-		);
-		self.remote_done = true;
-		self.shared.remote_finished.store(true, Ordering::Relaxed);
-		// Set first, so that every handle woken below reports it.
-		let _ = self.shared.close_reason.set(Error::closed_by(Error::closed_by_remote()));
-		// The read handle gets what is queued, then the end of the connection.
-		self.incoming = None;
-		// No response can come for a sent request, and no requester update for a received one.
-		let (sent, received) = {
-			let mut tracker = self.shared.tracker();
-			tracker.closed = true;
-			(tracker.sent.drain(), tracker.received.drain().collect::<Vec<_>>())
-		};
-		// Dropping the senders fails every sent request's handle and ends the update queues of
-		// the received ones (which can still be answered); done outside the lock.
-		drop((sent, received));
-	}
-
 	/// Close the connection once it has been idle for `Config::idle_timeout`: no request open
 	/// either way, nothing written or read. Returns whether it asked for the close.
 	fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
@@ -640,16 +487,14 @@ impl<T: Transport> Peer<T> {
 		}
 		let now = Instant::now();
 		let idle = now.duration_since(self.last_activity) >= timeout
-			&& self.unanswered == 0
+			&& self.state_idle
+			&& self.batch.is_empty()
+			&& self.inbox.is_empty()
 			&& !self.writer.has_queued()
-			&& !self.reader.mid_frame()
-			&& self.pending.is_none()
-			// Nothing read waits in a queue for the application.
-			&& self.shared.incoming_budget.available_permits() == self.budget_total
-			&& self.shared.tracker().sent.is_empty();
+			&& !self.reader.mid_frame();
 		if idle {
 			tracing::info!("idle for {timeout:?}: closing the connection");
-			self.shared.request_close();
+			self.shared.state().request_close();
 			return true;
 		}
 		// Not idle after all: wait a whole timeout from the last message (or from now, while a
@@ -661,174 +506,26 @@ impl<T: Transport> Peer<T> {
 		deadline.as_mut().poll(cx).is_ready()
 	}
 
-	/// Queue a message for the writer; a message the transport refuses is dropped with an error
-	/// log (handles check the limits before queuing, so this is a configuration mismatch).
-	fn write(&mut self, message: Message<T::Body>) -> bool {
+	/// Give a message to the transport; one it refuses is dropped with an error log (handles
+	/// check the limits before queuing, so this is a configuration mismatch).
+	fn write(&mut self, message: Message<T::Body>) {
 		let header = message.header;
-		match self.writer.start_send(message) {
-			Ok(()) => true,
-			Err(error) => {
-				tracing::error!(?header, "transport refused a message: {error}");
-				if header.message_type == MessageType::Request {
-					// Fail the request's handle rather than leave it waiting for a response.
-					self.shared.tracker().sent.remove(header.request_id);
-				}
-				false
-			},
-		}
-	}
-
-	/// An error response the peer sends on its own.
-	fn auto_reply(&mut self, request_id: u32, text: &str) {
-		// Counted only if queued: a count that no flush will reset would stop reading for good.
-		if self.write(Message::error_response(request_id, text)) {
-			self.auto_replies += 1;
-		}
-	}
-
-	/// Route one message from the remote to the handle it belongs to.
-	fn dispatch(&mut self, message: Message<T::Body>) {
-		let header = message.header;
-		let id = header.request_id;
-		match header.message_type {
-			MessageType::Request => self.open_received(message),
-			MessageType::Stream => self.deliver_incoming(ReceivedMessage::Stream(message)),
-			MessageType::Response => {
-				let sender = self.shared.tracker().sent.remove(id);
-				match sender {
-					Some(sender) => self.deliver(sender, message),
-					None => tracing::debug!(request_id = id, "dropped a response for a request that is not open"),
-				}
-			},
-			MessageType::ResponderUpdate => {
-				let sender = self.shared.tracker().sent.get(id).cloned();
-				match sender {
-					Some(sender) => self.deliver(sender, message),
-					None => tracing::debug!(request_id = id, "dropped an update for a request that is not open"),
-				}
-			},
-			MessageType::RequesterUpdate => {
-				let sender = self.shared.tracker().received.get(id).cloned();
-				match sender {
-					Some(sender) => self.deliver(sender, message),
-					None => tracing::debug!(request_id = id, "dropped an update for a request that is not open"),
-				}
-			},
-		}
-	}
-
-	fn open_received(&mut self, message: Message<T::Body>) {
-		let id = message.header.request_id;
-		if self.incoming.as_ref().is_none_or(mpsc::Sender::is_closed) {
-			// No read handle: answer as a dropped handle would, but here, where the reply counts
-			// towards the reading limit.
-			self.auto_reply(id, crate::handle::DROPPED_REQUEST_TEXT);
-			return;
-		}
-		let Some(link) = self.link.upgrade() else {
-			// Every handle is gone; the peer is about to stop.
-			self.auto_reply(id, "peer is shutting down");
-			return;
-		};
-		// Work handed to the application counts until it is answered: past the budget, the remote
-		// is told so, as past the open-request limit, and reading goes on (a request held until
-		// an update or a response arrives must not stop those from being read).
-		let cost = message.body.len().saturating_add(MESSAGE_OVERHEAD).min(self.shared.unanswered_total);
-		let Ok(charge) =
-			self.shared.unanswered_budget.clone().try_acquire_many_owned(cost.min(u32::MAX as usize) as u32)
-		else {
-			tracing::warn!(request_id = id, "refused a request: too many bytes of requests unanswered");
-			self.auto_reply(id, crate::handle::BUSY_TEXT);
-			return;
-		};
-		let (sender, receiver) = mpsc::channel(self.shared.request_queue);
-		let opened = self.shared.tracker().received.insert(id, sender);
-		match opened {
-			Ok(serial) => {
-				self.unanswered += 1;
-				let request = ReceivedRequestHandle::new(link, message.header, serial, receiver, charge);
-				self.deliver_incoming(ReceivedMessage::Request(request, message.body));
-			},
-			Err(OpenError::Duplicate) => {
-				let violation = ProtocolViolation::DuplicateRequestId { request_id: id };
-				tracing::warn!("protocol violation by the remote: {violation}");
-				self.auto_reply(id, &violation.to_string());
-			},
-			Err(OpenError::Full) => {
-				tracing::warn!(request_id = id, "refused a request: too many open requests");
-				self.auto_reply(id, "too many open requests");
-			},
-		}
-	}
-
-	fn deliver_incoming(&mut self, item: ReceivedMessage<T::Body>) {
-		self.deliver_to(Target::Incoming(item));
-	}
-
-	fn deliver(&mut self, sender: RequestSender<T::Body>, message: Message<T::Body>) {
-		self.deliver_to(Target::Request(sender, message));
-	}
-
-	/// Charge a message to the incoming budget and hand it over, or hold it until both the
-	/// budget and its queue have room.
-	fn deliver_to(&mut self, target: Target<T::Body>) {
-		let cost = target.cost(self.budget_total);
-		match self.shared.incoming_budget.clone().try_acquire_many_owned(cost) {
-			Ok(permit) => self.hand_over(target, permit),
-			Err(_) => self.pending = Some(Pending::Budget(cost, target)),
-		}
-	}
-
-	fn hand_over(&mut self, target: Target<T::Body>, budget: OwnedSemaphorePermit) {
-		match target {
-			Target::Incoming(item) => {
-				match self.incoming.as_ref().map(|incoming| incoming.try_send(Charged { item, _budget: budget })) {
-					Some(Ok(())) => {},
-					Some(Err(mpsc::error::TrySendError::Full(item))) => {
-						let incoming = self.incoming.clone().expect("just used");
-						self.pending = Some(Pending::Incoming(PollSender::new(incoming), item));
-					},
-					// The read handle is gone. A request handle dropped here answers itself with an
-					// error response; a stream message has no one to go to.
-					Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {
-						tracing::debug!("no read handle: dropped an incoming message")
-					},
-				}
-			},
-			Target::Request(sender, message) => match sender.try_send(Charged { item: message, _budget: budget }) {
-				Ok(()) => {},
-				Err(mpsc::error::TrySendError::Full(message)) => {
-					self.pending = Some(Pending::Request(PollSender::new(sender), message));
-				},
-				Err(mpsc::error::TrySendError::Closed(message)) => {
-					tracing::debug!(header = ?message.item.header, "request handle dropped: dropped its message");
-				},
-			},
+		if let Err(error) = self.writer.start_send(message) {
+			tracing::error!(?header, "transport refused a message: {error}");
+			if header.message_type == MessageType::Request {
+				self.shared.state().refused_by_transport(header.request_id);
+			}
 		}
 	}
 }
 
 impl<T: Transport> Drop for Peer<T> {
 	fn drop(&mut self) {
-		// Reached at the end of `run`, or when a peer is dropped without running. The reason is
-		// set first so that every handle woken below reports it.
-		let _ = self.shared.close_reason.set(Error::closed_locally());
-		self.shared.write_permits.close();
-		self.shared.write_bytes.close();
-		self.commands.close();
-		let (sent, received) = {
-			let mut tracker = self.shared.tracker();
-			tracker.closed = true;
-			(tracker.sent.drain(), tracker.received.drain().collect::<Vec<_>>())
-		};
-		// Dropping the senders wakes every request handle; done outside the lock.
-		drop((sent, received));
+		// Reached at the end of `run`, or when a peer is dropped without running. Every handle
+		// is woken and reports the reason set first.
+		self.shared.state().end(Error::closed_locally());
 		self.shared.stopped.cancel();
-	}
-}
-
-impl<B: Body> WeakLink<B> {
-	fn upgrade(&self) -> Option<Link<B>> {
-		Some(Link::new(self.commands.upgrade()?, self.shared.clone()))
+		self.shared.room.notify_waiters();
+		self.shared.flushed.notify_waiters();
 	}
 }

@@ -26,7 +26,7 @@
 //! # async fn demo() -> Result<(), peerwire::Error> {
 //! use peerwire::{Backoff, Config, ReceivedMessage, Reconnecting};
 //!
-//! let client = Reconnecting::tcp("127.0.0.1:1337", Config::default(), Backoff::default());
+//! let client = Reconnecting::tcp("127.0.0.1:1337", &Config::default(), Backoff::default());
 //!
 //! // Sending: connects on first use, and again after the connection is lost.
 //! let mut request = client.send_request(1, "hello").await?;
@@ -59,7 +59,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::handle::{PeerHandle, PeerReadHandle, PeerWriteHandle, ReceivedMessage, SentRequestHandle};
-use crate::message::Body;
+use crate::message::{Body, CloneBody, IntoBody};
 use crate::transport::ConnectionInfo;
 
 /// How long to wait between failed connection attempts, and when to give up.
@@ -70,21 +70,23 @@ use crate::transport::ConnectionInfo;
 /// same instant). The first attempt is made at once, and a successful connection starts the
 /// count again.
 ///
+/// Build one from the default with the `with_*` setters (the type is `#[non_exhaustive]`):
+///
 /// ```
 /// use std::time::Duration;
 ///
-/// let backoff = peerwire::Backoff {
-///     initial_delay: Duration::from_millis(100),
-///     factor: 2,
-///     max_delay: Duration::from_secs(1),
-///     max_attempts: Some(10),
-///     jitter: false,
-/// };
+/// let backoff = peerwire::Backoff::default()
+///     .with_initial_delay(Duration::from_millis(100))
+///     .with_factor(2)
+///     .with_max_delay(Duration::from_secs(1))
+///     .with_max_attempts(Some(10))
+///     .with_jitter(false);
 /// assert_eq!(backoff.delay_after(1), Duration::from_millis(100));
 /// assert_eq!(backoff.delay_after(3), Duration::from_millis(400));
 /// assert_eq!(backoff.delay_after(9), Duration::from_secs(1));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Backoff {
 	/// The wait after the first failed attempt.
 	///
@@ -126,6 +128,39 @@ impl Default for Backoff {
 	}
 }
 
+/// Setters, one per field, for building a `Backoff` from the default.
+impl Backoff {
+	/// Set [`initial_delay`](Self::initial_delay).
+	pub fn with_initial_delay(mut self, initial_delay: Duration) -> Self {
+		self.initial_delay = initial_delay;
+		self
+	}
+
+	/// Set [`factor`](Self::factor).
+	pub fn with_factor(mut self, factor: u32) -> Self {
+		self.factor = factor;
+		self
+	}
+
+	/// Set [`max_delay`](Self::max_delay).
+	pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
+		self.max_delay = max_delay;
+		self
+	}
+
+	/// Set [`max_attempts`](Self::max_attempts).
+	pub fn with_max_attempts(mut self, max_attempts: Option<u32>) -> Self {
+		self.max_attempts = max_attempts;
+		self
+	}
+
+	/// Set [`jitter`](Self::jitter).
+	pub fn with_jitter(mut self, jitter: bool) -> Self {
+		self.jitter = jitter;
+		self
+	}
+}
+
 impl Backoff {
 	/// The wait before the next attempt after `failures` failed attempts in a row (at least 1),
 	/// before jitter.
@@ -155,8 +190,9 @@ type ConnectFn<B> = Box<dyn Fn() -> ConnectFuture<B> + Send + Sync>;
 ///
 /// Built from a connect function (any async closure that returns a [`PeerHandle`], so any
 /// transport and any [`Config`](crate::Config) will do) and a [`Backoff`] policy; the
-/// [`tcp`](Self::tcp), [`unix_stream`](Self::unix_stream) and (feature `tls`) `tls`
-/// constructors cover the common cases. Clone it freely: clones share the connection.
+/// [`tcp`](Self::tcp), [`unix_stream`](Self::unix_stream), (feature `tls`) `tls` and
+/// `unix_seqpacket` (feature `unix-seqpacket`) constructors cover the common cases. Clone it
+/// freely: clones share the connection.
 ///
 /// Nothing connects until it is first needed. Then one caller at a time makes attempts, and
 /// everyone else asking for the connection meanwhile waits for the outcome (a failed round that
@@ -239,7 +275,7 @@ impl<B: Body> Reconnecting<B> {
 	///
 	/// let address = "127.0.0.1:1337";
 	/// let client = Reconnecting::new(Backoff::default(), move || async move {
-	///     let config = Config { max_body_len_read: 64 << 20, ..Config::default() };
+	///     let config = Config::default().with_max_body_len_read(64 << 20);
 	///     let (peer, _info) = TcpPeer::connect(address, &config).await?;
 	///     Ok(peer)
 	/// });
@@ -302,13 +338,13 @@ impl<B: Body> Reconnecting<B> {
 	/// this cannot do anything twice. A request that was queued stays on its connection, and
 	/// fails with [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed) if that
 	/// ends before the response.
-	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error>
+	pub async fn send_request(&self, service_id: i32, body: impl IntoBody<B>) -> Result<SentRequestHandle<B>, Error>
 	where
-		B: Clone,
+		B: CloneBody,
 	{
-		let body = body.into();
+		let body = body.into_body();
 		let (generation, write) = self.connected().await?;
-		match write.send_request(service_id, body.clone()).await {
+		match write.send_request(service_id, body.clone_body()?).await {
 			Err(error) if error.is_connection_closed() => {
 				self.inner.lost(generation);
 				let (generation, write) = self.connected().await?;
@@ -322,13 +358,13 @@ impl<B: Body> Reconnecting<B> {
 	/// Send a stream message on the live connection, connecting first if needed; like
 	/// [`send_request`](Self::send_request), a message that could not be queued because the
 	/// connection was closed is sent once more on a new connection.
-	pub async fn send_stream(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error>
+	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error>
 	where
-		B: Clone,
+		B: CloneBody,
 	{
-		let body = body.into();
+		let body = body.into_body();
 		let (generation, write) = self.connected().await?;
-		match write.send_stream(service_id, body.clone()).await {
+		match write.send_stream(service_id, body.clone_body()?).await {
 			Err(error) if error.is_connection_closed() => {
 				self.inner.lost(generation);
 				let (generation, write) = self.connected().await?;
@@ -427,7 +463,7 @@ impl<B: Body> Reconnecting<B> {
 						Some(read) => {
 							return Ok(Connection {
 								generation: current.generation,
-								read,
+								read: Some(read),
 								write: current.write.clone(),
 								client: self.inner.clone(),
 							});
@@ -490,10 +526,11 @@ impl Reconnecting<bytes::Bytes> {
 	/// deadline per attempt, use [`Reconnecting::new`] with a connect function that puts a
 	/// timeout around [`TcpPeer::connect`](crate::TcpPeer).
 	#[cfg(feature = "tcp")]
-	pub fn tcp<A>(address: A, config: crate::Config, backoff: Backoff) -> Self
+	pub fn tcp<A>(address: A, config: &crate::Config, backoff: Backoff) -> Self
 	where
 		A: tokio::net::ToSocketAddrs + Clone + Send + Sync + 'static,
 	{
+		let config = config.clone();
 		Self::new(backoff, move || {
 			let address = address.clone();
 			let config = config.clone();
@@ -512,13 +549,14 @@ impl Reconnecting<bytes::Bytes> {
 		address: A,
 		server_name: impl Into<String>,
 		tls: crate::TlsClientConfig,
-		config: crate::Config,
+		config: &crate::Config,
 		backoff: Backoff,
 	) -> Self
 	where
 		A: tokio::net::ToSocketAddrs + Clone + Send + Sync + 'static,
 	{
 		let server_name = server_name.into();
+		let config = config.clone();
 		Self::new(backoff, move || {
 			let address = address.clone();
 			let server_name = server_name.clone();
@@ -530,12 +568,31 @@ impl Reconnecting<bytes::Bytes> {
 
 	/// A client of a Unix stream socket server at `path`, with `config` for every connection.
 	#[cfg(all(unix, feature = "unix-stream"))]
-	pub fn unix_stream(path: impl Into<std::path::PathBuf>, config: crate::Config, backoff: Backoff) -> Self {
+	pub fn unix_stream(path: impl Into<std::path::PathBuf>, config: &crate::Config, backoff: Backoff) -> Self {
 		let path = path.into();
+		let config = config.clone();
 		Self::new(backoff, move || {
 			let path = path.clone();
 			let config = config.clone();
 			async move { Ok(crate::UnixStreamPeer::connect(path, &config).await?.0) }
+		})
+	}
+}
+
+#[cfg(all(unix, feature = "unix-seqpacket"))]
+impl Reconnecting<crate::UnixBody> {
+	/// A client of a Unix seqpacket socket server at `path`, with `config` for every connection.
+	///
+	/// A request or stream message sent again on a new connection (see
+	/// [`send_request`](Self::send_request)) carries duplicates of its descriptors
+	/// ([`UnixBody::try_clone`](crate::UnixBody::try_clone)).
+	pub fn unix_seqpacket(path: impl Into<std::path::PathBuf>, config: &crate::Config, backoff: Backoff) -> Self {
+		let path = path.into();
+		let config = config.clone();
+		Self::new(backoff, move || {
+			let path = path.clone();
+			let config = config.clone();
+			async move { Ok(crate::UnixSeqpacketPeer::connect(path, &config).await?.0) }
 		})
 	}
 }
@@ -657,7 +714,8 @@ struct GaveUp {
 #[derive(Debug)]
 pub struct Connection<B: Body = bytes::Bytes> {
 	generation: u64,
-	read: PeerReadHandle<B>,
+	/// `Some` until the connection is dropped, which hands it back to the client.
+	read: Option<PeerReadHandle<B>>,
 	write: PeerWriteHandle<B>,
 	client: Arc<Inner<B>>,
 }
@@ -673,7 +731,8 @@ impl<B: Body> Connection<B> {
 	/// Cancel-safe. A connection error means the connection has ended: the client then knows
 	/// it is lost, and [`Reconnecting::next_connection`] makes a new one.
 	pub async fn recv_message(&mut self) -> Result<ReceivedMessage<B>, Error> {
-		let result = self.read.recv_message().await;
+		let read = self.read.as_mut().expect("the read half is taken only on drop");
+		let result = read.recv_message().await;
 		if let Err(error) = &result {
 			if error.is_connection_closed() {
 				self.client.lost(self.generation);
@@ -690,13 +749,45 @@ impl<B: Body> Connection<B> {
 
 	/// What is known about the remote.
 	pub fn info(&self) -> &ConnectionInfo {
-		self.read.info()
+		self.write.info()
 	}
 
 	/// Flush what is queued, then close this connection. The client reconnects when next asked.
 	pub fn close(&self) {
 		self.write.close();
 		self.client.lost(self.generation);
+	}
+}
+
+/// Hands the read half back to the client while the connection is still its live one, so that
+/// the next [`Reconnecting::next_connection`] returns this connection again instead of waiting
+/// for a new one, and requests from the remote wait for it instead of being answered with an
+/// error. A connection that has ended, or that the client has replaced, is let go.
+impl<B: Body> Drop for Connection<B> {
+	fn drop(&mut self) {
+		let Some(read) = self.read.take() else {
+			return;
+		};
+		let unclaimed = {
+			let mut state = self.client.state();
+			match &mut state.current {
+				Some(current) if current.generation == self.generation && current.read.is_none() => {
+					if current.write.is_closed() {
+						Some(read)
+					} else {
+						current.read = Some(read);
+						None
+					}
+				},
+				_ => Some(read),
+			}
+		};
+		if unclaimed.is_none() {
+			tracing::debug!(generation = self.generation, "read half handed back");
+			self.client.changed.notify_waiters();
+		}
+		// Dropped here, outside the lock: an unclaimed read half answers its queued requests.
+		drop(unclaimed);
 	}
 }
 
@@ -712,13 +803,12 @@ mod tests {
 
 	#[test]
 	fn delays_grow_by_the_factor_and_stop_at_the_cap() {
-		let backoff = Backoff {
-			initial_delay: Duration::from_millis(10),
-			factor: 3,
-			max_delay: Duration::from_millis(500),
-			max_attempts: None,
-			jitter: false,
-		};
+		let backoff = Backoff::default()
+			.with_initial_delay(Duration::from_millis(10))
+			.with_factor(3)
+			.with_max_delay(Duration::from_millis(500))
+			.with_max_attempts(None)
+			.with_jitter(false);
 		let delays: Vec<_> = (1..=6).map(|n| backoff.delay_after(n).as_millis()).collect();
 		assert_eq!(delays, [10, 30, 90, 270, 500, 500]);
 		// No overflow however long the outage.
@@ -728,7 +818,7 @@ mod tests {
 
 	#[test]
 	fn jitter_stays_between_half_and_the_full_delay() {
-		let backoff = Backoff { jitter: true, ..Backoff::default() };
+		let backoff = Backoff::default().with_jitter(true);
 		for failures in 1..12 {
 			let full = backoff.delay_after(failures);
 			for _ in 0..50 {
@@ -736,7 +826,7 @@ mod tests {
 				assert!(wait >= full / 2 && wait <= full, "{wait:?} outside [{:?}, {full:?}]", full / 2);
 			}
 		}
-		let zero = Backoff { initial_delay: Duration::ZERO, ..backoff };
+		let zero = backoff.with_initial_delay(Duration::ZERO);
 		assert_eq!(zero.wait_after(1), Duration::ZERO);
 	}
 }

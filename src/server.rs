@@ -55,7 +55,7 @@ pub use tokio_util::sync::CancellationToken;
 use crate::handle::{PeerHandle, PeerWriteHandle, ReceivedMessage};
 use crate::listener::{Acceptor, Listener};
 use crate::message::{Body, Message};
-use crate::transport::Transport;
+use crate::transport::{ConnectionInfo, Transport};
 
 /// The error text sent for a request that arrives while the server shuts down.
 pub const SHUTTING_DOWN_TEXT: &str = "server is shutting down";
@@ -93,7 +93,7 @@ pub const MAX_QUEUED_STREAM_BYTES: usize = 1 << 20;
 /// use peerwire::server::{CancellationToken, serve};
 /// use peerwire::{Config, ReceivedMessage, TcpListener};
 ///
-/// let listener = TcpListener::bind("127.0.0.1:29285", Config::default()).await?;
+/// let listener = TcpListener::bind("127.0.0.1:29285", &Config::default()).await?;
 /// let shutdown = CancellationToken::new();
 /// let server = tokio::spawn(serve(listener, shutdown.clone(), Duration::from_secs(5), |message, _peer| async move {
 ///     if let ReceivedMessage::Request(request, body) = message {
@@ -106,7 +106,7 @@ pub const MAX_QUEUED_STREAM_BYTES: usize = 1 << 20;
 /// # Ok(())
 /// # }
 /// ```
-pub async fn serve<A, H, F>(mut listener: Listener<A>, shutdown: CancellationToken, grace: Duration, handler: H)
+pub async fn serve<A, H, F>(listener: Listener<A>, shutdown: CancellationToken, grace: Duration, handler: H)
 where
 	A: Acceptor,
 	H: Fn(ReceivedMessage<<A::Transport as Transport>::Body>, PeerWriteHandle<<A::Transport as Transport>::Body>) -> F
@@ -114,6 +114,54 @@ where
 		+ Send
 		+ Sync
 		+ 'static,
+	F: Future<Output = ()> + Send + 'static,
+{
+	let token = shutdown.clone();
+	serve_with(listener, shutdown, move |peer, _info| serve_connection(peer, token.clone(), grace, handler.clone()))
+		.await
+}
+
+/// Accept connections from `listener` until `shutdown` is cancelled, and run `on_connection` for
+/// each, in a task of its own, with the connection's handle and what is known about the remote:
+/// for a server that drives its connections itself instead of with a message handler
+/// ([`serve`] is this with [`serve_connection`] as the hook).
+///
+/// Accept errors never stop the server, as for [`serve`]. Once `shutdown` is cancelled, no more
+/// connections are accepted (the listening socket closes at once), and this returns when every
+/// connection task has ended: a hook should watch `shutdown` too (clone it into the hook) and
+/// end, or close its connection, when it is cancelled.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), peerwire::Error> {
+/// use peerwire::server::serve_with;
+/// use peerwire::{CancellationToken, Config, TcpListener};
+///
+/// let listener = TcpListener::bind("127.0.0.1:29285", &Config::default()).await?;
+/// let shutdown = CancellationToken::new();
+/// let token = shutdown.clone();
+/// serve_with(listener, shutdown, move |mut peer, info| {
+///     let token = token.clone();
+///     async move {
+///         println!("connection from {info}");
+///         loop {
+///             tokio::select! {
+///                 message = peer.recv_message() => match message {
+///                     Ok(message) => println!("{message:?}"),
+///                     Err(_) => break,
+///                 },
+///                 () = token.cancelled() => break,
+///             }
+///         }
+///     }
+/// })
+/// .await;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn serve_with<A, H, F>(mut listener: Listener<A>, shutdown: CancellationToken, mut on_connection: H)
+where
+	A: Acceptor,
+	H: FnMut(PeerHandle<<A::Transport as Transport>::Body>, ConnectionInfo) -> F,
 	F: Future<Output = ()> + Send + 'static,
 {
 	let mut connections = JoinSet::new();
@@ -125,8 +173,8 @@ where
 			Some(_) = connections.join_next(), if !connections.is_empty() => {},
 			accepted = listener.accept() => match accepted {
 				// The listener logged it, in the connection's span.
-				Ok((peer, _info)) => {
-					connections.spawn(serve_connection(peer, shutdown.clone(), grace, handler.clone()));
+				Ok((peer, info)) => {
+					connections.spawn(on_connection(peer, info));
 				},
 				// The listener logged it, and waits before its next try.
 				Err(error) => tracing::debug!("accept failed: {error}"),

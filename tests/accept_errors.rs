@@ -111,14 +111,14 @@ async fn survives_running_out<A: Acceptor>(
 async fn listeners_survive_running_out_of_descriptors() {
 	let config = Config::default();
 
-	let mut listener = TcpListener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	// The handshake completes in the kernel: the connection waits in the backlog to be accepted.
 	let (waiting, _) = TcpPeer::connect(address, &config).await.unwrap();
 	survives_running_out(&mut listener, waiting, async || TcpPeer::connect(address, &config).await.unwrap().0).await;
 
 	let path = socket_path("accept-errors");
-	let mut listener = UnixStreamListener::bind(&path, config.clone()).await.unwrap();
+	let mut listener = UnixStreamListener::bind(&path, &config).await.unwrap();
 	let (waiting, _) = UnixStreamPeer::connect(&path, &config).await.unwrap();
 	survives_running_out(&mut listener, waiting, async || UnixStreamPeer::connect(&path, &config).await.unwrap().0)
 		.await;

@@ -72,7 +72,7 @@ fn echo_server(listener: TcpListener) -> (CancellationToken, tokio::task::JoinHa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_before_accept_do_not_delay_other_clients() {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 
 	// 100 clients reset while nothing accepts yet: every one of them is in the backlog, reset,

@@ -72,20 +72,19 @@ const TRIES: usize = 300;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_stream_socket_file_has_its_mode_the_first_time_it_can_be_seen() {
 	let (_, gid) = own_ids();
+	let config = Config::default();
 	for mode in [0o600, 0o660, 0o666].into_iter().flat_map(|mode| std::iter::repeat_n(mode, TRIES / 3)) {
 		let path = socket_path("mode");
 		let permissions = SocketPermissions::mode(mode).with_group(gid);
 		let (listener, first_mode, first_gid) =
-			first_seen(&path, || UnixStreamListener::bind_with_permissions(&path, permissions, Config::default()))
-				.await;
+			first_seen(&path, || UnixStreamListener::bind_with_permissions(&path, permissions, &config)).await;
 		assert_eq!(first_mode, mode, "first seen with mode {first_mode:o}, wanted {mode:o}");
 		assert_eq!(first_gid, gid);
 		let metadata = std::fs::symlink_metadata(&path).unwrap();
 		assert!(metadata.file_type().is_socket());
-		assert_eq!(listener.local_path().unwrap().as_deref(), Some(path.as_path()));
+		assert_eq!(listener.local_addr().unwrap().as_deref(), Some(path.as_path()));
 		// It is a working listener at `path`.
 		let mut listener = listener;
-		let config = Config::default();
 		let (client, server) = tokio::join!(UnixStreamPeer::connect(&path, &config), listener.accept());
 		client.unwrap();
 		server.unwrap();
@@ -100,12 +99,12 @@ async fn a_unix_socket_file_has_its_group_the_first_time_it_can_be_seen() {
 	// Root may give the file to any group; anyone else only to their own groups, and the
 	// primary one is all this test knows of (then it shows that setting it does no harm).
 	let gid = if uid == 0 { 65534 } else { own_gid };
+	let config = Config::default();
 	for _ in 0..TRIES / 3 {
 		let path = socket_path("group");
 		let permissions = SocketPermissions::mode(0o660).with_group(gid);
 		let (_listener, mode, first_gid) =
-			first_seen(&path, || UnixStreamListener::bind_with_permissions(&path, permissions, Config::default()))
-				.await;
+			first_seen(&path, || UnixStreamListener::bind_with_permissions(&path, permissions, &config)).await;
 		assert_eq!((mode, first_gid), (0o660, gid), "first seen with mode {mode:o} and group {first_gid}");
 	}
 }
@@ -116,8 +115,8 @@ async fn binding_with_permissions_never_replaces_a_live_socket_and_leaves_no_tem
 	let _ = std::fs::remove_dir_all(&dir);
 	std::fs::create_dir(&dir).unwrap();
 	let path = dir.join("live.sock");
-	let live = UnixStreamListener::bind(&path, Config::default()).await.unwrap();
-	let error = UnixStreamListener::bind_with_permissions(&path, SocketPermissions::mode(0o600), Config::default())
+	let live = UnixStreamListener::bind(&path, &Config::default()).await.unwrap();
+	let error = UnixStreamListener::bind_with_permissions(&path, SocketPermissions::mode(0o600), &Config::default())
 		.await
 		.unwrap_err();
 	assert_eq!(error.io_error().map(std::io::Error::kind), Some(std::io::ErrorKind::AddrInUse), "{error}");
@@ -125,7 +124,7 @@ async fn binding_with_permissions_never_replaces_a_live_socket_and_leaves_no_tem
 	let file = dir.join("file");
 	std::fs::write(&file, "mine").unwrap();
 	assert!(
-		UnixStreamListener::bind_with_permissions(&file, SocketPermissions::mode(0o600), Config::default())
+		UnixStreamListener::bind_with_permissions(&file, SocketPermissions::mode(0o600), &Config::default())
 			.await
 			.is_err()
 	);
@@ -156,7 +155,7 @@ fn echo(mut peer: PeerHandle) {
 async fn an_admission_check_for_another_uid_refuses_this_process_until_its_uid_is_allowed() {
 	let (uid, _) = own_ids();
 	let path = socket_path("admission");
-	let mut listener = UnixStreamListener::bind(&path, Config::default())
+	let mut listener = UnixStreamListener::bind(&path, &Config::default())
 		.await
 		.unwrap()
 		.with_admission(admission::uids([uid.wrapping_add(1)]));
@@ -184,12 +183,9 @@ async fn an_admission_check_for_another_uid_refuses_this_process_until_its_uid_i
 
 /// A request frame (service 1, request id 0, body "hi"), little endian.
 fn request_frame() -> Vec<u8> {
-	let mut frame = Vec::new();
-	frame.extend_from_slice(&14u32.to_le_bytes());
-	frame.extend_from_slice(&0u32.to_le_bytes());
-	frame.extend_from_slice(&0u32.to_le_bytes());
-	frame.extend_from_slice(&1i32.to_le_bytes());
-	frame.extend_from_slice(b"hi");
+	let message = common::raw::request_datagram(0, 1, b"hi");
+	let mut frame = u32::try_from(message.len()).unwrap().to_le_bytes().to_vec();
+	frame.extend_from_slice(&message);
 	frame
 }
 
@@ -203,7 +199,7 @@ async fn a_refused_connection_is_closed_before_any_message_is_read() {
 	// the client cannot tell the two apart there.)
 	let (_, gid) = own_ids();
 	let path = socket_path("refused-unread");
-	let mut listener = UnixStreamListener::bind(&path, Config::default())
+	let mut listener = UnixStreamListener::bind(&path, &Config::default())
 		.await
 		.unwrap()
 		.with_admission(admission::gids([gid.wrapping_add(1)]));
@@ -223,7 +219,7 @@ async fn a_refused_connection_is_closed_before_any_message_is_read() {
 
 #[tokio::test]
 async fn a_tcp_admission_check_by_address() {
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default())
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default())
 		.await
 		.unwrap()
 		.with_admission(admission::ip_addresses(["10.9.9.9".parse().unwrap()]));
@@ -248,24 +244,21 @@ mod seqpacket {
 
 	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 	async fn a_unix_seqpacket_socket_file_has_its_mode_the_first_time_it_can_be_seen() {
+		let config = Config::default();
 		for _ in 1..TRIES {
 			let path = socket_path("seqpacket-mode");
 			let permissions = SocketPermissions::mode(0o600);
-			let (_listener, first_mode, _) = first_seen(&path, || {
-				UnixSeqpacketListener::bind_with_permissions(&path, permissions, Config::default())
-			})
-			.await;
+			let (_listener, first_mode, _) =
+				first_seen(&path, || UnixSeqpacketListener::bind_with_permissions(&path, permissions, &config)).await;
 			assert_eq!(first_mode, 0o600, "first seen with mode {first_mode:o}");
 		}
 		let path = socket_path("seqpacket-mode");
 		let permissions = SocketPermissions::mode(0o600);
 		let (listener, first_mode, _) =
-			first_seen(&path, || UnixSeqpacketListener::bind_with_permissions(&path, permissions, Config::default()))
-				.await;
+			first_seen(&path, || UnixSeqpacketListener::bind_with_permissions(&path, permissions, &config)).await;
 		assert_eq!(first_mode, 0o600, "first seen with mode {first_mode:o}");
-		assert_eq!(listener.local_path().unwrap().as_deref(), Some(path.as_path()));
+		assert_eq!(listener.local_addr().unwrap().as_deref(), Some(path.as_path()));
 		let mut listener = listener;
-		let config = Config::default();
 		let (client, server) = tokio::join!(UnixSeqpacketPeer::connect(&path, &config), listener.accept());
 		client.unwrap();
 		server.unwrap();
@@ -275,7 +268,7 @@ mod seqpacket {
 	async fn a_seqpacket_admission_check_refuses_then_admits() {
 		let (uid, _) = own_ids();
 		let path = socket_path("seqpacket-admission");
-		let mut listener = UnixSeqpacketListener::bind(&path, Config::default())
+		let mut listener = UnixSeqpacketListener::bind(&path, &Config::default())
 			.await
 			.unwrap()
 			.with_admission(admission::uids([uid.wrapping_add(1)]));

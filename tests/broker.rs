@@ -25,13 +25,12 @@ use tokio::time::Instant;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn backoff() -> Backoff {
-	Backoff {
-		initial_delay: Duration::from_millis(20),
-		factor: 2,
-		max_delay: Duration::from_millis(200),
-		max_attempts: Some(100),
-		jitter: false,
-	}
+	Backoff::default()
+		.with_initial_delay(Duration::from_millis(20))
+		.with_factor(2)
+		.with_max_delay(Duration::from_millis(200))
+		.with_max_attempts(Some(100))
+		.with_jitter(false)
 }
 
 /// Partner rules: "anvil" declined, "slow" answered after 2 s, anything else taken at once.
@@ -211,7 +210,7 @@ async fn the_broker_gives_up_when_the_app_stays_away() {
 	let app = App::start("127.0.0.1:0", &["north"], log.clone()).await.unwrap();
 	let address = app.address();
 	app.crash().await;
-	let app_client = broker::app_client(address, Backoff { max_attempts: Some(3), ..backoff() }, log.clone());
+	let app_client = broker::app_client(address, backoff().with_max_attempts(Some(3)), log.clone());
 	let partner_client = broker::partner_client(partner.address(), backoff());
 	let broker = broker::run(app_client, partner_client, broker::Settings::default(), log);
 	let error = tokio::time::timeout(WAIT, broker).await.expect("the broker hung").unwrap_err();

@@ -4,6 +4,8 @@
 
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::socket_path;
 use peerwire::{Config, TcpListener};
 use serde_json::Value;
 
@@ -150,7 +153,7 @@ where
 	thread::spawn(move || {
 		let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 		runtime.block_on(async move {
-			let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+			let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 			sender.send(listener.local_addr().unwrap()).unwrap();
 			serve(listener).await;
 		});
@@ -170,10 +173,6 @@ fn raw_server(reply: Vec<u8>) -> SocketAddr {
 		thread::sleep(WAIT);
 	});
 	address
-}
-
-fn socket_path(name: &str) -> PathBuf {
-	std::env::temp_dir().join(format!("peerwire-cli-{name}-{}.sock", std::process::id()))
 }
 
 #[test]

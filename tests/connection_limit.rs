@@ -55,7 +55,7 @@ fn closed_after(address: SocketAddr) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_past_the_limit_is_closed_promptly_and_served_once_room_is_made() {
 	let config = Config::default();
-	let listener = TcpListener::bind("127.0.0.1:0", config.clone()).await.unwrap().with_max_connections(2);
+	let listener = TcpListener::bind("127.0.0.1:0", &config).await.unwrap().with_max_connections(2);
 	assert_eq!(listener.max_connections(), Some(2));
 	let address = listener.local_addr().unwrap();
 	let server = echo_server(listener);

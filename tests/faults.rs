@@ -200,7 +200,7 @@ async fn a_remote_that_never_reads_pushes_back_and_memory_stays_bounded() {
 	const BODY: usize = 1 << 20;
 	const ATTEMPTS: usize = 1024; // 1 GiB offered in all
 	const GROWTH_LIMIT: usize = 128 << 20;
-	let config = Config { write_queue: 8, ..Config::default() };
+	let config = Config::default().with_write_queue(8);
 	let (peer, remote) = RawRemote::connect(config).await;
 	let baseline = resident_bytes();
 	let mut peak = baseline;
@@ -381,7 +381,7 @@ async fn dropping_handles_in_every_order_never_hangs_and_ends_the_peer() {
 #[tokio::test]
 async fn an_oversized_length_ends_the_connection_with_exactly_body_too_large() {
 	let _serial = SERIAL.lock().await;
-	let config = Config { max_body_len_read: 1024, ..Config::default() };
+	let config = Config::default().with_max_body_len_read(1024);
 	let (mut peer, mut remote) = RawRemote::connect(config).await;
 	let mut request = peer.send_request(1, "").await.unwrap();
 	remote.recv().await.unwrap();
@@ -406,7 +406,7 @@ async fn malformed_frames_are_refused_in_big_endian_too() {
 		(&[0, 0, 0, 12, 0, 0, 0, 5][..], ProtocolViolation::UnknownMessageType { value: 5 }),
 	];
 	for (bytes, violation) in cases {
-		let config = Config { endian: Endian::Big, ..Config::default() };
+		let config = Config::default().with_endian(Endian::Big);
 		let (mut peer, mut remote) = RawRemote::connect(config).await;
 		remote.send(Message::stream(0, 1, "valid")).await;
 		let message = within(peer.recv_message()).await.unwrap();
@@ -427,7 +427,7 @@ async fn malformed_frames_are_refused_in_big_endian_too() {
 #[tokio::test]
 async fn an_answered_request_still_held_does_not_stall_the_connection() {
 	let _serial = SERIAL.lock().await;
-	let config = Config { request_queue: 1, ..Config::default() };
+	let config = Config::default().with_request_queue(1);
 	let (mut peer, mut remote) = RawRemote::connect(config).await;
 	remote.send(Message::request(0, 1, "")).await;
 	remote.send(Message::requester_update(0, 1, "fills the queue")).await;
@@ -451,7 +451,7 @@ async fn an_answered_request_still_held_does_not_stall_the_connection() {
 #[tokio::test]
 async fn updates_queued_for_an_answered_request_do_not_hold_the_incoming_budget() {
 	let _serial = SERIAL.lock().await;
-	let config = Config { max_buffered_incoming: 200, ..Config::default() };
+	let config = Config::default().with_max_buffered_incoming(200);
 	let (mut peer, mut remote) = RawRemote::connect(config).await;
 	remote.send(Message::request(0, 1, "")).await;
 	let (request, _) = within(peer.recv_message()).await.unwrap().into_request().unwrap();
@@ -475,7 +475,7 @@ async fn updates_queued_for_an_answered_request_do_not_hold_the_incoming_budget(
 #[tokio::test]
 async fn a_request_answered_only_through_a_write_handle_does_not_stall_the_connection() {
 	let _serial = SERIAL.lock().await;
-	let config = Config { request_queue: 1, ..Config::default() };
+	let config = Config::default().with_request_queue(1);
 	let (mut peer, mut remote) = RawRemote::connect(config).await;
 	remote.send(Message::request(0, 1, "")).await;
 	let (request, _) = within(peer.recv_message()).await.unwrap().into_request().unwrap();

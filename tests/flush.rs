@@ -19,7 +19,7 @@ fn a_command_flushed_before_exit_always_arrives() {
 	let path = socket_path("flush");
 	let server_runtime = tokio::runtime::Runtime::new().unwrap();
 	let received = Arc::new(AtomicUsize::new(0));
-	let mut listener = server_runtime.block_on(UnixStreamListener::bind(&path, Config::default())).unwrap();
+	let mut listener = server_runtime.block_on(UnixStreamListener::bind(&path, &Config::default())).unwrap();
 	server_runtime.spawn({
 		let received = received.clone();
 		async move {

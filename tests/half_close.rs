@@ -12,9 +12,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Address, Kind};
-use common::{socket_path, within};
-use peerwire::{Acceptor, Body, Config, DROPPED_REQUEST_TEXT, Listener, PeerHandle, ReceivedMessage};
+use common::raw::{Address, Application, Kind, request_datagram, u32_at};
+use common::within;
+use peerwire::{Body, Config, DROPPED_REQUEST_TEXT, PeerHandle, ReceivedMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Answer with the request body after `service_id - ANSWER_AFTER_MS` milliseconds.
@@ -39,61 +39,40 @@ const EOF_WITHIN: Duration = Duration::from_secs(5);
 const RESPONSE: u32 = 1;
 
 fn config() -> Config {
-	Config { close_timeout: CLOSE_TIMEOUT, ..Config::default() }
+	Config::default().with_close_timeout(CLOSE_TIMEOUT)
 }
 
 /// A server with the test application on every connection.
 async fn server(kind: Kind) -> Address {
-	match kind {
-		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", config()).await.unwrap();
-			let address = listener.local_addr().unwrap();
-			tokio::spawn(serve(listener));
-			Address::Tcp(address)
-		},
-		Kind::Unix => {
-			let path = socket_path("half-close");
-			let listener = peerwire::UnixStreamListener::bind(&path, config()).await.unwrap();
-			tokio::spawn(serve(listener));
-			Address::Unix(path)
-		},
-		#[cfg(feature = "unix-seqpacket")]
-		Kind::Seqpacket => {
-			let path = socket_path("half-close-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, config()).await.unwrap();
-			tokio::spawn(serve(listener));
-			Address::Seqpacket(path)
-		},
-	}
+	common::raw::listen(kind, "half-close", &config(), Delayed).await
 }
 
-async fn serve<A: Acceptor>(mut listener: Listener<A>) {
-	while let Ok((peer, _info)) = listener.accept().await {
-		tokio::spawn(application(peer));
-	}
-}
+#[derive(Clone)]
+struct Delayed;
 
-/// Each request is handled by a task of its own, which acts on it after a delay.
-async fn application<B: Body>(mut peer: PeerHandle<B>) {
-	while let Ok(message) = peer.recv_message().await {
-		let ReceivedMessage::Request(request, body) = message else { continue };
-		tokio::spawn(async move {
-			match request.service_id() {
-				DROP => {
-					tokio::time::sleep(DELAY).await;
-					drop(request);
-				},
-				HOLD => {
-					tokio::time::sleep(Duration::from_secs(60)).await;
-					drop(request);
-				},
-				service_id => {
-					let delay = u64::try_from(service_id - ANSWER_AFTER_MS).unwrap();
-					tokio::time::sleep(Duration::from_millis(delay)).await;
-					let _ = request.send_response(0, body).await;
-				},
-			}
-		});
+impl Application for Delayed {
+	/// Each request is handled by a task of its own, which acts on it after a delay.
+	async fn serve<B: Body>(self, mut peer: PeerHandle<B>) {
+		while let Ok(message) = peer.recv_message().await {
+			let ReceivedMessage::Request(request, body) = message else { continue };
+			tokio::spawn(async move {
+				match request.service_id() {
+					DROP => {
+						tokio::time::sleep(DELAY).await;
+						drop(request);
+					},
+					HOLD => {
+						tokio::time::sleep(Duration::from_secs(60)).await;
+						drop(request);
+					},
+					service_id => {
+						let delay = u64::try_from(service_id - ANSWER_AFTER_MS).unwrap();
+						tokio::time::sleep(Duration::from_millis(delay)).await;
+						let _ = request.send_response(0, body).await;
+					},
+				}
+			});
+		}
 	}
 }
 
@@ -104,20 +83,6 @@ struct Raw {
 	request_id: u32,
 	service_id: i32,
 	body: Vec<u8>,
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-	u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
-}
-
-/// Header and body of a request, little endian, without the stream length prefix.
-fn request_datagram(request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
-	let mut data = Vec::with_capacity(12 + body.len());
-	data.extend_from_slice(&0u32.to_le_bytes());
-	data.extend_from_slice(&request_id.to_le_bytes());
-	data.extend_from_slice(&service_id.to_le_bytes());
-	data.extend_from_slice(body);
-	data
 }
 
 fn parse_datagram(datagram: &[u8]) -> Raw {

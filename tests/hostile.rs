@@ -43,7 +43,7 @@ async fn a_duplicate_request_id_is_refused_and_the_first_request_stays_open() {
 
 /// Send `bytes` after one valid message; the peer must close with `check` holding for the error.
 async fn garbage_closes_the_connection(bytes: &[u8], check: impl Fn(&peerwire::Error)) {
-	let config = Config { max_body_len_read: 1024, ..Config::default() };
+	let config = Config::default().with_max_body_len_read(1024);
 	let (mut peer, mut remote) = RawRemote::connect(config).await;
 	let mut request = peer.send_request(1, "").await.unwrap();
 	let _ = remote.recv().await.unwrap();
@@ -87,7 +87,7 @@ async fn an_oversized_length_is_refused_before_the_body_arrives() {
 
 #[tokio::test]
 async fn garbage_on_one_connection_leaves_the_others_on_the_listener_alone() {
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let server = tokio::spawn(async move {
 		loop {
@@ -148,7 +148,7 @@ async fn a_request_flood_to_a_peer_without_a_read_handle_is_pushed_back() {
 async fn updates_spread_over_many_requests_are_bounded_by_the_incoming_budget() {
 	// Every request's own queue has room, but all of them together may hold no more than
 	// `max_buffered_incoming`: past it the peer stops reading and the remote is pushed back.
-	let config = Config { max_buffered_incoming: 256 * 1024, request_queue: 32, ..Config::default() };
+	let config = Config::default().with_max_buffered_incoming(256 * 1024).with_request_queue(32);
 	let (peer, mut remote) = RawRemote::connect(config).await;
 	let mut requests = Vec::new();
 	for _ in 0..100 {
@@ -185,4 +185,41 @@ async fn updates_spread_over_many_requests_are_bounded_by_the_incoming_budget() 
 		let update = within(requests[n % 100].recv_update()).await.unwrap().unwrap();
 		assert_eq!(update.header.service_id, (n / 100) as i32);
 	}
+}
+
+/// A seqpacket remote queues a burst, so that the peer reads it in one batch, with a datagram cut
+/// by the kernel in the middle: the messages before it reach the handle, then the connection ends
+/// with the violation; nothing behind it is delivered.
+#[cfg(feature = "unix-seqpacket")]
+#[tokio::test]
+async fn a_bad_datagram_in_the_middle_of_a_burst_ends_the_connection_after_the_good_ones() {
+	use peerwire::UnixBody;
+	use peerwire::transport::seqpacket::UnixSeqpacketTransport;
+
+	let config = Config::default().with_max_body_len_read(64);
+	let (raw, ours) = tokio_seqpacket::UnixSeqpacket::pair().unwrap();
+	let datagram = |request_id: u32, body: &[u8]| {
+		let mut out: Vec<u8> = [4u32, request_id, 0].iter().flat_map(|field| field.to_le_bytes()).collect();
+		out.extend_from_slice(body);
+		out
+	};
+	for id in 0..8 {
+		raw.send(&datagram(id, b"good")).await.unwrap();
+	}
+	raw.send(&datagram(8, &[0; 4096])).await.unwrap();
+	for id in 9..12 {
+		raw.send(&datagram(id, b"behind")).await.unwrap();
+	}
+	let (peer, mut handle) = peerwire::Peer::<UnixSeqpacketTransport>::new(
+		UnixSeqpacketTransport::from_socket(ours, &config).unwrap(),
+		&config,
+	);
+	let error = within(peer.run()).await.unwrap_err();
+	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTruncated));
+	for id in 0..8 {
+		let message: peerwire::Message<UnixBody> = within(handle.recv_message()).await.unwrap().into_stream().unwrap();
+		assert_eq!((message.header.request_id, &message.body.data[..]), (id, &b"good"[..]));
+	}
+	let error = within(handle.recv_message()).await.unwrap_err();
+	assert_eq!(error.protocol_violation(), Some(&ProtocolViolation::DatagramTruncated));
 }

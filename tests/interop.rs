@@ -10,10 +10,13 @@
 //! At the end are the comparison tests of issue 9: what happens to a request its responder drops
 //! without answering, in the reference and in peerwire.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::within_named;
 use fizyr_rpc::{StreamBody, StreamConfig};
 use peerwire::{ErrorKind, MessageType};
 
@@ -26,19 +29,8 @@ const MAX_BODY_LEN: usize = 1 << 20;
 /// fizyr-rpc 0.8 miscounts partial writes (see STYLE.md), which is not what these tests are about.
 const LARGE_BODY_LEN: usize = 12_345;
 
-/// Generous, but finite: a bug fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(5);
-
-/// Await `future`, failing the test with `what` if it takes longer than [`WAIT`].
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-	match tokio::time::timeout(WAIT, future).await {
-		Ok(output) => output,
-		Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
-	}
-}
-
 fn peerwire_config() -> peerwire::Config {
-	peerwire::Config { max_body_len_read: MAX_BODY_LEN, max_body_len_write: MAX_BODY_LEN, ..Default::default() }
+	peerwire::Config::default().with_max_body_len_read(MAX_BODY_LEN).with_max_body_len_write(MAX_BODY_LEN)
 }
 
 fn fizyr_config() -> StreamConfig {
@@ -101,10 +93,10 @@ impl Drop for SocketDir {
 /// backlog and accepting afterwards finds the connection waiting. A Unix socket's file is gone
 /// once this returns; the connection does not need it.
 async fn connect(net: Net, listens: Listens) -> (peerwire::PeerHandle, FizyrPeer) {
-	within("the connection", async {
+	within_named("the connection", async {
 		match (net, listens) {
 			(Net::Tcp, Listens::Peerwire) => {
-				let mut listener = peerwire::TcpListener::bind("127.0.0.1:0", peerwire_config()).await.unwrap();
+				let mut listener = peerwire::TcpListener::bind("127.0.0.1:0", &peerwire_config()).await.unwrap();
 				let address = listener.local_addr().unwrap();
 				let (fizyr, _) = fizyr_rpc::TcpPeer::connect(address, fizyr_config()).await.unwrap();
 				(listener.accept().await.unwrap().0, fizyr)
@@ -118,7 +110,7 @@ async fn connect(net: Net, listens: Listens) -> (peerwire::PeerHandle, FizyrPeer
 			},
 			(Net::Unix, Listens::Peerwire) => {
 				let dir = SocketDir::new();
-				let mut listener = peerwire::UnixStreamListener::bind(dir.socket(), peerwire_config()).await.unwrap();
+				let mut listener = peerwire::UnixStreamListener::bind(dir.socket(), &peerwire_config()).await.unwrap();
 				let (fizyr, _) = fizyr_rpc::UnixStreamPeer::connect(dir.socket(), fizyr_config()).await.unwrap();
 				(listener.accept().await.unwrap().0, fizyr)
 			},
@@ -236,16 +228,16 @@ impl Side for peerwire::PeerHandle {
 
 	async fn send_request(&self, service_id: i32, body: &[u8]) -> Self::Sent {
 		let sending = peerwire::PeerHandle::send_request(self, service_id, body.to_vec());
-		within("peerwire to send a request", sending).await.expect("peerwire sends a request")
+		within_named("peerwire to send a request", sending).await.expect("peerwire sends a request")
 	}
 
 	async fn send_stream(&self, service_id: i32, body: &[u8]) {
 		let sending = peerwire::PeerHandle::send_stream(self, service_id, body.to_vec());
-		within("peerwire to send a stream message", sending).await.expect("peerwire sends a stream message")
+		within_named("peerwire to send a stream message", sending).await.expect("peerwire sends a stream message")
 	}
 
 	async fn recv_request(&mut self) -> (Self::Received, Seen) {
-		match within("a request at peerwire", self.recv_message()).await.expect("peerwire receives") {
+		match within_named("a request at peerwire", self.recv_message()).await.expect("peerwire receives") {
 			peerwire::ReceivedMessage::Request(request, body) => {
 				let seen = Seen::new(MessageType::Request, request.request_id(), request.service_id(), &body);
 				(request, seen)
@@ -255,7 +247,7 @@ impl Side for peerwire::PeerHandle {
 	}
 
 	async fn recv_stream(&mut self) -> Seen {
-		match within("a stream message at peerwire", self.recv_message()).await.expect("peerwire receives") {
+		match within_named("a stream message at peerwire", self.recv_message()).await.expect("peerwire receives") {
 			peerwire::ReceivedMessage::Stream(message) => Seen::from_peerwire(message),
 			peerwire::ReceivedMessage::Request(request, _) => {
 				panic!("peerwire expected a stream message, got {request:?}")
@@ -271,12 +263,13 @@ impl RequestEnd for peerwire::SentRequestHandle {
 
 	async fn send_update(&self, service_id: i32, body: &[u8]) {
 		let sending = peerwire::SentRequestHandle::send_update(self, service_id, body.to_vec());
-		within("peerwire to send a requester update", sending).await.expect("peerwire sends a requester update")
+		within_named("peerwire to send a requester update", sending).await.expect("peerwire sends a requester update")
 	}
 
 	async fn recv_update(&mut self) -> Option<Seen> {
 		let receiving = peerwire::SentRequestHandle::recv_update(self);
-		let update = within("a responder update at peerwire", receiving).await.expect("peerwire receives an update");
+		let update =
+			within_named("a responder update at peerwire", receiving).await.expect("peerwire receives an update");
 		update.map(Seen::from_peerwire)
 	}
 }
@@ -284,7 +277,9 @@ impl RequestEnd for peerwire::SentRequestHandle {
 impl SentSide for peerwire::SentRequestHandle {
 	async fn recv_response(&mut self) -> Seen {
 		let receiving = peerwire::SentRequestHandle::recv_response(self);
-		Seen::from_peerwire(within("a response at peerwire", receiving).await.expect("peerwire receives a response"))
+		Seen::from_peerwire(
+			within_named("a response at peerwire", receiving).await.expect("peerwire receives a response"),
+		)
 	}
 }
 
@@ -295,12 +290,13 @@ impl RequestEnd for peerwire::ReceivedRequestHandle {
 
 	async fn send_update(&self, service_id: i32, body: &[u8]) {
 		let sending = peerwire::ReceivedRequestHandle::send_update(self, service_id, body.to_vec());
-		within("peerwire to send a responder update", sending).await.expect("peerwire sends a responder update")
+		within_named("peerwire to send a responder update", sending).await.expect("peerwire sends a responder update")
 	}
 
 	async fn recv_update(&mut self) -> Option<Seen> {
 		let receiving = peerwire::ReceivedRequestHandle::recv_update(self);
-		let update = within("a requester update at peerwire", receiving).await.expect("peerwire receives an update");
+		let update =
+			within_named("a requester update at peerwire", receiving).await.expect("peerwire receives an update");
 		update.map(Seen::from_peerwire)
 	}
 }
@@ -308,12 +304,12 @@ impl RequestEnd for peerwire::ReceivedRequestHandle {
 impl ReceivedSide for peerwire::ReceivedRequestHandle {
 	async fn send_response(&self, service_id: i32, body: &[u8]) {
 		let sending = peerwire::ReceivedRequestHandle::send_response(self, service_id, body.to_vec());
-		within("peerwire to send a response", sending).await.expect("peerwire sends a response")
+		within_named("peerwire to send a response", sending).await.expect("peerwire sends a response")
 	}
 
 	async fn send_error_response(&self, text: &str) {
 		let sending = peerwire::ReceivedRequestHandle::send_error_response(self, text);
-		within("peerwire to send an error response", sending).await.expect("peerwire sends an error response")
+		within_named("peerwire to send an error response", sending).await.expect("peerwire sends an error response")
 	}
 }
 
@@ -323,16 +319,16 @@ impl Side for FizyrPeer {
 
 	async fn send_request(&self, service_id: i32, body: &[u8]) -> Self::Sent {
 		let sending = FizyrPeer::send_request(self, service_id, body.to_vec());
-		within("fizyr-rpc to send a request", sending).await.expect("fizyr-rpc sends a request")
+		within_named("fizyr-rpc to send a request", sending).await.expect("fizyr-rpc sends a request")
 	}
 
 	async fn send_stream(&self, service_id: i32, body: &[u8]) {
 		let sending = FizyrPeer::send_stream(self, service_id, body.to_vec());
-		within("fizyr-rpc to send a stream message", sending).await.expect("fizyr-rpc sends a stream message")
+		within_named("fizyr-rpc to send a stream message", sending).await.expect("fizyr-rpc sends a stream message")
 	}
 
 	async fn recv_request(&mut self) -> (Self::Received, Seen) {
-		match within("a request at fizyr-rpc", self.recv_message()).await.expect("fizyr-rpc receives") {
+		match within_named("a request at fizyr-rpc", self.recv_message()).await.expect("fizyr-rpc receives") {
 			fizyr_rpc::ReceivedMessage::Request(request, body) => {
 				let seen = Seen::new(MessageType::Request, request.request_id(), request.service_id(), &body);
 				(request, seen)
@@ -342,7 +338,7 @@ impl Side for FizyrPeer {
 	}
 
 	async fn recv_stream(&mut self) -> Seen {
-		match within("a stream message at fizyr-rpc", self.recv_message()).await.expect("fizyr-rpc receives") {
+		match within_named("a stream message at fizyr-rpc", self.recv_message()).await.expect("fizyr-rpc receives") {
 			fizyr_rpc::ReceivedMessage::Stream(message) => Seen::from_fizyr(message),
 			fizyr_rpc::ReceivedMessage::Request(request, _) => {
 				panic!("fizyr-rpc expected a stream message, got {request:?}")
@@ -358,19 +354,21 @@ impl RequestEnd for fizyr_rpc::SentRequestHandle<StreamBody> {
 
 	async fn send_update(&self, service_id: i32, body: &[u8]) {
 		let sending = fizyr_rpc::SentRequestHandle::send_update(self, service_id, body.to_vec());
-		within("fizyr-rpc to send a requester update", sending).await.expect("fizyr-rpc sends a requester update")
+		within_named("fizyr-rpc to send a requester update", sending).await.expect("fizyr-rpc sends a requester update")
 	}
 
 	async fn recv_update(&mut self) -> Option<Seen> {
 		let receiving = fizyr_rpc::SentRequestHandle::recv_update(self);
-		within("a responder update at fizyr-rpc", receiving).await.map(Seen::from_fizyr)
+		within_named("a responder update at fizyr-rpc", receiving).await.map(Seen::from_fizyr)
 	}
 }
 
 impl SentSide for fizyr_rpc::SentRequestHandle<StreamBody> {
 	async fn recv_response(&mut self) -> Seen {
 		let receiving = fizyr_rpc::SentRequestHandle::recv_response(self);
-		Seen::from_fizyr(within("a response at fizyr-rpc", receiving).await.expect("fizyr-rpc receives a response"))
+		Seen::from_fizyr(
+			within_named("a response at fizyr-rpc", receiving).await.expect("fizyr-rpc receives a response"),
+		)
 	}
 }
 
@@ -381,24 +379,24 @@ impl RequestEnd for fizyr_rpc::ReceivedRequestHandle<StreamBody> {
 
 	async fn send_update(&self, service_id: i32, body: &[u8]) {
 		let sending = fizyr_rpc::ReceivedRequestHandle::send_update(self, service_id, body.to_vec());
-		within("fizyr-rpc to send a responder update", sending).await.expect("fizyr-rpc sends a responder update")
+		within_named("fizyr-rpc to send a responder update", sending).await.expect("fizyr-rpc sends a responder update")
 	}
 
 	async fn recv_update(&mut self) -> Option<Seen> {
 		let receiving = fizyr_rpc::ReceivedRequestHandle::recv_update(self);
-		within("a requester update at fizyr-rpc", receiving).await.map(Seen::from_fizyr)
+		within_named("a requester update at fizyr-rpc", receiving).await.map(Seen::from_fizyr)
 	}
 }
 
 impl ReceivedSide for fizyr_rpc::ReceivedRequestHandle<StreamBody> {
 	async fn send_response(&self, service_id: i32, body: &[u8]) {
 		let sending = fizyr_rpc::ReceivedRequestHandle::send_response(self, service_id, body.to_vec());
-		within("fizyr-rpc to send a response", sending).await.expect("fizyr-rpc sends a response")
+		within_named("fizyr-rpc to send a response", sending).await.expect("fizyr-rpc sends a response")
 	}
 
 	async fn send_error_response(&self, text: &str) {
 		let sending = fizyr_rpc::ReceivedRequestHandle::send_error_response(self, text);
-		within("fizyr-rpc to send an error response", sending).await.expect("fizyr-rpc sends an error response")
+		within_named("fizyr-rpc to send an error response", sending).await.expect("fizyr-rpc sends an error response")
 	}
 }
 
@@ -527,9 +525,9 @@ async fn streams(mut client: impl Side, mut server: impl Side) {
 /// unanswered sends an error response, see [`unanswered_by_peerwire`].
 async fn unanswered_by_fizyr(net: Net) {
 	let (mut peerwire, mut fizyr) = connect(net, Listens::Fizyr).await;
-	let mut request = within("peerwire to send", peerwire.send_request(9, b"drop me".to_vec())).await.unwrap();
+	let mut request = within_named("peerwire to send", peerwire.send_request(9, b"drop me".to_vec())).await.unwrap();
 
-	let received = within("a request at fizyr-rpc", fizyr.recv_message()).await.unwrap();
+	let received = within_named("a request at fizyr-rpc", fizyr.recv_message()).await.unwrap();
 	let fizyr_rpc::ReceivedMessage::Request(dropped, _) = received else {
 		panic!("fizyr-rpc expected a request, got {received:?}");
 	};
@@ -538,14 +536,14 @@ async fn unanswered_by_fizyr(net: Net) {
 	// A barrier, and proof that nothing else is broken: the connection still carries messages,
 	// in order, so once this later stream message has arrived, anything fizyr-rpc sent about the
 	// dropped request has arrived before it.
-	within("fizyr-rpc to send", fizyr.send_stream(1, b"still here".to_vec())).await.unwrap();
-	let message = within("a stream message at peerwire", peerwire.recv_message()).await.unwrap();
+	within_named("fizyr-rpc to send", fizyr.send_stream(1, b"still here".to_vec())).await.unwrap();
+	let message = within_named("a stream message at peerwire", peerwire.recv_message()).await.unwrap();
 	let message = message.into_stream().expect("a stream message");
 	assert_eq!(Seen::from_peerwire(message), Seen::new(MessageType::Stream, 0, 1, b"still here"));
 
 	// Nothing came for the request, and nothing will: a bounded wait is all that helps.
 	let waiting = request.recv_response_timeout(Duration::from_millis(300));
-	let error = within("the response timeout", waiting).await.expect_err("fizyr-rpc sends no response");
+	let error = within_named("the response timeout", waiting).await.expect_err("fizyr-rpc sends no response");
 	assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
 }
 
@@ -553,15 +551,15 @@ async fn unanswered_by_fizyr(net: Net) {
 /// error response for it, which a fizyr-rpc 0.8 requester receives like any other response.
 async fn unanswered_by_peerwire(net: Net) {
 	let (mut peerwire, fizyr) = connect(net, Listens::Peerwire).await;
-	let mut request = within("fizyr-rpc to send", fizyr.send_request(9, b"drop me".to_vec())).await.unwrap();
+	let mut request = within_named("fizyr-rpc to send", fizyr.send_request(9, b"drop me".to_vec())).await.unwrap();
 
-	let received = within("a request at peerwire", peerwire.recv_message()).await.unwrap();
+	let received = within_named("a request at peerwire", peerwire.recv_message()).await.unwrap();
 	let peerwire::ReceivedMessage::Request(dropped, _) = received else {
 		panic!("peerwire expected a request, got {received:?}");
 	};
 	drop(dropped);
 
-	let response = within("a response at fizyr-rpc", request.recv_response()).await.unwrap();
+	let response = within_named("a response at fizyr-rpc", request.recv_response()).await.unwrap();
 	let expected = Seen::error_response(request.request_id(), "request dropped without a response");
 	assert_eq!(Seen::from_fizyr(response), expected);
 }

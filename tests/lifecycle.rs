@@ -80,7 +80,7 @@ async fn a_late_response_to_a_dropped_sent_request_leaves_the_connection_working
 #[tokio::test]
 async fn request_ids_run_out_only_at_the_limit_and_come_back_when_freed() {
 	const LIMIT: usize = 1000;
-	let config = Config { max_open_requests: LIMIT, ..Config::default() };
+	let config = Config::default().with_max_open_requests(LIMIT);
 	let (client, _server, _, _) = connected_with(Kind::Tcp, config).await;
 	let mut open = Vec::new();
 	for _ in 0..LIMIT {
@@ -104,7 +104,7 @@ async fn request_ids_run_out_only_at_the_limit_and_come_back_when_freed() {
 
 #[tokio::test]
 async fn a_remote_past_the_open_request_limit_gets_error_responses() {
-	let config = Config { max_open_requests: 3, ..Config::default() };
+	let config = Config::default().with_max_open_requests(3);
 	let (mut peer, mut remote) = RawRemote::connect(config).await;
 	for id in 0..4 {
 		remote.send(Message::request(id, 1, "")).await;
@@ -176,7 +176,7 @@ async fn dropping_handles_in_any_order_ends_every_task() {
 async fn a_held_request_learns_when_its_connection_ends() {
 	// After the remote's end of stream the connection stays up for the answers still owed, at
 	// most `close_timeout`; a request nobody answers learns of the end then.
-	let config = Config { close_timeout: Duration::from_millis(300), ..Config::default() };
+	let config = Config::default().with_close_timeout(Duration::from_millis(300));
 	let (client, mut server, _, _) = connected_with(Kind::Unix, config).await;
 	let request = client.send_request(1, "").await.unwrap();
 	let (mut received, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
@@ -236,7 +236,7 @@ async fn no_update_reaches_the_wire_after_the_response() {
 /// for an update before it answers still gets the update (no deadlock on the held bytes).
 #[tokio::test]
 async fn unanswered_requests_are_bounded_in_bytes_without_stopping_reads() {
-	let config = Config { max_unanswered_incoming: 1 << 20, ..Config::default() };
+	let config = Config::default().with_max_unanswered_incoming(1 << 20);
 	let (client, mut server, _, _) = connected_with(Kind::Tcp, config).await;
 	let body = vec![7u8; 600 << 10];
 	let mut first = client.send_request(1, body.clone()).await.unwrap();

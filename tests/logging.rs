@@ -146,7 +146,7 @@ async fn a_unix_connection_is_named_by_pid_and_number_and_logged_once_at_each_en
 	let capture = Capture::default();
 	let _guard = tracing::subscriber::set_default(capture.clone());
 	let path = socket_path("logging");
-	let mut listener = UnixStreamListener::bind(&path, Config::default()).await.unwrap();
+	let mut listener = UnixStreamListener::bind(&path, &Config::default()).await.unwrap();
 	let config = Config::default();
 	let (client, server) = tokio::join!(UnixStreamPeer::connect(&path, &config), listener.accept());
 	let (client, _) = client.unwrap();
@@ -183,7 +183,7 @@ async fn a_unix_connection_is_named_by_pid_and_number_and_logged_once_at_each_en
 async fn a_tcp_connection_is_named_by_its_address() {
 	let capture = Capture::default();
 	let _guard = tracing::subscriber::set_default(capture.clone());
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let config = Config::default();
 	let (client, server) = tokio::join!(TcpPeer::connect(address, &config), listener.accept());
@@ -208,7 +208,7 @@ async fn a_refused_connection_is_logged_at_warn_with_its_credentials() {
 	let _guard = tracing::subscriber::set_default(capture.clone());
 	let uid = rustix::process::getuid().as_raw();
 	let path = socket_path("refused");
-	let mut listener = UnixStreamListener::bind(&path, Config::default())
+	let mut listener = UnixStreamListener::bind(&path, &Config::default())
 		.await
 		.unwrap()
 		.with_admission(peerwire::admission::uids([uid.wrapping_add(1)]));

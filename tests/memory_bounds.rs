@@ -23,9 +23,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::raw::{Address, Kind};
-use common::{socket_path, within};
-use peerwire::{Acceptor, Body, Config, Listener, PeerHandle, ReceivedMessage};
+use common::raw::{Address, Application, Kind};
+use common::within;
+use peerwire::{Body, Config, PeerHandle, ReceivedMessage};
 
 const MIB: usize = 1 << 20;
 
@@ -130,49 +130,25 @@ enum App {
 }
 
 async fn server(kind: Kind, config: Config, app: App) -> Address {
-	match kind {
-		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", config).await.unwrap();
-			let address = listener.local_addr().unwrap();
-			tokio::spawn(serve(listener, app));
-			Address::Tcp(address)
-		},
-		Kind::Unix => {
-			let path = socket_path("memory");
-			let listener = peerwire::UnixStreamListener::bind(&path, config).await.unwrap();
-			tokio::spawn(serve(listener, app));
-			Address::Unix(path)
-		},
-		#[cfg(feature = "unix-seqpacket")]
-		Kind::Seqpacket => {
-			let path = socket_path("memory-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, config).await.unwrap();
-			tokio::spawn(serve(listener, app));
-			Address::Seqpacket(path)
-		},
-	}
+	common::raw::listen(kind, "memory", &config, app).await
 }
 
-async fn serve<A: Acceptor>(mut listener: Listener<A>, app: App) {
-	while let Ok((peer, _info)) = listener.accept().await {
-		tokio::spawn(application(peer, app));
-	}
-}
-
-async fn application<B: Body>(mut peer: PeerHandle<B>, app: App) {
-	while let Ok(message) = peer.recv_message().await {
-		let ReceivedMessage::Request(request, body) = message else { continue };
-		match app {
-			App::Echo => {
-				if request.send_response(0, body).await.is_err() {
-					break;
-				}
-			},
-			App::SpawnPerRequest => {
-				tokio::spawn(async move {
-					let _ = request.send_response(0, body).await;
-				});
-			},
+impl Application for App {
+	async fn serve<B: Body>(self, mut peer: PeerHandle<B>) {
+		while let Ok(message) = peer.recv_message().await {
+			let ReceivedMessage::Request(request, body) = message else { continue };
+			match self {
+				App::Echo => {
+					if request.send_response(0, body).await.is_err() {
+						break;
+					}
+				},
+				App::SpawnPerRequest => {
+					tokio::spawn(async move {
+						let _ = request.send_response(0, body).await;
+					});
+				},
+			}
 		}
 	}
 }
@@ -214,14 +190,12 @@ impl RawSocket {
 /// and never reads. RSS is sampled from the start of the flood until two seconds after the
 /// client stopped.
 fn flood(kind: Kind, app: App, body_len: usize, count: u32) {
-	let config = Config {
-		max_body_len_read: body_len + MIB,
-		max_body_len_write: body_len + MIB,
-		max_buffered_incoming: BUDGET,
-		max_unanswered_incoming: BUDGET,
-		max_buffered_outgoing: BUDGET,
-		..Config::default()
-	};
+	let config = Config::default()
+		.with_max_body_len_read(body_len + MIB)
+		.with_max_body_len_write(body_len + MIB)
+		.with_max_buffered_incoming(BUDGET)
+		.with_max_unanswered_incoming(BUDGET)
+		.with_max_buffered_outgoing(BUDGET);
 	let runtime = runtime();
 
 	// The frame, touched before the baseline so that it is part of it.
@@ -392,7 +366,7 @@ async fn connect_tcp_or_unix(address: &Address, config: &Config) -> PeerHandle {
 fn idle(kind: Kind) {
 	let runtime = runtime();
 	let stream_config =
-		Config { max_body_len_read: IDLE_BODY + MIB, max_body_len_write: IDLE_BODY + MIB, ..Config::default() };
+		Config::default().with_max_body_len_read(IDLE_BODY + MIB).with_max_body_len_write(IDLE_BODY + MIB);
 	let (body_len, baseline, settled) = runtime.block_on(async {
 		match kind {
 			Kind::Tcp | Kind::Unix => {
@@ -460,7 +434,7 @@ async fn idle_seqpacket() -> (usize, usize, usize) {
 	for _ in 0..IDLE_CONNECTIONS {
 		let transport = within(UnixSeqpacketTransport::connect(&path, &config)).await.unwrap();
 		let client: PeerHandle<UnixBody> = Peer::spawn(transport, &config);
-		let mut request = within(client.send_request(1, UnixBody::new(body.clone()))).await.unwrap();
+		let mut request = within(client.send_request(1, UnixBody::from(body.clone()))).await.unwrap();
 		let response = within(request.recv_response()).await.unwrap();
 		assert_eq!(response.body.data.len(), body_len);
 		drop((request, response));

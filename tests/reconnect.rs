@@ -69,13 +69,12 @@ impl At {
 
 /// A backoff quick enough for tests over real sockets.
 fn quick() -> Backoff {
-	Backoff {
-		initial_delay: Duration::from_millis(20),
-		factor: 2,
-		max_delay: Duration::from_millis(200),
-		max_attempts: None,
-		jitter: false,
-	}
+	Backoff::default()
+		.with_initial_delay(Duration::from_millis(20))
+		.with_factor(2)
+		.with_max_delay(Duration::from_millis(200))
+		.with_max_attempts(None)
+		.with_jitter(false)
 }
 
 /// A server that can crash: its peer tasks are run here, so aborting them drops every
@@ -93,10 +92,10 @@ impl Server {
 	async fn start(at: &At, incarnation: u32, ask: bool) -> Server {
 		match at {
 			At::Tcp(address) => {
-				Self::serve(TcpListener::bind(address, Config::default()).await.unwrap(), incarnation, ask)
+				Self::serve(TcpListener::bind(address, &Config::default()).await.unwrap(), incarnation, ask)
 			},
 			At::Unix(path) => {
-				Self::serve(UnixStreamListener::bind(path, Config::default()).await.unwrap(), incarnation, ask)
+				Self::serve(UnixStreamListener::bind(path, &Config::default()).await.unwrap(), incarnation, ask)
 			},
 		}
 	}
@@ -256,13 +255,12 @@ fn gaps(calls: &Mutex<Vec<Instant>>) -> Vec<Duration> {
 #[tokio::test(start_paused = true)]
 async fn backoff_delays_grow_and_are_capped_then_it_gives_up() {
 	let calls = Arc::new(Mutex::new(Vec::new()));
-	let backoff = Backoff {
-		initial_delay: Duration::from_millis(100),
-		factor: 2,
-		max_delay: Duration::from_secs(1),
-		max_attempts: Some(8),
-		jitter: false,
-	};
+	let backoff = Backoff::default()
+		.with_initial_delay(Duration::from_millis(100))
+		.with_factor(2)
+		.with_max_delay(Duration::from_secs(1))
+		.with_max_attempts(Some(8))
+		.with_jitter(false);
 	let client = Reconnecting::new(backoff, refused(calls.clone()));
 
 	let error = within(client.write_handle()).await.unwrap_err();
@@ -288,7 +286,7 @@ async fn backoff_delays_grow_and_are_capped_then_it_gives_up() {
 #[tokio::test(start_paused = true)]
 async fn jittered_delays_stay_between_half_and_the_full_delay() {
 	let calls = Arc::new(Mutex::new(Vec::new()));
-	let backoff = Backoff { max_attempts: Some(12), jitter: true, ..quick() };
+	let backoff = quick().with_max_attempts(Some(12)).with_jitter(true);
 	let client = Reconnecting::new(backoff.clone(), refused(calls.clone()));
 	within(client.write_handle()).await.unwrap_err();
 	for (n, gap) in gaps(&calls).into_iter().enumerate() {
@@ -300,7 +298,7 @@ async fn jittered_delays_stay_between_half_and_the_full_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_attempts_against_a_closed_port_gives_a_clear_error() {
 	let at = At::fresh_tcp().await; // nothing listens there
-	let (client, attempts) = at.client(Backoff { max_attempts: Some(3), ..quick() });
+	let (client, attempts) = at.client(quick().with_max_attempts(Some(3)));
 	let error = within(client.send_request(ECHO, "nobody home")).await.unwrap_err();
 	assert_eq!(attempts.load(Ordering::SeqCst), 3);
 	assert_eq!(error.kind(), ErrorKind::Io);
@@ -342,7 +340,7 @@ async fn callers_waiting_during_a_round_share_its_outcome() {
 
 	// A round that gives up fails everyone who waited for it, with one round of attempts.
 	let calls = Arc::new(Mutex::new(Vec::new()));
-	let client = Reconnecting::new(Backoff { max_attempts: Some(4), ..quick() }, refused(calls.clone()));
+	let client = Reconnecting::new(quick().with_max_attempts(Some(4)), refused(calls.clone()));
 	let callers: Vec<_> = (0..8)
 		.map(|_| {
 			let client = client.clone();
@@ -391,6 +389,39 @@ async fn next_connection_hands_out_each_connection_once() {
 	assert_eq!(client.generation(), 2);
 }
 
+/// A `Connection` dropped while its connection is live hands the read half back: the next
+/// `next_connection` returns the same connection, and a request from the remote waits for it
+/// instead of being answered with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_hands_its_read_half_back() {
+	let at = At::fresh_tcp().await;
+	let mut server = Server::start(&at, 1, true).await;
+	let (client, _) = at.client(quick());
+
+	let mut first = within(client.next_connection()).await.unwrap();
+	let hello = within(first.recv_message()).await.unwrap().into_stream().unwrap();
+	assert_eq!(&hello.body[..], b"1.1");
+	// A receive loop that ends early, before the server's request arrives or is taken.
+	drop(first);
+
+	let mut again = within(client.next_connection()).await.unwrap();
+	assert_eq!(again.generation(), 1);
+	let (request, body) = within(again.recv_message()).await.unwrap().into_request().unwrap();
+	assert_eq!((request.service_id(), &body[..]), (ASK, &b"anyone there?"[..]));
+	request.send_response(0, "here").await.unwrap();
+	assert_eq!(within(server.answers.recv()).await.unwrap(), "answered");
+	assert_eq!(client.generation(), 1);
+
+	// Once the connection has ended, a dropped `Connection` is let go, and the next call makes a
+	// new connection.
+	let closing = within(client.write_handle()).await.unwrap();
+	closing.close();
+	closing.closed().await;
+	drop(again);
+	let third = within(client.next_connection()).await.unwrap();
+	assert_eq!(third.generation(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_connection_is_replaced_on_the_next_send() {
 	let at = At::fresh_tcp().await;
@@ -423,7 +454,7 @@ async fn a_send_only_client_answers_requests_from_the_remote_at_once() {
 /// that then ended is reported, even once a later send has made a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_reports_a_connection_lost_with_messages_queued_on_it() {
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let at = At::Tcp(listener.local_addr().unwrap());
 	let (client, _) = at.client(quick());
 

@@ -2,6 +2,8 @@
 //! channel, deleting a channel or a namespace under waiting requests, timeouts, and a job queue
 //! with several workers where each job is delivered exactly once. Every wait is bounded.
 
+mod common;
+
 #[path = "../examples/rendezvous/client.rs"]
 mod client;
 #[path = "../examples/rendezvous/server.rs"]
@@ -10,21 +12,14 @@ mod server;
 mod wire;
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use client::{Client, Failure, outcome};
+use common::{WAIT, within};
 use peerwire::{Config, PeerHandle, SentRequestHandle, TcpListener, TcpPeer};
 use tokio::time::Instant;
 use wire::Channel;
-
-/// Generous, but finite: a bug fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(future: F) -> F::Output {
-	tokio::time::timeout(WAIT, future).await.expect("timed out")
-}
 
 struct Server {
 	address: SocketAddr,
@@ -38,7 +33,7 @@ impl Drop for Server {
 }
 
 async fn start() -> Server {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	Server { address, task: tokio::spawn(server::serve(listener)) }
 }
@@ -289,9 +284,9 @@ async fn a_consumer_that_went_away_is_skipped() {
 	leaving_peer.close();
 	drop(leaving);
 	within(leaving_peer.closed()).await;
-	// The server's channel learns that the get's connection is going when it would answer it;
-	// give the server's side of the connection time to see the end of stream.
-	tokio::time::sleep(Duration::from_millis(300)).await;
+	// Once the server's side of that connection has seen its end of stream, the status no longer
+	// counts the get as waiting (no fixed wait: `waiting` asks until it is so).
+	waiting(&observer, &channel, 0, 1).await;
 
 	within(observer.put(&channel, "the only job", None)).await.unwrap();
 	assert_eq!(response(&mut get).await.unwrap(), "the only job");

@@ -90,7 +90,7 @@ async fn stream_messages_are_handled_in_order_over_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_messages_are_handled_in_order_over_tcp() {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let (numbers_tx, mut numbers) = mpsc::unbounded_channel();
 	let overlaps = Arc::new(AtomicUsize::new(0));

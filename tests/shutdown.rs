@@ -24,7 +24,7 @@ async fn fill_until_pushed_back(peer: &peerwire::PeerWriteHandle) {
 
 #[tokio::test]
 async fn closing_towards_a_remote_that_never_reads_gives_up_after_the_close_timeout() {
-	let config = Config { close_timeout: Duration::from_millis(300), write_queue: 8, ..Config::default() };
+	let config = Config::default().with_close_timeout(Duration::from_millis(300)).with_write_queue(8);
 	let (peer, _remote) = RawRemote::connect(config).await;
 	let mut request = peer.send_request(1, "never answered").await.unwrap();
 	fill_until_pushed_back(&peer.write_handle()).await;
@@ -35,7 +35,7 @@ async fn closing_towards_a_remote_that_never_reads_gives_up_after_the_close_time
 
 #[tokio::test]
 async fn shutdown_ends_even_if_the_remote_stops_reading_and_a_handler_never_returns() {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let shutdown = CancellationToken::new();
 	let server =
@@ -65,7 +65,7 @@ async fn shutdown_ends_even_if_the_remote_stops_reading_and_a_handler_never_retu
 
 #[tokio::test]
 async fn shutdown_bounds_handlers_of_a_connection_that_already_ended() {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let shutdown = CancellationToken::new();
 	let (started_tx, mut started) = tokio::sync::mpsc::channel(1);
@@ -87,4 +87,52 @@ async fn shutdown_bounds_handlers_of_a_connection_that_already_ended() {
 	tokio::time::sleep(Duration::from_millis(100)).await;
 	shutdown.cancel();
 	within(server).await.unwrap();
+}
+
+/// `serve_with` runs the hook once per connection with what is known about the remote, stops
+/// accepting on shutdown, and returns once the hooks have ended.
+#[tokio::test]
+async fn serve_with_runs_a_hook_per_connection_until_shutdown() {
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
+	let address = listener.local_addr().unwrap();
+	let shutdown = CancellationToken::new();
+	let token = shutdown.clone();
+	let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+	let server = tokio::spawn(peerwire::server::serve_with(listener, shutdown.clone(), move |mut peer, info| {
+		let (token, seen_tx) = (token.clone(), seen_tx.clone());
+		async move {
+			seen_tx.send(info.to_string()).unwrap();
+			loop {
+				tokio::select! {
+					message = peer.recv_message() => match message {
+						Ok(ReceivedMessage::Request(request, body)) => request.send_response(0, body).await.unwrap(),
+						Ok(ReceivedMessage::Stream(_)) => {},
+						Err(_) => return,
+					},
+					() = token.cancelled() => return,
+				}
+			}
+		}
+	}));
+
+	let mut clients = Vec::new();
+	for n in 0..2 {
+		let (client, info) = within(peerwire::TcpPeer::connect(address, &Config::default())).await.unwrap();
+		let mut request = client.send_request(1, format!("client {n}")).await.unwrap();
+		assert_eq!(within(request.recv_response()).await.unwrap().body, format!("client {n}"));
+		assert_eq!(info.to_string(), format!("tcp://{address}"));
+		// The hook is told where the client is.
+		let remote = within(seen.recv()).await.unwrap();
+		assert!(remote.starts_with("tcp://127.0.0.1:"), "{remote}");
+		clients.push(client);
+	}
+
+	// The hooks end on shutdown, and so does the server, with the clients still connected.
+	shutdown.cancel();
+	within(server).await.unwrap();
+	for client in &clients {
+		within(client.closed()).await;
+	}
+	// No longer accepting.
+	assert!(peerwire::TcpPeer::connect(address, &Config::default()).await.is_err());
 }

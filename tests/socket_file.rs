@@ -12,7 +12,7 @@ use peerwire::{Config, UnixStreamListener};
 #[tokio::test]
 async fn a_unix_stream_listener_removes_its_socket_file_after_a_graceful_shutdown() {
 	let path = socket_path("served");
-	let listener = UnixStreamListener::bind(&path, Config::default()).await.unwrap();
+	let listener = UnixStreamListener::bind(&path, &Config::default()).await.unwrap();
 	assert!(path.exists());
 	let shutdown = CancellationToken::new();
 	let server =
@@ -27,10 +27,10 @@ async fn a_unix_stream_listener_removes_its_socket_file_after_a_graceful_shutdow
 #[tokio::test]
 async fn a_unix_stream_listener_leaves_a_newer_servers_socket_file_alone() {
 	let path = socket_path("replaced");
-	let old = UnixStreamListener::bind(&path, Config::default()).await.unwrap();
+	let old = UnixStreamListener::bind(&path, &Config::default()).await.unwrap();
 	// Someone removed the old file and a newer server bound the path.
 	std::fs::remove_file(&path).unwrap();
-	let new = UnixStreamListener::bind(&path, Config::default()).await.unwrap();
+	let new = UnixStreamListener::bind(&path, &Config::default()).await.unwrap();
 	drop(old);
 	assert!(path.exists(), "the old listener removed the newer server's socket file");
 	peerwire::UnixStreamPeer::connect(&path, &Config::default()).await.unwrap();
@@ -41,7 +41,7 @@ async fn a_unix_stream_listener_leaves_a_newer_servers_socket_file_alone() {
 #[tokio::test]
 async fn a_unix_stream_listener_leaves_a_file_that_replaced_its_socket_alone() {
 	let path = socket_path("regular");
-	let listener = UnixStreamListener::bind(&path, Config::default()).await.unwrap();
+	let listener = UnixStreamListener::bind(&path, &Config::default()).await.unwrap();
 	std::fs::remove_file(&path).unwrap();
 	std::fs::write(&path, "not a socket").unwrap();
 	drop(listener);
@@ -57,7 +57,7 @@ mod seqpacket {
 	#[tokio::test]
 	async fn a_unix_seqpacket_listener_removes_its_socket_file_after_a_graceful_shutdown() {
 		let path = socket_path("seqpacket-served");
-		let listener = UnixSeqpacketListener::bind(&path, Config::default()).await.unwrap();
+		let listener = UnixSeqpacketListener::bind(&path, &Config::default()).await.unwrap();
 		assert!(path.exists());
 		let shutdown = CancellationToken::new();
 		let server =
@@ -70,9 +70,9 @@ mod seqpacket {
 	#[tokio::test]
 	async fn a_unix_seqpacket_listener_leaves_a_newer_servers_socket_file_alone() {
 		let path = socket_path("seqpacket-replaced");
-		let old = UnixSeqpacketListener::bind(&path, Config::default()).await.unwrap();
+		let old = UnixSeqpacketListener::bind(&path, &Config::default()).await.unwrap();
 		std::fs::remove_file(&path).unwrap();
-		let new = UnixSeqpacketListener::bind(&path, Config::default()).await.unwrap();
+		let new = UnixSeqpacketListener::bind(&path, &Config::default()).await.unwrap();
 		drop(old);
 		assert!(path.exists(), "the old listener removed the newer server's socket file");
 		drop(new);

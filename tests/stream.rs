@@ -162,7 +162,7 @@ async fn a_cut_connection_fails_every_open_request(kind: Kind) {
 }
 
 async fn sixty_four_mebibytes_round_trip_intact(kind: Kind) {
-	let config = Config { max_body_len_read: 65 << 20, max_body_len_write: 65 << 20, ..Config::default() };
+	let config = Config::default().with_max_body_len_read(65 << 20).with_max_body_len_write(65 << 20);
 	let (client, mut server, _, _) = connected_with(kind, config).await;
 	let body: Bytes = (0..64usize << 20).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>().into();
 
@@ -184,7 +184,7 @@ async fn sixty_four_mebibytes_round_trip_intact(kind: Kind) {
 }
 
 async fn sending_over_the_write_limit_fails_that_message_only(kind: Kind) {
-	let config = Config { max_body_len_write: 100, ..Config::default() };
+	let config = Config::default().with_max_body_len_write(100);
 	let (client, mut server, _, _) = connected_with(kind, config).await;
 	let error = client.send_request(1, vec![0; 101]).await.unwrap_err();
 	assert_eq!(error.kind(), ErrorKind::BodyTooLarge);
@@ -268,7 +268,7 @@ async fn close_flushes_what_was_queued(kind: Kind) {
 }
 
 async fn a_slow_reader_pushes_back_instead_of_queuing_without_bound(kind: Kind) {
-	let config = Config { incoming_queue: 4, write_queue: 4, ..Config::default() };
+	let config = Config::default().with_incoming_queue(4).with_write_queue(4);
 	let (client, mut server, _, _) = connected_with(kind, config).await;
 	// The server does not read: socket buffers, the server's incoming queue and the client's
 	// write queue fill up, and then sending waits instead of growing memory.

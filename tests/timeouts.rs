@@ -9,9 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Address, Kind};
-use common::{socket_path, within};
-use peerwire::{Acceptor, Body, Config, Listener, PeerHandle, ReceivedMessage};
+use common::raw::{Address, Application, Kind, request_datagram, u32_at};
+use common::within;
+use peerwire::{Body, Config, PeerHandle, ReceivedMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The timeout under test, frame or idle.
@@ -29,61 +29,27 @@ const HOLD_FOR: Duration = Duration::from_millis(700);
 const RESPONSE: u32 = 1;
 
 async fn server(kind: Kind, config: Config) -> Address {
-	match kind {
-		Kind::Tcp => {
-			let listener = peerwire::TcpListener::bind("127.0.0.1:0", config).await.unwrap();
-			let address = listener.local_addr().unwrap();
-			tokio::spawn(serve(listener));
-			Address::Tcp(address)
-		},
-		Kind::Unix => {
-			let path = socket_path("timeouts");
-			let listener = peerwire::UnixStreamListener::bind(&path, config).await.unwrap();
-			tokio::spawn(serve(listener));
-			Address::Unix(path)
-		},
-		#[cfg(feature = "unix-seqpacket")]
-		Kind::Seqpacket => {
-			let path = socket_path("timeouts-seqpacket");
-			let listener = peerwire::UnixSeqpacketListener::bind(&path, config).await.unwrap();
-			tokio::spawn(serve(listener));
-			Address::Seqpacket(path)
-		},
-	}
+	common::raw::listen(kind, "timeouts", &config, Echo).await
 }
 
-async fn serve<A: Acceptor>(mut listener: Listener<A>) {
-	while let Ok((peer, _info)) = listener.accept().await {
-		tokio::spawn(echo(peer));
-	}
-}
+#[derive(Clone)]
+struct Echo;
 
-/// Answers every request with its body: at once, or after [`HOLD_FOR`] for service [`HOLD`].
-async fn echo<B: Body>(mut peer: PeerHandle<B>) {
-	while let Ok(message) = peer.recv_message().await {
-		let ReceivedMessage::Request(request, body) = message else { continue };
-		if request.service_id() == HOLD {
-			tokio::spawn(async move {
-				tokio::time::sleep(HOLD_FOR).await;
+impl Application for Echo {
+	/// Answers every request with its body: at once, or after [`HOLD_FOR`] for service [`HOLD`].
+	async fn serve<B: Body>(self, mut peer: PeerHandle<B>) {
+		while let Ok(message) = peer.recv_message().await {
+			let ReceivedMessage::Request(request, body) = message else { continue };
+			if request.service_id() == HOLD {
+				tokio::spawn(async move {
+					tokio::time::sleep(HOLD_FOR).await;
+					let _ = request.send_response(0, body).await;
+				});
+			} else {
 				let _ = request.send_response(0, body).await;
-			});
-		} else {
-			let _ = request.send_response(0, body).await;
+			}
 		}
 	}
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-	u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
-}
-
-fn request_datagram(request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
-	let mut data = Vec::with_capacity(12 + body.len());
-	data.extend_from_slice(&0u32.to_le_bytes());
-	data.extend_from_slice(&request_id.to_le_bytes());
-	data.extend_from_slice(&service_id.to_le_bytes());
-	data.extend_from_slice(body);
-	data
 }
 
 fn request_frame(request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
@@ -213,11 +179,11 @@ fn parse(datagram: &[u8]) -> Read {
 }
 
 fn frame_timeout() -> Config {
-	Config { frame_timeout: Some(TIMEOUT), ..Config::default() }
+	Config::default().with_frame_timeout(Some(TIMEOUT))
 }
 
 fn idle_timeout() -> Config {
-	Config { idle_timeout: Some(TIMEOUT), ..Config::default() }
+	Config::default().with_idle_timeout(Some(TIMEOUT))
 }
 
 fn check_close_time(elapsed: Duration, context: &str) {
@@ -362,11 +328,9 @@ on_every_kind!(
 /// are made on the first poll, not in `Peer::new`.
 #[test]
 fn a_peer_with_timeouts_can_be_made_outside_a_runtime() {
-	let config = Config {
-		frame_timeout: Some(Duration::from_millis(100)),
-		idle_timeout: Some(Duration::from_millis(100)),
-		..Config::default()
-	};
+	let config = Config::default()
+		.with_frame_timeout(Some(Duration::from_millis(100)))
+		.with_idle_timeout(Some(Duration::from_millis(100)));
 	let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
 	a.set_nonblocking(true).unwrap();
 	let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -73,7 +73,7 @@ fn server_leaf(ca: &Ca) -> Leaf {
 	ca.leaf("peerwire test server", &["localhost", "127.0.0.1"])
 }
 
-async fn listener(tls: TlsServerConfig, config: Config) -> (TlsListener, std::net::SocketAddr) {
+async fn listener(tls: TlsServerConfig, config: &Config) -> (TlsListener, std::net::SocketAddr) {
 	let listener = TlsListener::bind("127.0.0.1:0", tls, config).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	(listener, address)
@@ -124,10 +124,10 @@ async fn requests_updates_streams_and_64_mib_bodies_work_over_tls() {
 	let leaf = server_leaf(&ca);
 	let (chain, key) = (dir.write("server.pem", &leaf.chain), dir.write("server.key", &leaf.key));
 	let ca_file = dir.write("ca.pem", &ca.issuer.pem());
-	let config = Config { max_body_len_read: 65 << 20, max_body_len_write: 65 << 20, ..Config::default() };
+	let config = Config::default().with_max_body_len_read(65 << 20).with_max_body_len_write(65 << 20);
 
 	let tls = TlsServerConfig::new(TlsIdentity::from_pem_files(&chain, &key).unwrap()).unwrap();
-	let (mut listener, address) = listener(tls, config.clone()).await;
+	let (mut listener, address) = listener(tls, &config).await;
 	let client_tls = TlsClientConfig::new(TlsRoots::from_pem_file(&ca_file).unwrap()).unwrap();
 	let (client, server) =
 		tokio::join!(TlsPeer::connect(address, "localhost", &client_tls, &config), listener.accept());
@@ -181,7 +181,7 @@ async fn requests_updates_streams_and_64_mib_bodies_work_over_tls() {
 async fn a_client_that_trusts_another_ca_is_refused() {
 	let (ca, other) = (Ca::new("test CA"), Ca::new("other CA"));
 	let (mut listener, address) =
-		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), Config::default()).await;
+		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), &Config::default()).await;
 	let accepting = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
 	let client = TlsClientConfig::new(other.roots()).unwrap();
 	let error = within(TlsPeer::connect(address, "localhost", &client, &Config::default())).await.unwrap_err();
@@ -197,7 +197,7 @@ async fn a_client_that_trusts_another_ca_is_refused() {
 async fn a_wrong_server_name_is_refused() {
 	let ca = Ca::new("test CA");
 	let (mut listener, address) =
-		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), Config::default()).await;
+		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), &Config::default()).await;
 	let client = TlsClientConfig::new(ca.roots()).unwrap();
 	let accepting = tokio::spawn(async move {
 		let mut peers = Vec::new();
@@ -217,7 +217,7 @@ async fn a_wrong_server_name_is_refused() {
 async fn an_expired_server_certificate_is_refused() {
 	let ca = Ca::new("test CA");
 	let expired = ca.expired("peerwire test server", &["localhost"]);
-	let (mut listener, address) = listener(TlsServerConfig::new(expired.identity()).unwrap(), Config::default()).await;
+	let (mut listener, address) = listener(TlsServerConfig::new(expired.identity()).unwrap(), &Config::default()).await;
 	let accepting = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
 	let client = TlsClientConfig::new(ca.roots()).unwrap();
 	let error = within(TlsPeer::connect(address, "localhost", &client, &Config::default())).await.unwrap_err();
@@ -229,7 +229,7 @@ async fn an_expired_server_certificate_is_refused() {
 async fn mutual_tls_refuses_clients_without_a_certificate_from_its_ca_and_names_the_one_it_admits() {
 	let (ca, other) = (Ca::new("test CA"), Ca::new("other CA"));
 	let tls = TlsServerConfig::mutual(server_leaf(&ca).identity(), ca.roots()).unwrap();
-	let (mut listener, address) = listener(tls, Config::default()).await;
+	let (mut listener, address) = listener(tls, &Config::default()).await;
 	let accepting = tokio::spawn(async move {
 		// The first connection the listener yields: refused handshakes never get this far.
 		let (mut peer, info) = listener.accept().await.unwrap();
@@ -267,7 +267,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_its_ca_and_names_
 async fn an_admission_check_by_certificate_name_refuses_other_clients_of_the_same_ca() {
 	let ca = Ca::new("test CA");
 	let tls = TlsServerConfig::mutual(server_leaf(&ca).identity(), ca.roots()).unwrap();
-	let (listener, address) = listener(tls, Config::default()).await;
+	let (listener, address) = listener(tls, &Config::default()).await;
 	let mut listener = listener.with_admission(admission::certificate_names(["robot-1"]));
 	let accepting = tokio::spawn(async move {
 		let (mut peer, info) = listener.accept().await.unwrap();
@@ -293,7 +293,7 @@ async fn a_stalled_handshake_holds_up_no_one() {
 		.unwrap()
 		.with_handshake_timeout(Duration::from_millis(300))
 		.with_max_handshakes(1);
-	let (mut listener, address) = listener(tls, Config::default()).await;
+	let (mut listener, address) = listener(tls, &Config::default()).await;
 	// Connects and never says a word; it takes the only handshake slot until the timeout.
 	let _stalled = tokio::net::TcpStream::connect(address).await.unwrap();
 	let client = TlsClientConfig::new(ca.roots()).unwrap();
@@ -309,7 +309,7 @@ async fn a_stalled_handshake_holds_up_no_one() {
 async fn reconnecting_works_over_tls() {
 	let ca = Ca::new("test CA");
 	let (mut listener, address) =
-		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), Config::default()).await;
+		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), &Config::default()).await;
 	let served = tokio::spawn(async move {
 		// Answer one request per connection, then close it.
 		for _ in 0..2 {
@@ -321,9 +321,9 @@ async fn reconnecting_works_over_tls() {
 			peer.closed().await;
 		}
 	});
-	let backoff = Backoff { initial_delay: Duration::from_millis(10), ..Backoff::default() };
+	let backoff = Backoff::default().with_initial_delay(Duration::from_millis(10));
 	let client =
-		Reconnecting::tls(address, "localhost", TlsClientConfig::new(ca.roots()).unwrap(), Config::default(), backoff);
+		Reconnecting::tls(address, "localhost", TlsClientConfig::new(ca.roots()).unwrap(), &Config::default(), backoff);
 	for text in ["first", "second"] {
 		let response = within(async {
 			loop {
@@ -364,7 +364,7 @@ async fn bad_configuration_is_an_error_that_names_the_file() {
 async fn a_transport_made_by_hand_reports_the_server_certificate() {
 	let ca = Ca::new("test CA");
 	let (mut listener, address) =
-		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), Config::default()).await;
+		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), &Config::default()).await;
 	let accepting = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
 	let client = TlsClientConfig::new(ca.roots()).unwrap();
 	let transport = within(TlsTransport::connect(address, "127.0.0.1", &client, &Config::default())).await.unwrap();
@@ -384,7 +384,7 @@ async fn many_requests_in_flight_keep_flowing() {
 	// (`bytes_held_by_the_inner_writer_count_as_queued_until_it_is_flushed`) covers it there.
 	let ca = Ca::new("test CA");
 	let (mut listener, address) =
-		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), Config::default()).await;
+		listener(TlsServerConfig::new(server_leaf(&ca).identity()).unwrap(), &Config::default()).await;
 	let client_tls = TlsClientConfig::new(ca.roots()).unwrap();
 	let config = Config::default();
 	let (client, server) =

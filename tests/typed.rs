@@ -266,7 +266,7 @@ fn introspection_lists_everything_declared() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_requests_in_flight_and_refuses_new_ones() {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let shutdown = CancellationToken::new();
 	let (started_tx, mut started) = tokio::sync::mpsc::channel(8);
@@ -302,7 +302,7 @@ async fn graceful_shutdown_finishes_requests_in_flight_and_refuses_new_ones() {
 
 #[tokio::test]
 async fn a_handler_past_the_grace_period_is_aborted_and_its_request_answered() {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let shutdown = CancellationToken::new();
 	let server =
@@ -333,7 +333,7 @@ async fn typed_peers_talk_to_an_untyped_fizyr_rpc_peer() {
 	};
 
 	// fizyr-rpc client -> typed peerwire server.
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let server = tokio::spawn(async move {
 		let (peer, _) = listener.accept().await.unwrap();

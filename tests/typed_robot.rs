@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::within;
 use peerwire::server::{CancellationToken, serve};
 use peerwire::typed::{Json, TypedError};
-use peerwire::{Backoff, Config, ErrorKind, PeerHandle, Reconnecting, TcpListener, TcpPeer};
+use peerwire::{Backoff, Bytes, Config, ErrorKind, PeerHandle, Reconnecting, TcpListener, TcpPeer};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ peerwire::interface! {
 /// An untyped error response to a typed call reads `NAME (ID): TEXT`, not the error marker -1.
 #[tokio::test]
 async fn an_error_response_names_the_service() {
-	let (client, mut server) = peerwire::transport::memory::pair(&Config::default());
+	let (client, mut server) = peerwire::transport::memory::pair::<Bytes>(&Config::default());
 	let arm = plain_arm::Client::new(client.write_handle());
 	let mut moving = arm.move_to(&Target { x: 1.0, y: 2.0 }).await.unwrap();
 	let (request, _) = within(server.recv_message()).await.unwrap().into_request().unwrap();
@@ -160,7 +160,7 @@ async fn typed_errors_and_comparable_updates() {
 /// Body-less messages are empty on the wire, and a `()` response is too.
 #[tokio::test]
 async fn body_less_messages_have_empty_bodies() {
-	let (client, mut server) = peerwire::transport::memory::pair(&Config::default());
+	let (client, mut server) = peerwire::transport::memory::pair::<Bytes>(&Config::default());
 	let arm = arm::Client::new(client.write_handle());
 	arm.send_stop().await.unwrap();
 	let stop = within(server.recv_message()).await.unwrap().into_stream().unwrap();
@@ -205,7 +205,7 @@ async fn a_typed_client_flushes_and_closes() {
 
 /// A TCP server of `arm` that shuts down when `shutdown` is cancelled.
 async fn start_arm_server(address: SocketAddr, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-	let listener = TcpListener::bind(address, Config::default()).await.unwrap();
+	let listener = TcpListener::bind(address, &Config::default()).await.unwrap();
 	tokio::spawn(serve(listener, shutdown, Duration::from_secs(1), |message, _peer| async move {
 		if let arm::Incoming::Position(request, ()) = arm::Incoming::from_message(message).await {
 			request.send_response(&Target { x: 3.0, y: 4.0 }).await.unwrap();
@@ -220,8 +220,8 @@ async fn a_typed_client_over_reconnecting_survives_a_server_restart() {
 	let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
 	let address = probe.local_addr().unwrap();
 	drop(probe);
-	let backoff = Backoff { initial_delay: Duration::from_millis(20), jitter: false, ..Backoff::default() };
-	let reconnecting = Reconnecting::tcp(address, Config::default(), backoff).send_only();
+	let backoff = Backoff::default().with_initial_delay(Duration::from_millis(20)).with_jitter(false);
+	let reconnecting = Reconnecting::tcp(address, &Config::default(), backoff).send_only();
 	let arm = arm::Client::new(reconnecting.clone());
 
 	let shutdown = CancellationToken::new();
@@ -255,7 +255,7 @@ async fn a_typed_client_over_reconnecting_survives_a_server_restart() {
 /// And an empty body is a body-less command.
 #[tokio::test]
 async fn a_fizyr_rpc_client_reads_typed_errors_as_text() {
-	let mut listener = TcpListener::bind("127.0.0.1:0", Config::default()).await.unwrap();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await.unwrap();
 	let address = listener.local_addr().unwrap();
 	let server = tokio::spawn(async move {
 		let (peer, _) = listener.accept().await.unwrap();

@@ -83,11 +83,14 @@ pub trait Contender: 'static {
 
 /// What the server end of every contender does: echo each request's body as the response, and
 /// count stream messages; a slow server sleeps 1 ms after every 10 stream messages (so it takes
-/// at most 10,000 a second, far fewer than any writer sends).
+/// at most 10,000 a second, far fewer than any writer sends). A spawning server answers each
+/// request from a task of its own (`tokio::spawn`), the way application code usually does,
+/// instead of in its read loop.
 #[derive(Clone, Default)]
 pub struct Server {
 	pub received: Arc<AtomicU64>,
 	pub slow: bool,
+	pub spawn: bool,
 }
 
 impl Server {

@@ -1,8 +1,9 @@
 //! The two libraries: peerwire and fizyr-rpc 0.8, each used as its documentation shows.
 //!
 //! Both run the same application code: the client keeps its open request handles in a queue and
-//! awaits the oldest; the server task answers each request in the order received and counts
-//! stream messages. Both get the sockets from [`crate::transport`].
+//! awaits the oldest; the server task answers each request in the order received (or, for a
+//! spawning server, spawns a task per request that answers it) and counts stream messages. Both
+//! get the sockets from [`crate::transport`].
 
 use std::collections::VecDeque;
 
@@ -64,22 +65,21 @@ impl Contender for Peerwire {
 
 	async fn connect(transport: Transport, server: Server) -> Result<Self::Client> {
 		use peerwire::transport::{tcp::TcpTransport, unix_stream::UnixStreamTransport};
-		let config =
-			peerwire::Config { max_body_len_read: MAX_BODY, max_body_len_write: MAX_BODY, ..Default::default() };
+		let config = peerwire::Config::default().with_max_body_len_read(MAX_BODY).with_max_body_len_write(MAX_BODY);
 		#[cfg(feature = "tls")]
 		if transport == Transport::Tls {
 			return Ok(Either::Left(connect_tls(&config, server).await?));
 		}
 		Ok(match transport.tokio_pair()? {
 			TokioPair::Tcp(a, b) => Either::Left(start_peerwire(
-				TcpTransport::from_tcp(a, &config)?,
-				TcpTransport::from_tcp(b, &config)?,
+				TcpTransport::from_socket(a, &config)?,
+				TcpTransport::from_socket(b, &config)?,
 				&config,
 				server,
 			)),
 			TokioPair::Unix(a, b) => Either::Left(start_peerwire(
-				UnixStreamTransport::from_unix(a, &config)?,
-				UnixStreamTransport::from_unix(b, &config)?,
+				UnixStreamTransport::from_socket(a, &config)?,
+				UnixStreamTransport::from_socket(b, &config)?,
 				&config,
 				server,
 			)),
@@ -123,7 +123,7 @@ async fn connect_tls(config: &peerwire::Config, server: Server) -> Result<Peerwi
 		Some(configs) => configs,
 		None => CONFIGS.get_or_init(|| make().expect("TLS test certificates")),
 	};
-	let mut listener = TlsListener::bind("127.0.0.1:0", server_tls.clone(), config.clone()).await?;
+	let mut listener = TlsListener::bind("127.0.0.1:0", server_tls.clone(), config).await?;
 	let address = listener.local_addr()?;
 	let (client, accepted) =
 		tokio::join!(TlsPeer::connect(address, "localhost", client_tls, config), listener.accept());
@@ -144,7 +144,7 @@ fn start_peerwire<T: peerwire::Transport>(
 
 impl<B: peerwire::Body + From<Bytes> + IntoBytes> Client for PeerwireClient<B> {
 	async fn start(&mut self, body: Bytes) -> Result<()> {
-		self.open.push_back(self.peer.send_request(1, body).await?);
+		self.open.push_back(self.peer.send_request(1, B::from(body)).await?);
 		Ok(())
 	}
 
@@ -154,13 +154,18 @@ impl<B: peerwire::Body + From<Bytes> + IntoBytes> Client for PeerwireClient<B> {
 	}
 
 	async fn send_stream(&mut self, body: Bytes) -> Result<()> {
-		Ok(self.peer.send_stream(2, body).await?)
+		Ok(self.peer.send_stream(2, B::from(body)).await?)
 	}
 }
 
 async fn serve_peerwire<B: peerwire::Body>(mut peer: peerwire::PeerHandle<B>, server: Server) {
 	while let Ok(message) = peer.recv_message().await {
 		match message {
+			peerwire::ReceivedMessage::Request(request, body) if server.spawn => {
+				tokio::spawn(async move {
+					let _ = request.send_response(0, body).await;
+				});
+			},
 			peerwire::ReceivedMessage::Request(request, body) => {
 				if request.send_response(0, body).await.is_err() {
 					break;
@@ -245,6 +250,11 @@ fn fizyr_error(error: fizyr_rpc::Error) -> BoxError {
 async fn serve_fizyr<B: fizyr_rpc::Body + Send + 'static>(mut peer: fizyr_rpc::PeerHandle<B>, server: Server) {
 	while let Ok(message) = peer.recv_message().await {
 		match message {
+			fizyr_rpc::ReceivedMessage::Request(request, body) if server.spawn => {
+				tokio::spawn(async move {
+					let _ = request.send_response(0, body).await;
+				});
+			},
 			fizyr_rpc::ReceivedMessage::Request(request, body) => {
 				if request.send_response(0, body).await.is_err() {
 					break;

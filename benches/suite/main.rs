@@ -128,7 +128,11 @@ fn run(options: &Options) -> Results {
 				for i in 0..entries.len() {
 					let entry = entries[(i + rep) % entries.len()];
 					let label = format!("{} {} {}", scenario.label(), transport.name(), entry.name());
-					if !scenario.applies_to(transport) || !entry.speaks(transport) || !options.selects(&label) {
+					if !scenario.applies_to(transport)
+						|| !entry.speaks(transport)
+						|| !scenario.runs_for(entry.name())
+						|| !options.selects(&label)
+					{
 						continue;
 					}
 					if !transport.is_plain() {

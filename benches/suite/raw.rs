@@ -9,6 +9,10 @@
 //!   throughput under tokio);
 //! - raw blocking: std sockets, the client on its own thread and the server on another (the
 //!   operating system's floor for a round trip). Its futures never wait; they only block.
+//!
+//! For a spawning server (a task per request), raw tokio splits the server's socket: its read
+//! loop spawns a task per request, which sends its answer through a channel to a writer task
+//! that owns the write half and writes what is queued before it flushes ([`serve_spawning`]).
 
 use std::future::Future;
 use std::io::{self, Read as _, Write as _};
@@ -51,6 +55,45 @@ pub trait FrameIo: Send + 'static {
 	/// The next frame, or `None` when the remote closed the connection. Flushes first when no
 	/// whole frame is waiting: the remote may be waiting for what is queued.
 	fn recv(&mut self) -> impl Future<Output = io::Result<Option<Frame>>> + Send;
+
+	/// Write what `send` queued.
+	fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// The answers of spawned request tasks on their way to the writer task: (request id, body).
+const ANSWER_QUEUE: usize = 1024;
+
+/// The server end with a task per request: the read loop (`reader`) spawns a task for each
+/// request, which sends the answer through a bounded channel to a writer task that owns
+/// `writer`, the usual tokio layout when a socket has one writer. The writer takes everything
+/// queued before it flushes, so a burst of answers costs one write. Stream messages are counted
+/// in the read loop, as in [`serve`].
+async fn serve_spawning<R: FrameIo, W: FrameIo>(mut reader: R, mut writer: W, server: Server) -> io::Result<()> {
+	let (answers, mut queued) = tokio::sync::mpsc::channel::<(u32, Bytes)>(ANSWER_QUEUE);
+	let writing = tokio::spawn(async move {
+		while let Some((request_id, body)) = queued.recv().await {
+			writer.send(RESPONSE, request_id, &body).await?;
+			while let Ok((request_id, body)) = queued.try_recv() {
+				writer.send(RESPONSE, request_id, &body).await?;
+			}
+			writer.flush().await?;
+		}
+		io::Result::Ok(())
+	});
+	while let Some(frame) = reader.recv().await? {
+		match frame.kind {
+			REQUEST => {
+				let answers = answers.clone();
+				tokio::spawn(async move {
+					let _ = answers.send((frame.request_id, frame.body)).await;
+				});
+			},
+			STREAM => server.on_stream().await,
+			_ => {},
+		}
+	}
+	drop(answers);
+	writing.await.map_err(io::Error::other)?
 }
 
 /// The server end: echo requests, count stream messages.
@@ -134,6 +177,10 @@ impl<B: Buffered> FrameIo for Frames<B> {
 			(field(&prefix, 0) as usize).checked_sub(HEADER_LEN).ok_or_else(|| io::Error::other("frame too short"))?;
 		let body = self.0.read_body(body_len).await?;
 		Ok(Some(Frame { kind: field(&prefix, 1), request_id: field(&prefix, 2), body }))
+	}
+
+	async fn flush(&mut self) -> io::Result<()> {
+		self.0.flush().await
 	}
 }
 
@@ -296,6 +343,23 @@ impl<S: DatagramSocket> FrameIo for Datagrams<S> {
 		let body = Bytes::copy_from_slice(&datagram[HEADER_LEN..]);
 		Ok(Some(Frame { kind: field(datagram, 0), request_id: field(datagram, 1), body }))
 	}
+
+	async fn flush(&mut self) -> io::Result<()> {
+		// Every datagram went out when it was sent.
+		Ok(())
+	}
+}
+
+/// One seqpacket socket shared by a spawning server's read loop and writer task.
+#[cfg(feature = "unix-seqpacket")]
+impl DatagramSocket for std::sync::Arc<tokio_seqpacket::UnixSeqpacket> {
+	async fn send(&self, datagram: &[u8]) -> io::Result<usize> {
+		tokio_seqpacket::UnixSeqpacket::send(self, datagram).await
+	}
+
+	async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+		tokio_seqpacket::UnixSeqpacket::recv(self, buf).await
+	}
 }
 
 /// The datagram flavour of each baseline (without seqpacket, a stand-in that is never used).
@@ -315,18 +379,41 @@ impl Contender for RawTokio {
 	type Client = Either<RawClient<Frames<TokioBuffered>>, RawClient<TokioDatagrams>>;
 
 	async fn connect(transport: Transport, server: Server) -> Result<Self::Client> {
+		#[cfg_attr(not(feature = "unix-seqpacket"), allow(dead_code, reason = "only seqpacket serves unsplit"))]
 		fn start<F: FrameIo>(client: F, remote: F, server: Server) -> RawClient<F> {
 			tokio::spawn(serve(remote, server));
 			RawClient { frames: client, next_id: 0 }
 		}
+		/// A server on a stream split in two: one loop over both halves, or a read loop that
+		/// spawns a task per request and a writer task.
+		fn serve_stream(
+			read: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+			write: impl tokio::io::AsyncWrite + Send + Unpin + 'static,
+			server: Server,
+		) {
+			if server.spawn {
+				let reader = tokio_frames(read, tokio::io::sink());
+				tokio::spawn(serve_spawning(reader, tokio_frames(tokio::io::empty(), write), server));
+			} else {
+				tokio::spawn(serve(tokio_frames(read, write), server));
+			}
+		}
 		Ok(match transport.tokio_pair()? {
 			TokioPair::Tcp(a, b) => {
-				let (a, b) = (a.into_split(), b.into_split());
-				Either::Left(start(tokio_frames(a.0, a.1), tokio_frames(b.0, b.1), server))
+				let ((read, write), remote) = (a.into_split(), b.into_split());
+				serve_stream(remote.0, remote.1, server);
+				Either::Left(RawClient { frames: tokio_frames(read, write), next_id: 0 })
 			},
 			TokioPair::Unix(a, b) => {
-				let (a, b) = (a.into_split(), b.into_split());
-				Either::Left(start(tokio_frames(a.0, a.1), tokio_frames(b.0, b.1), server))
+				let ((read, write), remote) = (a.into_split(), b.into_split());
+				serve_stream(remote.0, remote.1, server);
+				Either::Left(RawClient { frames: tokio_frames(read, write), next_id: 0 })
+			},
+			#[cfg(feature = "unix-seqpacket")]
+			TokioPair::Seqpacket(a, b) if server.spawn => {
+				let remote = std::sync::Arc::new(b);
+				tokio::spawn(serve_spawning(Datagrams::new(remote.clone()), Datagrams::new(remote), server));
+				Either::Right(RawClient { frames: Datagrams::new(a), next_id: 0 })
 			},
 			#[cfg(feature = "unix-seqpacket")]
 			TokioPair::Seqpacket(a, b) => Either::Right(start(Datagrams::new(a), Datagrams::new(b), server)),

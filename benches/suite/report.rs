@@ -138,6 +138,9 @@ impl Results {
 	}
 
 	fn targets(&self, scenario: Scenario, metric_index: usize, transport: Transport, metric: &Metric) -> String {
+		if metric.targets.is_empty() {
+			return "none (measured only)".into();
+		}
 		let verdicts: Vec<String> = metric
 			.targets
 			.iter()

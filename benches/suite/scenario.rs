@@ -25,6 +25,9 @@ pub enum Scenario {
 	Stream,
 	/// Requests and responses with 4 MiB bodies, one in flight.
 	Bulk,
+	/// Round trip and 64 in flight against a server that spawns a task per request, as
+	/// application code does: request in, `tokio::spawn`, response sent from the task.
+	Spawned,
 }
 
 /// Which contender a target compares peerwire with, and the bound on the ratio
@@ -64,7 +67,8 @@ const WINDOW: usize = 64;
 const BULK_LEN: usize = 4 << 20;
 
 impl Scenario {
-	pub const ALL: &[Scenario] = &[Scenario::RoundTrip, Scenario::InFlight, Scenario::Stream, Scenario::Bulk];
+	pub const ALL: &[Scenario] =
+		&[Scenario::RoundTrip, Scenario::InFlight, Scenario::Stream, Scenario::Bulk, Scenario::Spawned];
 
 	pub fn metrics(self) -> &'static [Metric] {
 		match self {
@@ -91,12 +95,23 @@ impl Scenario {
 				unit: Unit::MibPerSecond,
 				targets: &[Target { against: RAW_TOKIO, bound: 0.9 }],
 			}],
+			// Measured, with no target yet: what a task per request costs each contender.
+			Scenario::Spawned => &[
+				Metric { name: "task per request: round trip, median", unit: Unit::Micros, targets: &[] },
+				Metric { name: "task per request: 64 in flight", unit: Unit::PerSecond, targets: &[] },
+			],
 		}
 	}
 
 	/// Whether the scenario can run on `transport` (4 MiB is more than one datagram carries).
 	pub fn applies_to(self, transport: Transport) -> bool {
 		self != Scenario::Bulk || BULK_LEN <= transport.max_body()
+	}
+
+	/// Whether the scenario runs for `contender`: a server that spawns tasks needs a runtime,
+	/// which the blocking baseline does not have (its server is a thread that blocks).
+	pub fn runs_for(self, contender: &str) -> bool {
+		self != Scenario::Spawned || contender != RAW_BLOCKING
 	}
 
 	/// The scenario's name in run labels (and for `--only`).
@@ -106,12 +121,13 @@ impl Scenario {
 			Scenario::InFlight => "in-flight",
 			Scenario::Stream => "stream",
 			Scenario::Bulk => "bulk",
+			Scenario::Spawned => "spawned",
 		}
 	}
 
 	/// One run: connect, warm up, measure; one value per metric.
 	pub async fn run<C: Contender>(self, transport: Transport, plan: &Plan) -> Result<Vec<f64>> {
-		let server = Server::default();
+		let server = Server { spawn: self == Scenario::Spawned, ..Server::default() };
 		let received = server.received.clone();
 		let mut client = C::connect(transport, server).await?;
 		match self {
@@ -122,6 +138,12 @@ impl Scenario {
 				stream(&mut client, plan, received).await.map(|rate| vec![rate])
 			},
 			Scenario::Bulk => bulk(&mut client, plan).await.map(|rate| vec![rate / (1 << 20) as f64]),
+			Scenario::Spawned => {
+				// The two measurements one after the other on one connection, each with its
+				// own warm-up.
+				let median = round_trip(&mut client, plan).await?[0];
+				Ok(vec![median, in_flight(&mut client, plan).await?])
+			},
 		}
 	}
 }

@@ -46,7 +46,7 @@ struct State {
 impl App {
 	/// Listen on `address` (port 0 for any) and serve `regions`.
 	pub async fn start(address: impl tokio::net::ToSocketAddrs, regions: &[&str], log: Log) -> Result<App, Error> {
-		let mut listener = TcpListener::bind(address, Config::default()).await?;
+		let mut listener = TcpListener::bind(address, &Config::default()).await?;
 		let address = listener.local_addr()?;
 		log.say(AppEvent::Listening(address));
 		let state = State { regions: regions.iter().map(|region| region.to_string()).collect(), ..State::default() };

@@ -53,7 +53,7 @@ pub fn app_client(address: SocketAddr, backoff: Backoff, log: Log) -> Reconnecti
 
 /// The broker's client of the partner: it only sends.
 pub fn partner_client(address: SocketAddr, backoff: Backoff) -> Reconnecting {
-	Reconnecting::tcp(address, Config::default(), backoff).send_only()
+	Reconnecting::tcp(address, &Config::default(), backoff).send_only()
 }
 
 /// Broker orders between the app and the partner until the app cannot be reached any more (the

@@ -41,12 +41,10 @@ async fn main() -> Result<(), peerwire::Error> {
 	let app = App::start("127.0.0.1:0", &["north", "south"], log.clone()).await?;
 	let address = app.address();
 
-	let backoff = Backoff {
-		initial_delay: Duration::from_millis(100),
-		max_delay: Duration::from_secs(1),
-		max_attempts: Some(20),
-		..Backoff::default()
-	};
+	let backoff = Backoff::default()
+		.with_initial_delay(Duration::from_millis(100))
+		.with_max_delay(Duration::from_secs(1))
+		.with_max_attempts(Some(20));
 	let settings = broker::Settings { partner_timeout: Duration::from_secs(5) };
 	let app_client = broker::app_client(address, backoff.clone(), log.clone());
 	let partner_client = broker::partner_client(partner.address(), backoff);

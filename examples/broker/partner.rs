@@ -32,7 +32,7 @@ pub struct Partner {
 impl Partner {
 	/// Listen on `address` (port 0 for any), answering offers by `rule`.
 	pub async fn start(address: impl tokio::net::ToSocketAddrs, rule: Rule, log: Log) -> Result<Partner, Error> {
-		let mut listener = TcpListener::bind(address, Config::default()).await?;
+		let mut listener = TcpListener::bind(address, &Config::default()).await?;
 		let address = listener.local_addr()?;
 		let mut tasks = JoinSet::new();
 		tasks.spawn(async move {

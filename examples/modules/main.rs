@@ -9,7 +9,7 @@ mod motor;
 use std::time::Duration;
 
 use motor::{Motor, Speed, motor as api};
-use peerwire::server::CancellationToken;
+use peerwire::CancellationToken;
 
 #[tokio::main]
 async fn main() -> Result<(), peerwire::Error> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use peerwire::Bytes;
 use peerwire::{Message, PeerWriteHandle, SentRequestHandle};
 
 use crate::wire::{self, Channel};

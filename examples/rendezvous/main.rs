@@ -18,7 +18,7 @@ use wire::Channel;
 
 #[tokio::main]
 async fn main() -> Result<(), peerwire::Error> {
-	let listener = TcpListener::bind("127.0.0.1:0", Config::default()).await?;
+	let listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await?;
 	let address = listener.local_addr()?;
 	println!("[server]   listening on {address}");
 	let server = tokio::spawn(server::serve(listener));

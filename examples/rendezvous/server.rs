@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use peerwire::Bytes;
 use peerwire::{PeerHandle, ReceivedMessage, ReceivedRequestHandle, TcpListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -171,7 +171,9 @@ async fn run_channel(mut arrivals: mpsc::Receiver<Arrival>, mut deleted: oneshot
 				Some(Arrival::Put(waiting, payload)) => puts.push_back((waiting, payload)),
 				Some(Arrival::Get(waiting)) => gets.push_back(waiting),
 				Some(Arrival::Status(request)) => {
-					let counts = wire::encode_pair(puts.len() as u32, gets.len() as u32);
+					// A consumer whose connection is closing is not counted: it will get nothing.
+					let consumers = gets.iter().filter(|get| !get.request.is_remote_finished()).count();
+					let counts = wire::encode_pair(puts.len() as u32, consumers as u32);
 					let _ = request.send_response(0, counts).await;
 				},
 				None => break,

@@ -16,7 +16,7 @@ pub const GET: i32 = 2;
 pub const DELETE_CHANNEL: i32 = 3;
 /// Delete every channel of a namespace (the name in the body is ignored). Response: how many.
 pub const DELETE_NAMESPACE: i32 = 4;
-/// How many puts and gets wait on a channel. Response: two u32.
+/// How many puts and gets wait on a channel (a get whose connection is closing is not counted). Response: two u32.
 pub const STATUS: i32 = 5;
 
 /// Result code: the request waited its whole timeout.

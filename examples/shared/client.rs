@@ -27,8 +27,13 @@ pub async fn run(peer: &PeerHandle) -> Result<(), Error> {
 	println!("[client] sum: {}", String::from_utf8_lossy(&sum.recv_response().await?.body));
 
 	let mut unknown = peer.send_request(99, "").await?;
-	let response = unknown.recv_response().await?;
-	println!("[client] service 99: error response {:?}", response.error_text().unwrap_or_default());
+	match unknown.recv_response_ok().await {
+		Ok(response) => println!("[client] service 99: unexpected success {:?}", response.body),
+		Err(error) if error.kind() == peerwire::ErrorKind::Remote => {
+			println!("[client] service 99: error response {:?}", error.remote_text().unwrap_or_default());
+		},
+		Err(error) => return Err(error),
+	}
 
 	peer.send_stream(service::LOG, "client says goodbye").await?;
 	Ok(())

@@ -43,7 +43,7 @@ pub async fn serve(mut peer: PeerHandle) {
 	}
 }
 
-async fn answer(mut request: ReceivedRequestHandle, body: bytes::Bytes) -> Result<(), Error> {
+async fn answer(mut request: ReceivedRequestHandle, body: peerwire::Bytes) -> Result<(), Error> {
 	match request.service_id() {
 		ECHO => request.send_response(0, body).await,
 		COUNTDOWN => {

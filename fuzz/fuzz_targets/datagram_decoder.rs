@@ -6,7 +6,7 @@
 //!
 //! Checked: no panic; the result is exactly what PROTOCOL.md asks for (short datagram, unknown
 //! type, body over the limit, else the header and the body as sent, the body sliced and not
-//! copied). The seqpacket reader's classification of `recvmsg` results (`MSG_TRUNC`,
+//! copied). The seqpacket reader's classification of `recvmmsg` results (`MSG_TRUNC`,
 //! `MSG_CTRUNC`) is private to it, so it is not reached from here; instead the kernel's cut is
 //! modelled: the reader receives into `12 + limit + 1` bytes, and a longer datagram cut to that
 //! size must still be refused by `decode_datagram`, so a lost `MSG_TRUNC` could not pass a

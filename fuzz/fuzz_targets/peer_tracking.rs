@@ -125,16 +125,14 @@ impl<'a> Arbitrary<'a> for Input {
 	fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
 		let a = byte(u)?;
 		let b = byte(u)?;
-		let config = Config {
-			endian: if a & 1 == 0 { Endian::Little } else { Endian::Big },
-			max_open_requests: [1, 2, 4, 1 << 16][usize::from((a >> 1) & 3)],
-			request_queue: [1, 2, 4, 32][usize::from((a >> 3) & 3)],
-			incoming_queue: [1, 2, 4, 128][usize::from((a >> 5) & 3)],
-			write_queue: [1, 2, 4, 128][usize::from(b & 3)],
+		let config = Config::default()
+			.with_endian(if a & 1 == 0 { Endian::Little } else { Endian::Big })
+			.with_max_open_requests([1, 2, 4, 1 << 16][usize::from((a >> 1) & 3)])
+			.with_request_queue([1, 2, 4, 32][usize::from((a >> 3) & 3)])
+			.with_incoming_queue([1, 2, 4, 128][usize::from((a >> 5) & 3)])
+			.with_write_queue([1, 2, 4, 128][usize::from(b & 3)])
 			// The incoming byte budget: a remote body here is 4 bytes, plus the per-message charge.
-			max_buffered_incoming: [64 << 20, 1, 100, 1000][usize::from((b >> 2) & 3)],
-			..Config::default()
-		};
+			.with_max_buffered_incoming([64 << 20, 1, 100, 1000][usize::from((b >> 2) & 3)]);
 		let mut actions = Vec::new();
 		let mut ending = Ending::LocalDropsAll;
 		while !u.is_empty() && actions.len() < MAX_ACTIONS {

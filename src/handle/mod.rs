@@ -1,13 +1,14 @@
 //! The handles applications hold: the peer handle with its read and write halves, and a handle
 //! per open request (see [`request`]).
 
+use std::future::poll_fn;
+use std::pin::pin;
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError, mpsc};
-
 use crate::error::Error;
-use crate::message::{Body, Message};
-use crate::peer::{Command, IncomingReceiver, Shared};
+use crate::message::{Body, IntoBody, Message};
+use crate::peer::Shared;
+use crate::proto::{Connection, Incoming, Refused};
 use crate::transport::ConnectionInfo;
 
 mod request;
@@ -17,111 +18,67 @@ pub use request::{
 	SentRequestWriteHandle,
 };
 
-/// The connection to the peer task that every handle holds. While any link exists (other than
-/// the peer's own weak one), the peer keeps running.
-pub(crate) struct Link<B> {
-	commands: mpsc::UnboundedSender<Command<B>>,
+/// A counted reference to the connection: while any link exists, the peer task keeps running.
+pub(crate) struct Link<B: Body> {
 	pub(crate) shared: Arc<Shared<B>>,
 }
 
-impl<B> Clone for Link<B> {
+impl<B: Body> Clone for Link<B> {
 	fn clone(&self) -> Self {
-		Self { commands: self.commands.clone(), shared: self.shared.clone() }
+		self.shared.state().add_link();
+		Self { shared: self.shared.clone() }
 	}
 }
 
-/// A reserved place in the write queue, and room for the message's bytes: sending through it
-/// cannot wait any more, so everything after `reserve(..).await` is cancel-safe. Dropped unused,
-/// it gives both back.
-pub(crate) struct Reservation<'a, B> {
-	link: &'a Link<B>,
-	permit: SemaphorePermit<'a>,
-	bytes: SemaphorePermit<'a>,
-}
-
-/// Take `n` permits from `semaphore`, without the machinery of a future that may wait when
-/// there is room (the common case).
-async fn acquire(semaphore: &Semaphore, n: u32) -> Result<SemaphorePermit<'_>, ()> {
-	match semaphore.try_acquire_many(n) {
-		Ok(permit) => Ok(permit),
-		Err(TryAcquireError::Closed) => Err(()),
-		Err(TryAcquireError::NoPermits) => semaphore.acquire_many(n).await.map_err(drop),
+impl<B: Body> Drop for Link<B> {
+	fn drop(&mut self) {
+		self.shared.state().drop_link();
 	}
 }
 
 impl<B: Body> Link<B> {
-	pub(crate) fn new(commands: mpsc::UnboundedSender<Command<B>>, shared: Arc<Shared<B>>) -> Self {
-		Self { commands, shared }
-	}
-
-	pub(crate) fn downgrade(&self) -> mpsc::WeakUnboundedSender<Command<B>> {
-		self.commands.downgrade()
-	}
-
-	pub(crate) fn closed_error(&self) -> Error {
-		self.shared.closed_error()
-	}
-
-	/// Check a message against this side's write limits before it is queued.
-	pub(crate) fn check(&self, body: &B) -> Result<(), Error> {
-		if body.len() > self.shared.max_body_len_write {
-			return Err(Error::body_too_large(body.len(), self.shared.max_body_len_write));
-		}
-		if body.fd_count() > self.shared.max_fds_write {
-			return Err(Error::too_many_fds(body.fd_count(), self.shared.max_fds_write));
-		}
-		Ok(())
-	}
-
-	/// Wait for room in the write queue for one message with a body of `body_len` bytes: a place
-	/// in the queue (`Config::write_queue`) and its bytes (`Config::max_buffered_outgoing`).
-	pub(crate) async fn reserve(&self, body_len: usize) -> Result<Reservation<'_, B>, Error> {
-		let permit = acquire(&self.shared.write_permits, 1).await.map_err(|()| self.closed_error())?;
-		let cost = self.shared.outgoing_cost(body_len);
-		let bytes = acquire(&self.shared.write_bytes, cost).await.map_err(|()| self.closed_error())?;
-		Ok(Reservation { link: self, permit, bytes })
-	}
-
-	/// Check and queue a message, waiting for room if the queue is full.
-	pub(crate) async fn send(&self, message: Message<B>) -> Result<(), Error> {
-		self.check(&message.body)?;
-		self.reserve(message.body.len()).await?.send(message)
-	}
-
-	/// Queue a message without a write-queue permit. Only for messages whose number is bounded
-	/// by something else (the error response of a dropped request: at most one per open request).
-	pub(crate) fn send_unmetered(&self, message: Message<B>) -> Result<(), Error> {
-		self.shared.unmetered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-		self.commands.send(Command::Send { message, metered: false, cost: 0 }).map_err(|_| {
-			self.shared.unmetered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-			self.closed_error()
-		})
-	}
-
-	/// Wait until everything queued before this call has been written to the transport.
-	pub(crate) async fn flush(&self) -> Result<(), Error> {
-		let (done, written) = tokio::sync::oneshot::channel();
-		self.commands.send(Command::Flush(done)).map_err(|_| self.closed_error())?;
-		written.await.map_err(|_| self.closed_error())
-	}
-
-	/// Ask the peer to flush what is queued and close the connection.
-	pub(crate) fn close(&self) {
-		self.shared.request_close();
+	/// The first link of a new connection.
+	pub(crate) fn first(shared: Arc<Shared<B>>) -> Self {
+		shared.state().add_link();
+		Self { shared }
 	}
 }
 
-impl<B> Reservation<'_, B> {
-	/// Queue the message; its permits now travel with it and the peer gives them back once the
-	/// transport has taken the message.
-	pub(crate) fn send(self, message: Message<B>) -> Result<(), Error>
-	where
-		B: Body,
-	{
-		let cost = self.bytes.num_permits() as u32;
-		self.permit.forget();
-		self.bytes.forget();
-		self.link.commands.send(Command::Send { message, metered: true, cost }).map_err(|_| self.link.closed_error())
+impl<B: Body> Shared<B> {
+	/// Queue a message through `send`, which gives the body back while the write queue is full:
+	/// then wait for room and try again. Cancel-safe: nothing is queued until it returns `Ok`.
+	pub(crate) async fn send_with<R>(
+		&self,
+		mut body: B,
+		mut send: impl FnMut(&mut Connection<B>, B) -> Result<R, Refused<B>>,
+	) -> Result<R, Error> {
+		loop {
+			match send(&mut self.state(), body) {
+				Ok(done) => return Ok(done),
+				Err(Refused::Failed(error)) => return Err(error),
+				Err(Refused::Full(returned)) => body = returned,
+			}
+			let len = body.len();
+			// Registered before looking, so that room made after the look wakes it.
+			let mut notified = pin!(self.room.notified());
+			notified.as_mut().enable();
+			if !self.state().has_room_for(len) {
+				notified.await;
+			}
+		}
+	}
+
+	/// Wait until everything queued so far is written to the transport.
+	pub(crate) async fn flush(&self) -> Result<(), Error> {
+		let target = self.state().flush_target()?;
+		loop {
+			let mut notified = pin!(self.flushed.notified());
+			notified.as_mut().enable();
+			if let std::task::Poll::Ready(result) = self.state().poll_flushed(target) {
+				return result;
+			}
+			notified.await;
+		}
 	}
 }
 
@@ -180,8 +137,9 @@ pub struct PeerHandle<B: Body = bytes::Bytes> {
 }
 
 impl<B: Body> PeerHandle<B> {
-	pub(crate) fn new(incoming: IncomingReceiver<B>, link: Link<B>) -> Self {
-		Self { read: PeerReadHandle { incoming, link: link.clone() }, write: PeerWriteHandle { link } }
+	pub(crate) fn new(shared: Arc<Shared<B>>) -> Self {
+		let link = Link::first(shared);
+		Self { read: PeerReadHandle { link: link.clone() }, write: PeerWriteHandle { link } }
 	}
 
 	/// Split into a read half and a cloneable write half.
@@ -203,12 +161,12 @@ impl<B: Body> PeerHandle<B> {
 	}
 
 	/// Open a request. See [`PeerWriteHandle::send_request`].
-	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error> {
+	pub async fn send_request(&self, service_id: i32, body: impl IntoBody<B>) -> Result<SentRequestHandle<B>, Error> {
 		self.write.send_request(service_id, body).await
 	}
 
 	/// Send a stream message. See [`PeerWriteHandle::send_stream`].
-	pub async fn send_stream(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
+	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
 		self.write.send_stream(service_id, body).await
 	}
 
@@ -240,8 +198,13 @@ impl<B: Body> PeerHandle<B> {
 /// messages are discarded.
 #[derive(Debug)]
 pub struct PeerReadHandle<B: Body = bytes::Bytes> {
-	incoming: IncomingReceiver<B>,
 	link: Link<B>,
+}
+
+impl<B: Body> Drop for PeerReadHandle<B> {
+	fn drop(&mut self) {
+		self.link.shared.state().drop_reader();
+	}
 }
 
 impl<B: Body> PeerReadHandle<B> {
@@ -250,12 +213,19 @@ impl<B: Body> PeerReadHandle<B> {
 	/// Cancel-safe. Fails with [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed)
 	/// once the connection has ended and everything received before has been taken.
 	pub async fn recv_message(&mut self) -> Result<ReceivedMessage<B>, Error> {
-		self.incoming.recv().await.map(|charged| charged.item).ok_or_else(|| self.link.closed_error())
+		let shared = &self.link.shared;
+		let incoming = poll_fn(|cx| shared.state().poll_recv_incoming(cx.waker())).await?;
+		Ok(match incoming {
+			Incoming::Request { key, header, body } => {
+				ReceivedMessage::Request(ReceivedRequestHandle::new(shared.clone(), key, header), body)
+			},
+			Incoming::Stream(message) => ReceivedMessage::Stream(message),
+		})
 	}
 
 	/// Flush what is queued, then close the connection.
 	pub fn close(&self) {
-		self.link.close()
+		self.link.shared.state().request_close()
 	}
 
 	/// What is known about the remote.
@@ -277,12 +247,11 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// [`flush`](Self::flush)); waits first if the write queue is full. Fails for this request
 	/// only if the body is over the write limit or the open-request limit is reached, and with
 	/// a connection error if the connection has ended.
-	pub async fn send_request(&self, service_id: i32, body: impl Into<B>) -> Result<SentRequestHandle<B>, Error> {
-		let body = body.into();
-		self.link.check(&body)?;
-		let reservation = self.link.reserve(body.len()).await?;
-		// From here on nothing waits: the request is opened and queued, or neither.
-		SentRequestHandle::open(&self.link, reservation, service_id, body)
+	pub async fn send_request(&self, service_id: i32, body: impl IntoBody<B>) -> Result<SentRequestHandle<B>, Error> {
+		let shared = &self.link.shared;
+		let (key, request_id) =
+			shared.send_with(body.into_body(), |state, body| state.open_request(service_id, body)).await?;
+		Ok(SentRequestHandle::new(shared.clone(), key, request_id, service_id))
 	}
 
 	/// Send a one-way stream message (request id 0).
@@ -291,8 +260,8 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// full; the peer task writes it soon after. It is not on the wire yet: a process that exits
 	/// (or a runtime that shuts down) right after may lose it. Await [`flush`](Self::flush) first
 	/// when that matters, for example for a last command before exit.
-	pub async fn send_stream(&self, service_id: i32, body: impl Into<B>) -> Result<(), Error> {
-		self.link.send(Message::stream(0, service_id, body)).await
+	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
+		self.link.shared.send_with(body.into_body(), |state, body| state.send_stream(service_id, body)).await
 	}
 
 	/// Wait until everything queued before this call, through any handle of this connection,
@@ -310,7 +279,7 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// # }
 	/// ```
 	pub async fn flush(&self) -> Result<(), Error> {
-		self.link.flush().await
+		self.link.shared.flush().await
 	}
 
 	/// Flush what is queued, then close the connection.
@@ -318,7 +287,7 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// Messages queued before the close are written; sends after it fail. Every open request
 	/// handle then fails with a connection error.
 	pub fn close(&self) {
-		self.link.close()
+		self.link.shared.state().request_close()
 	}
 
 	/// What is known about the remote.
@@ -354,7 +323,7 @@ impl<B: Body> PeerWriteHandle<B> {
 	}
 }
 
-impl<B> std::fmt::Debug for Link<B> {
+impl<B: Body> std::fmt::Debug for Link<B> {
 	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
 		f.debug_struct("Link").field("remote", &self.shared.info.remote_address).finish_non_exhaustive()
 	}

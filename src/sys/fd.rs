@@ -20,32 +20,32 @@ use rustix::net::{
 
 /// The bytes of control buffer that hold `fds` descriptors in one `SCM_RIGHTS` message,
 /// including the slack needed to align the buffer.
-pub(crate) fn control_space(fds: usize) -> usize {
+pub fn control_space(fds: usize) -> usize {
 	rustix::cmsg_space!(ScmRights(fds))
 }
 
 /// A control buffer for `fds` descriptors.
-pub(crate) fn control_buffer(fds: usize) -> Vec<MaybeUninit<u8>> {
+pub fn control_buffer(fds: usize) -> Vec<MaybeUninit<u8>> {
 	vec![MaybeUninit::uninit(); control_space(fds)]
 }
 
 /// One received datagram.
 #[derive(Debug)]
-pub(crate) struct Received {
+pub struct Received {
 	/// The bytes written into the data buffers (at most their total length).
-	pub(crate) len: usize,
+	pub len: usize,
 	/// Every descriptor that arrived with the datagram, owned.
-	pub(crate) fds: Vec<OwnedFd>,
+	pub fds: Vec<OwnedFd>,
 	/// `MSG_TRUNC`: the datagram was longer than the data buffers and was cut.
-	pub(crate) truncated: bool,
+	pub truncated: bool,
 	/// `MSG_CTRUNC`: ancillary data did not fit the control buffer and was cut.
-	pub(crate) control_truncated: bool,
+	pub control_truncated: bool,
 }
 
 /// Receive one datagram into `buffers`, with its descriptors.
 ///
 /// Non-blocking sockets return `WouldBlock` as usual. `EINTR` is retried.
-pub(crate) fn recv_datagram(
+pub fn recv_datagram(
 	socket: BorrowedFd<'_>,
 	buffers: &mut [IoSliceMut<'_>],
 	control: &mut [MaybeUninit<u8>],
@@ -76,7 +76,7 @@ pub(crate) fn recv_datagram(
 ///
 /// On a seqpacket socket the datagram goes whole or not at all; the return value is its length.
 /// `control` must hold [`control_space`]`(fds.len())` bytes. Never raises `SIGPIPE`.
-pub(crate) fn send_datagram(
+pub fn send_datagram(
 	socket: BorrowedFd<'_>,
 	buffers: &[IoSlice<'_>],
 	fds: &[OwnedFd],

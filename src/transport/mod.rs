@@ -250,7 +250,16 @@ pub(crate) fn spawn_connected<T: Transport>(
 }
 
 /// The credentials of a Unix-socket peer process.
+///
+/// `#[non_exhaustive]`: made by the transports; [`new`](Self::new) and
+/// [`with_pid`](Self::with_pid) make one for a test or a transport of your own.
+///
+/// ```
+/// let credentials = peerwire::Credentials::new(1000, 1000).with_pid(Some(42));
+/// assert_eq!((credentials.uid, credentials.gid, credentials.pid), (1000, 1000, Some(42)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Credentials {
 	/// User id.
 	pub uid: u32,
@@ -258,6 +267,34 @@ pub struct Credentials {
 	pub gid: u32,
 	/// Process id, where the platform reports it.
 	pub pid: Option<i32>,
+}
+
+/// Setters, for a transport of your own (the fields are `#[non_exhaustive]`).
+impl ConnectionInfo {
+	/// Set [`remote_address`](Self::remote_address).
+	pub fn with_remote_address(mut self, remote_address: Option<RemoteAddress>) -> Self {
+		self.remote_address = remote_address;
+		self
+	}
+
+	/// Set [`credentials`](Self::credentials).
+	pub fn with_credentials(mut self, credentials: Option<Credentials>) -> Self {
+		self.credentials = credentials;
+		self
+	}
+}
+
+impl Credentials {
+	/// Credentials of user `uid` and group `gid`, with no process id.
+	pub fn new(uid: u32, gid: u32) -> Self {
+		Self { uid, gid, pid: None }
+	}
+
+	/// Set [`pid`](Self::pid).
+	pub fn with_pid(mut self, pid: Option<i32>) -> Self {
+		self.pid = pid;
+		self
+	}
 }
 
 #[cfg(all(unix, feature = "unix-stream"))]

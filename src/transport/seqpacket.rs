@@ -20,7 +20,7 @@
 //! // Hand the server an open file; it reads it and answers with what it found.
 //! let mut file = tempfile_in_tmp()?;
 //! file.write_all(b"shared through a descriptor")?;
-//! let mut request = client.send_request(1, UnixBody::with_fds("read this", [file])).await?;
+//! let mut request = client.send_request(1, UnixBody::new("read this", [file])).await?;
 //!
 //! let ReceivedMessage::Request(incoming, body) = server.recv_message().await? else { unreachable!() };
 //! let mut file = std::fs::File::from(body.fds.into_iter().next().unwrap());
@@ -43,10 +43,19 @@
 //!
 //! # Descriptors
 //!
-//! A received descriptor is an [`OwnedFd`] from the instant `recvmsg` returns, before any check
+//! A received descriptor is an [`OwnedFd`] from the instant `recvmmsg` returns, before any check
 //! that can fail: a malformed datagram, a message dropped unread, a connection that ends with
-//! messages queued all close what they held. Sent descriptors are borrowed for the `sendmsg`
+//! messages queued all close what they held. Sent descriptors are borrowed for the `sendmmsg`
 //! and closed on this side once the datagram is on its way (the remote has its own copies).
+//!
+//! # Batches
+//!
+//! One system call moves several datagrams each way when several are waiting: the reader takes up
+//! to 16 queued datagrams with one `recvmmsg` and hands them out one per read, and the writer
+//! sends up to 16 queued messages with one `sendmmsg` (a message alone goes with `sendmsg`).
+//! Every datagram of a batch is checked on its own, as if it had come alone: when one in the
+//! middle breaks a rule, the messages before it are read first, then the error, and the
+//! descriptors of the bad one and of any behind it in the batch are closed.
 //!
 //! # Limits and errors
 //!
@@ -95,6 +104,17 @@
 //! has touched them: an idle connection costs its arena, not `max_body_len_read`. A larger
 //! datagram is copied out of it at its actual size.
 //!
+//! The other datagrams of a batch land in slots of a second anonymous mapping, each as large as
+//! the receive buffer, and are copied out of it: into the arena up to 16 KiB, else at their
+//! actual size. These slots take address space, not memory (at most 256 MiB of it: with the
+//! default 16 MiB read limit, 15 slots; with a read limit over 256 MiB, none, and one datagram
+//! per call); the pages a batch touched are let go, like the overflow's, once the connection is
+//! quiet. If the system refuses the mapping, the connection receives one datagram per call.
+//!
+//! A batch takes no more than the kernel had queued for the connection, and what a remote can
+//! have queued is bounded by its send buffer (at most twice `net.core.wmem_max`): the reader
+//! holds at most one batch that the peer has not taken yet, in bytes what the socket held before.
+//!
 //! # Between a parent and a child process
 //!
 //! [`UnixSeqpacketTransport::pair`] connects two transports in one process. For a child
@@ -122,8 +142,9 @@ use crate::config::Config;
 use crate::error::{Error, ProtocolViolation};
 use crate::handle::PeerHandle;
 use crate::listener::{AcceptError, Acceptor, Listener};
-use crate::message::{Body, HEADER_LEN, Message};
+use crate::message::{Body, CloneBody, HEADER_LEN, IntoBody, Message};
 use crate::peer::Peer;
+use crate::sys::batch::{self, MAX_BATCH, Outgoing, RecvControl};
 use crate::sys::fd;
 
 /// Datagrams up to this size are received into the arena and split off it without a copy.
@@ -138,9 +159,16 @@ const MAX_DATAGRAM_LEN: usize = i32::MAX as usize;
 /// The largest datagram this side sends. Linux allocates the head of a datagram in one piece
 /// (all but 17 pages of it), and `kmalloc` stops at 4 MiB on x86-64 and on aarch64 with 4 KiB
 /// pages: past about 4 MiB + 68 KiB a send fails with `ENOBUFS` whatever `SO_SNDBUF` says.
-const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
+pub const MAX_SEND_DATAGRAM_LEN: usize = 4 << 20;
 /// The most descriptors Linux passes in one message (`SCM_MAX_FD`); `sendmsg` fails beyond it.
-const SCM_MAX_FD: usize = 253;
+pub const SCM_MAX_FD: usize = 253;
+/// The address space the receive slots of a batch may take beyond the first: each slot holds the
+/// largest datagram allowed, so a connection with a large read limit batches fewer datagrams per
+/// call (none beyond the first past 256 MiB). Pages of it cost memory only once written.
+const LANDING_SPACE: usize = 256 << 20;
+/// The control buffer for one batch of sends has room for at least this many descriptors (about
+/// 4 KiB), so that several datagrams with descriptors go in one call.
+const SEND_CONTROL_FDS: usize = 1000;
 /// Stop taking messages for a batch once this many bytes are queued...
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// ...or this many messages.
@@ -157,15 +185,18 @@ pub type UnixSeqpacketListener = Listener<tokio_seqpacket::UnixSeqpacketListener
 /// Descriptors are owned: dropping the body closes them. Sending a body hands its descriptors to
 /// the transport, which closes this side's copies once the datagram is sent.
 ///
+/// Its bytes are given in any form a [`Bytes`] body takes (see [`IntoBody`]), and a send
+/// method takes those forms directly for a body without descriptors.
+///
 /// ```
 /// use peerwire::{Body, UnixBody};
 ///
 /// let file = std::fs::File::open("/dev/null").unwrap();
-/// let body = UnixBody::with_fds("frame 7", [file]);
+/// let body = UnixBody::new(b"frame 7", [file]);
 /// assert_eq!(body.as_bytes(), b"frame 7");
 /// assert_eq!(body.fd_count(), 1);
 ///
-/// let plain: UnixBody = "no descriptors".into();
+/// let plain = UnixBody::from("no descriptors");
 /// assert!(plain.fds.is_empty());
 /// ```
 #[derive(Debug, Default)]
@@ -177,15 +208,12 @@ pub struct UnixBody {
 }
 
 impl UnixBody {
-	/// A body with no descriptors.
-	pub fn new(data: impl Into<Bytes>) -> Self {
-		Self { data: data.into(), fds: Vec::new() }
-	}
-
-	/// A body with descriptors: anything that converts into an [`OwnedFd`], such as a
-	/// [`File`](std::fs::File), a socket or an [`OwnedFd`] itself.
-	pub fn with_fds<F: Into<OwnedFd>>(data: impl Into<Bytes>, fds: impl IntoIterator<Item = F>) -> Self {
-		Self { data: data.into(), fds: fds.into_iter().map(Into::into).collect() }
+	/// A body with descriptors, as in fizyr-rpc: the bytes in any form [`IntoBody`] takes, and
+	/// anything that converts into an [`OwnedFd`] ([`File`](std::fs::File), a socket, an
+	/// [`OwnedFd`] itself), as an array, a `Vec` or any iterator. For no descriptors, use
+	/// [`UnixBody::from`] (or pass the bytes to the send method as they are).
+	pub fn new<F: Into<OwnedFd>>(data: impl IntoBody<Bytes>, fds: impl IntoIterator<Item = F>) -> Self {
+		Self { data: data.into_body(), fds: fds.into_iter().map(Into::into).collect() }
 	}
 
 	/// A copy of the body whose descriptors are duplicates (`dup`) of these, for sending the same
@@ -193,6 +221,11 @@ impl UnixBody {
 	pub fn try_clone(&self) -> io::Result<Self> {
 		let fds = self.fds.iter().map(OwnedFd::try_clone).collect::<io::Result<_>>()?;
 		Ok(Self { data: self.data.clone(), fds })
+	}
+
+	/// The body without descriptors, for bytes already converted.
+	fn data_only(data: Bytes) -> Self {
+		Self { data, fds: Vec::new() }
 	}
 }
 
@@ -210,30 +243,53 @@ impl Body for UnixBody {
 	}
 }
 
+/// Duplicates the descriptors ([`UnixBody::try_clone`]), so that
+/// [`Reconnecting`](crate::Reconnecting) can send a body again on a new connection.
+impl CloneBody for UnixBody {
+	fn clone_body(&self) -> Result<Self, Error> {
+		Ok(self.try_clone()?)
+	}
+}
+
+impl IntoBody<UnixBody> for Bytes {
+	fn into_body(self) -> UnixBody {
+		UnixBody::data_only(self)
+	}
+}
+
 impl From<Bytes> for UnixBody {
 	fn from(data: Bytes) -> Self {
-		Self::new(data)
+		Self::data_only(data)
 	}
 }
 
 impl From<Vec<u8>> for UnixBody {
 	fn from(data: Vec<u8>) -> Self {
-		Self::new(data)
+		Self::data_only(data.into())
 	}
 }
 
 impl From<String> for UnixBody {
 	fn from(data: String) -> Self {
-		Self::new(data)
+		Self::data_only(data.into())
 	}
 }
 
+/// Copied.
 impl From<&[u8]> for UnixBody {
 	fn from(data: &[u8]) -> Self {
-		Self::new(Bytes::copy_from_slice(data))
+		Self::data_only(Bytes::copy_from_slice(data))
 	}
 }
 
+/// Copied: a `b"..."` literal.
+impl<const N: usize> From<&[u8; N]> for UnixBody {
+	fn from(data: &[u8; N]) -> Self {
+		Self::data_only(Bytes::copy_from_slice(data))
+	}
+}
+
+/// Copied.
 impl From<&str> for UnixBody {
 	fn from(data: &str) -> Self {
 		Self::from(data.as_bytes())
@@ -351,8 +407,38 @@ pub struct UnixSeqpacketReader {
 	overflow: Option<MmapMut>,
 	/// A datagram has used `overflow` since it was last mapped.
 	overflow_touched: bool,
-	/// Room for one descriptor more than the limit.
-	control: Vec<MaybeUninit<u8>>,
+	/// The receive slots of a batch after the first, `receive_len` bytes each, in an anonymous
+	/// mapping (`None` if one datagram per call is all the limits allow).
+	landing: Option<MmapMut>,
+	/// The size of a slot of `landing`: the largest datagram allowed, plus one byte.
+	receive_len: usize,
+	/// A datagram has used `landing` since it was last mapped.
+	landing_touched: bool,
+	/// For each slot, room for one descriptor more than the limit.
+	control: RecvControl,
+	/// How many datagrams the next call asks for: twice as many as the last call if it found all
+	/// it asked for (more may be waiting), and after the socket ran dry, as many as came since it
+	/// last did (the size of the last burst). Asking for more than is queued makes the kernel try
+	/// (and fail) once more inside the call, which a connection that has one datagram waiting per
+	/// wakeup (a round trip) would otherwise pay on every message.
+	batch_len: usize,
+	/// Datagrams received since the socket last ran dry.
+	burst: usize,
+	/// What the last call received, before it is checked (kept for its allocation).
+	received: Vec<fd::Received>,
+	/// Messages received and checked, not yet read.
+	ready: VecDeque<Message<UnixBody>>,
+	/// What comes after `ready`: the remote's end of the connection, or an error.
+	end: Option<ReadEnd>,
+}
+
+/// How reading ended, after the messages received before it are read.
+#[derive(Debug)]
+enum ReadEnd {
+	/// The remote closed its side (or sent an empty datagram): read as `Ok(None)`, every time.
+	Closed,
+	/// A datagram broke a rule: read as that error.
+	Failed(Error),
 }
 
 impl UnixSeqpacketReader {
@@ -367,6 +453,18 @@ impl UnixSeqpacketReader {
 			// making every connection pay for the largest datagram it might ever receive.
 			len => Some(MmapOptions::new().len(len).no_reserve_swap().map_anon()?),
 		};
+		let landing_slots = (LANDING_SPACE / receive_len).min(MAX_BATCH - 1);
+		let landing = match landing_slots {
+			0 => None,
+			slots => match MmapOptions::new().len(slots * receive_len).no_reserve_swap().map_anon() {
+				Ok(mapping) => Some(mapping),
+				Err(error) => {
+					tracing::debug!("receiving one datagram per call: no room for the batch slots: {error}");
+					None
+				},
+			},
+		};
+		let slots = 1 + landing.as_ref().map_or(0, |landing| landing.len() / receive_len);
 		Ok(Self {
 			socket,
 			endian: config.endian,
@@ -376,13 +474,87 @@ impl UnixSeqpacketReader {
 			fast_len,
 			overflow,
 			overflow_touched: false,
-			control: fd::control_buffer(config.max_fds_read.min(SCM_MAX_FD) + 1),
+			landing,
+			receive_len,
+			landing_touched: false,
+			control: RecvControl::new(config.max_fds_read.min(SCM_MAX_FD) + 1, slots),
+			batch_len: slots,
+			burst: 0,
+			received: Vec::new(),
+			ready: VecDeque::new(),
+			end: None,
 		})
 	}
 
-	/// Check a received datagram and turn it into a message. Its descriptors are owned already:
-	/// every error return closes them.
-	fn finish(&mut self, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+	/// Receive what is queued on the socket, up to one batch, into `ready` and `end`.
+	fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+		if self.arena.len() < self.fast_len {
+			// Used up (what was split off lives on in the messages); start a fresh one.
+			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
+		}
+		// Taken out for the call and always put back, so that its allocation is kept.
+		let mut received = std::mem::take(&mut self.received);
+		let result = self.poll_recv_datagrams(cx, &mut received);
+		if let Poll::Ready(Ok(())) = result {
+			// Check each datagram in the order received. Those after an end or an error are
+			// dropped unread, which closes their descriptors.
+			for (slot, datagram) in received.drain(..).enumerate() {
+				if self.end.is_some() {
+					continue;
+				}
+				let checked = match slot {
+					0 => self.finish(datagram),
+					_ => self.finish_landed(slot - 1, datagram),
+				};
+				match checked {
+					Ok(Some(message)) => self.ready.push_back(message),
+					Ok(None) => self.end = Some(ReadEnd::Closed),
+					Err(error) => self.end = Some(ReadEnd::Failed(error)),
+				}
+			}
+		}
+		self.received = received;
+		result
+	}
+
+	/// One `recvmmsg` once the socket is readable: datagram 0 into the arena and the overflow,
+	/// the others into the slots of `landing`.
+	fn poll_recv_datagrams(&mut self, cx: &mut Context<'_>, received: &mut Vec<fd::Received>) -> Poll<io::Result<()>> {
+		let Self { socket, arena, fast_len, overflow, landing, receive_len, control, batch_len, burst, .. } = self;
+		loop {
+			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
+			let overflow = overflow.as_deref_mut().unwrap_or_default();
+			let mut first = Some([IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)]);
+			let mut rest = landing.as_deref_mut().unwrap_or_default().chunks_exact_mut(*receive_len);
+			let mut slots: [[IoSliceMut<'_>; 2]; MAX_BATCH] = std::array::from_fn(|_| {
+				first
+					.take()
+					.unwrap_or_else(|| [IoSliceMut::new(rest.next().unwrap_or_default()), IoSliceMut::new(&mut [])])
+			});
+			let asked = (*batch_len).clamp(1, control.slots());
+			let result = guard
+				.try_io(|inner| batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots[..asked], control, received));
+			match result {
+				Ok(Ok(taken)) => {
+					*burst += taken;
+					if taken == asked {
+						*batch_len = asked * 2;
+					}
+					return Poll::Ready(Ok(()));
+				},
+				Ok(Err(error)) => return Poll::Ready(Err(error)),
+				Err(_would_block) => {
+					*batch_len = std::mem::take(burst).max(1);
+					continue;
+				},
+			}
+		}
+	}
+
+	/// Check what the kernel said about a received datagram: its length and descriptors if it
+	/// is whole and within the limits, `None` for the end of the connection. Its descriptors are
+	/// owned already: every error return closes them.
+	fn check(&self, received: fd::Received) -> Result<Option<(usize, Vec<OwnedFd>)>, Error> {
 		let fd::Received { len, fds, truncated, control_truncated } = received;
 		if control_truncated {
 			return Err(ProtocolViolation::ControlTruncated.into());
@@ -401,6 +573,13 @@ impl UnixSeqpacketReader {
 			);
 			return Ok(None);
 		}
+		Ok(Some((len, fds)))
+	}
+
+	/// Check the first datagram of a batch, received into the arena and the overflow, and turn it
+	/// into a message.
+	fn finish(&mut self, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+		let Some((len, fds)) = self.check(received)? else { return Ok(None) };
 		let datagram = if len <= self.fast_len {
 			self.arena.split_to(len).freeze()
 		} else {
@@ -413,6 +592,33 @@ impl UnixSeqpacketReader {
 			self.overflow_touched = true;
 			datagram.freeze()
 		};
+		self.decode(datagram, fds)
+	}
+
+	/// Check a later datagram of a batch, received into slot `slot` of `landing`, and turn it
+	/// into a message: copied into the arena if it is small, else into a buffer of its size.
+	fn finish_landed(&mut self, slot: usize, received: fd::Received) -> Result<Option<Message<UnixBody>>, Error> {
+		let Some((len, fds)) = self.check(received)? else { return Ok(None) };
+		// Like the overflow: let go of the pages once the connection is quiet.
+		self.landing_touched = true;
+		let landing = self.landing.as_deref().unwrap_or_default();
+		let Some(data) = landing.get(slot * self.receive_len..).and_then(|rest| rest.get(..len)) else {
+			// The kernel writes no more than the slot holds; this would be a bug here.
+			return Err(io::Error::other(format!("datagram of {len} bytes outside receive slot {slot}")).into());
+		};
+		let datagram = if len <= self.fast_len {
+			if self.arena.len() < len {
+				self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
+			}
+			self.arena[..len].copy_from_slice(data);
+			self.arena.split_to(len).freeze()
+		} else {
+			Bytes::copy_from_slice(data)
+		};
+		self.decode(datagram, fds)
+	}
+
+	fn decode(&self, datagram: Bytes, fds: Vec<OwnedFd>) -> Result<Option<Message<UnixBody>>, Error> {
 		let message = decode_datagram(datagram, self.endian, self.max_body_len)?;
 		Ok(Some(Message { header: message.header, body: UnixBody { data: message.body, fds } }))
 	}
@@ -422,37 +628,40 @@ impl TransportRead for UnixSeqpacketReader {
 	type Body = UnixBody;
 
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<UnixBody>>, Error>> {
-		if self.arena.len() < self.fast_len {
-			// Used up (what was split off lives on in the messages); start a fresh one.
-			self.arena = BytesMut::zeroed(ARENA_LEN.max(self.fast_len));
-		}
-		let Self { socket, arena, fast_len, overflow, control, .. } = self;
-		let received = loop {
-			let mut guard = ready!(socket.as_async_fd().poll_read_ready(cx))?;
-			let overflow = overflow.as_deref_mut().unwrap_or_default();
-			let mut buffers = [IoSliceMut::new(&mut arena[..*fast_len]), IoSliceMut::new(overflow)];
-			match guard.try_io(|inner| fd::recv_datagram(inner.get_ref().as_fd(), &mut buffers, control)) {
-				Ok(received) => break received?,
-				Err(_would_block) => continue,
+		loop {
+			if let Some(message) = self.ready.pop_front() {
+				return Poll::Ready(Ok(Some(message)));
 			}
-		};
-		Poll::Ready(self.finish(received))
+			match self.end.take() {
+				Some(ReadEnd::Closed) => {
+					self.end = Some(ReadEnd::Closed);
+					return Poll::Ready(Ok(None));
+				},
+				Some(ReadEnd::Failed(error)) => return Poll::Ready(Err(error)),
+				None => {},
+			}
+			ready!(self.poll_receive(cx))?;
+		}
 	}
 
 	fn holds_spare_memory(&self) -> bool {
-		self.overflow_touched
+		self.overflow_touched || self.landing_touched
 	}
 
-	/// Map the overflow area afresh, so that an idle connection does not keep the pages of its
-	/// largest datagram.
+	/// Map the overflow area and the batch slots afresh, so that an idle connection does not keep
+	/// the pages of its largest datagrams.
 	fn release_spare_memory(&mut self) {
-		if !std::mem::take(&mut self.overflow_touched) {
-			return;
-		}
-		if let Some(mapping) = &self.overflow {
-			match MmapOptions::new().len(mapping.len()).no_reserve_swap().map_anon() {
-				Ok(fresh) => self.overflow = Some(fresh),
-				Err(error) => tracing::debug!("kept the receive overflow mapping: {error}"),
+		for (mapping, touched) in
+			[(&mut self.overflow, &mut self.overflow_touched), (&mut self.landing, &mut self.landing_touched)]
+		{
+			if !std::mem::take(touched) {
+				continue;
+			}
+			if let Some(old) = mapping {
+				match MmapOptions::new().len(old.len()).no_reserve_swap().map_anon() {
+					Ok(fresh) => *mapping = Some(fresh),
+					Err(error) => tracing::debug!("kept a receive mapping: {error}"),
+				}
 			}
 		}
 	}
@@ -469,7 +678,11 @@ pub struct UnixSeqpacketWriter {
 	max_datagram_len: usize,
 	queue: VecDeque<Queued>,
 	queued_bytes: usize,
+	/// The control data of one batch: room for the most descriptors one message may carry, and
+	/// for several messages with a few.
 	control: Vec<MaybeUninit<u8>>,
+	/// The lengths sent by the last call, one per datagram (kept for its allocation).
+	sent: Vec<usize>,
 }
 
 /// A message waiting for its `sendmsg`.
@@ -490,14 +703,15 @@ impl UnixSeqpacketWriter {
 			max_datagram_len,
 			queue: VecDeque::new(),
 			queued_bytes: 0,
-			control: fd::control_buffer(config.max_fds_write.min(SCM_MAX_FD)),
+			control: fd::control_buffer(config.max_fds_write.min(SCM_MAX_FD).max(SEND_CONTROL_FDS)),
+			sent: Vec::new(),
 		})
 	}
 }
 
 /// Raise the send buffer so that a datagram of `wanted` bytes fits, as far as the system allows,
 /// and return the largest datagram this side will send. Never lowers the buffer.
-fn raise_send_buffer(socket: &UnixSeqpacket, wanted: usize) -> io::Result<usize> {
+pub fn raise_send_buffer(socket: &UnixSeqpacket, wanted: usize) -> io::Result<usize> {
 	let needed = wanted.min(MAX_SEND_DATAGRAM_LEN) + KERNEL_SNDBUF_OVERHEAD;
 	if sockopt::socket_send_buffer_size(socket)? < needed {
 		// The kernel caps the value at net.core.wmem_max, then doubles it.
@@ -547,34 +761,55 @@ impl TransportWrite for UnixSeqpacketWriter {
 	}
 
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-		let Self { socket, queue, queued_bytes, control, .. } = self;
-		while let Some(front) = queue.front() {
-			let len = HEADER_LEN + front.body.data.len();
+		let Self { socket, queue, queued_bytes, control, sent, .. } = self;
+		while !queue.is_empty() {
 			let mut guard = ready!(socket.as_async_fd().poll_write_ready(cx))?;
-			let buffers = [IoSlice::new(&front.header), IoSlice::new(&front.body.data)];
-			let result = match guard
-				.try_io(|inner| fd::send_datagram(inner.get_ref().as_fd(), &buffers, &front.body.fds, control))
-			{
-				Ok(result) => result,
-				Err(_would_block) => continue,
-			};
+			// Up to one batch from the front of the queue, sent with one `sendmmsg` (one alone
+			// with a plain `sendmsg`).
+			let result = guard.try_io(|inner| {
+				let socket = inner.get_ref().as_fd();
+				if let (Some(only), 1) = (queue.front(), queue.len()) {
+					let buffers = [IoSlice::new(&only.header), IoSlice::new(&only.body.data)];
+					sent.clear();
+					return fd::send_datagram(socket, &buffers, &only.body.fds, control).map(|len| sent.push(len));
+				}
+				let mut queued = queue.iter();
+				let datagrams: [Outgoing<'_>; MAX_BATCH] = std::array::from_fn(|_| match queued.next() {
+					Some(queued) => Outgoing {
+						data: [IoSlice::new(&queued.header), IoSlice::new(&queued.body.data)],
+						fds: &queued.body.fds,
+					},
+					None => Outgoing { data: [IoSlice::new(&[]); 2], fds: &[] },
+				});
+				batch::send_datagrams(socket, &datagrams[..queue.len().min(MAX_BATCH)], control, sent)
+			});
 			match result {
+				Ok(Ok(())) => {},
+				Err(_would_block) => continue,
+				// Too large for the kernel after all (the send buffer shrank since it was checked):
+				// this message is lost, the connection is fine. (A later datagram of a batch that
+				// fails is not sent, and fails again as the first of the next call.)
+				Ok(Err(error)) if error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
+					let len = queue.front().map_or(0, |front| HEADER_LEN + front.body.data.len());
+					tracing::error!(len, "dropped a message too large for the socket: {error}");
+					*queued_bytes -= len;
+					queue.pop_front();
+					continue;
+				},
+				Ok(Err(error)) => return Poll::Ready(Err(error.into())),
+			}
+			for &sent in sent.iter() {
+				let Some(front) = queue.pop_front() else { break };
+				let len = HEADER_LEN + front.body.data.len();
 				// A datagram goes whole or not at all.
-				Ok(sent) if sent == len => {},
-				Ok(sent) => {
+				if sent != len {
 					let message = format!("sent {sent} bytes of a {len}-byte datagram");
 					return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, message).into()));
-				},
-				// Too large for the kernel after all (the send buffer shrank since it was checked):
-				// this message is lost, the connection is fine.
-				Err(error) if error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
-					tracing::error!(len, "dropped a message too large for the socket: {error}");
-				},
-				Err(error) => return Poll::Ready(Err(error.into())),
+				}
+				*queued_bytes -= len;
+				// `front` is dropped here, which closes this side's copies of the descriptors;
+				// the remote has its own.
 			}
-			*queued_bytes -= len;
-			// Closes this side's copies of the descriptors; the remote has its own.
-			queue.pop_front();
 		}
 		Poll::Ready(Ok(()))
 	}
@@ -624,7 +859,7 @@ impl Listener<tokio_seqpacket::UnixSeqpacketListener> {
 	/// [`serve`](crate::server::serve), for example), unless it is no longer the file this
 	/// listener bound: a newer server's socket at the same path is left alone. A listener made
 	/// with [`Listener::new`] over a socket bound elsewhere leaves its file to whoever bound it.
-	pub async fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
+	pub async fn bind(path: impl AsRef<Path>, config: &Config) -> Result<Self, Error> {
 		let path = path.as_ref();
 		remove_stale_socket(path).await?;
 		Ok(Self::new(tokio_seqpacket::UnixSeqpacketListener::bind(path)?, config).remove_on_drop(path))
@@ -636,11 +871,11 @@ impl Listener<tokio_seqpacket::UnixSeqpacketListener> {
 	/// directory beside `path` (mode `0o700`), its mode and group set there, then linked to
 	/// `path`. So `path`'s directory must be writable, and `path` short enough to leave about 14
 	/// bytes of the 107 a socket path may have. Connecting peers that ask for this socket's
-	/// address see that temporary path; [`local_path`](Self::local_path) reports `path`.
+	/// address see that temporary path; [`local_addr`](Self::local_addr) reports `path`.
 	pub async fn bind_with_permissions(
 		path: impl AsRef<Path>,
 		permissions: super::SocketPermissions,
-		config: Config,
+		config: &Config,
 	) -> Result<Self, Error> {
 		let path = path.as_ref();
 		remove_stale_socket(path).await?;
@@ -650,8 +885,8 @@ impl Listener<tokio_seqpacket::UnixSeqpacketListener> {
 		Ok(Self::new(listener, config).remove_on_drop(path))
 	}
 
-	/// The path this listener is bound to.
-	pub fn local_path(&self) -> Result<Option<PathBuf>, Error> {
+	/// The path this listener is bound to (`None` for an unnamed socket).
+	pub fn local_addr(&self) -> Result<Option<PathBuf>, Error> {
 		if let Some(path) = self.bound_path() {
 			return Ok(Some(path.to_path_buf()));
 		}
@@ -667,13 +902,11 @@ mod tests {
 	use std::future::poll_fn;
 
 	fn config(max_body: usize, max_fds: usize) -> Config {
-		Config {
-			max_body_len_read: max_body,
-			max_body_len_write: max_body,
-			max_fds_read: max_fds,
-			max_fds_write: max_fds,
-			..Config::default()
-		}
+		Config::default()
+			.with_max_body_len_read(max_body)
+			.with_max_body_len_write(max_body)
+			.with_max_fds_read(max_fds)
+			.with_max_fds_write(max_fds)
 	}
 
 	fn devnull() -> OwnedFd {
@@ -697,7 +930,7 @@ mod tests {
 		let (mut reader, _) = b.split();
 		for len in [0, 1, FAST_LEN - HEADER_LEN, FAST_LEN - HEADER_LEN + 1, 100_000, 200_000] {
 			let data = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
-			send(&mut writer, Message::stream(len as u32, 3, UnixBody::with_fds(data.clone(), [devnull()]))).await;
+			send(&mut writer, Message::stream(len as u32, 3, UnixBody::new(data.clone(), [devnull()]))).await;
 			let message = read(&mut reader).await.unwrap().unwrap();
 			assert_eq!(message.header, MessageHeader::new(MessageType::Stream, len as u32, 3));
 			assert_eq!(message.body.data, data, "len {len}");
@@ -714,7 +947,7 @@ mod tests {
 		let mut kept = Vec::new();
 		for i in 0..2000u32 {
 			let data = Bytes::from(vec![i as u8; 500]);
-			send(&mut writer, Message::stream(i, 0, UnixBody::new(data))).await;
+			send(&mut writer, Message::stream(i, 0, UnixBody::from(data))).await;
 			kept.push(read(&mut reader).await.unwrap().unwrap());
 		}
 		for (i, message) in kept.iter().enumerate() {
@@ -727,13 +960,12 @@ mod tests {
 		let config = config(16, 1);
 		let (a, _b) = UnixSeqpacketTransport::pair(&config).unwrap();
 		let (_, mut writer) = a.split();
-		let error = writer.start_send(Message::stream(0, 0, UnixBody::new(vec![0; 17]))).unwrap_err();
+		let error = writer.start_send(Message::stream(0, 0, UnixBody::from(vec![0; 17]))).unwrap_err();
 		assert_eq!(error.kind(), crate::ErrorKind::BodyTooLarge);
-		let error =
-			writer.start_send(Message::stream(0, 0, UnixBody::with_fds("x", [devnull(), devnull()]))).unwrap_err();
+		let error = writer.start_send(Message::stream(0, 0, UnixBody::new("x", [devnull(), devnull()]))).unwrap_err();
 		assert_eq!(error.kind(), crate::ErrorKind::TooManyFds);
 		assert!(!writer.has_queued());
-		writer.start_send(Message::stream(0, 0, UnixBody::with_fds(vec![0; 16], [devnull()]))).unwrap();
+		writer.start_send(Message::stream(0, 0, UnixBody::new(vec![0; 16], [devnull()]))).unwrap();
 	}
 
 	#[tokio::test]
@@ -741,10 +973,81 @@ mod tests {
 		let (a, _b) = UnixSeqpacketTransport::pair(&config(16, 1000)).unwrap();
 		let (_, mut writer) = a.split();
 		let too_many = (0..SCM_MAX_FD + 1).map(|_| devnull());
-		let error = writer.start_send(Message::stream(0, 0, UnixBody::with_fds("", too_many))).unwrap_err();
+		let error = writer.start_send(Message::stream(0, 0, UnixBody::new("", too_many))).unwrap_err();
 		assert_eq!(error.kind(), crate::ErrorKind::TooManyFds);
 		let fds: Vec<OwnedFd> = (0..SCM_MAX_FD).map(|_| devnull()).collect();
-		send(&mut writer, Message::stream(0, 0, UnixBody::with_fds("", fds))).await;
+		send(&mut writer, Message::stream(0, 0, UnixBody::new("", fds))).await;
+	}
+
+	#[tokio::test]
+	async fn what_is_queued_is_taken_in_one_call_and_the_batch_slots_are_let_go_when_quiet() {
+		let config = config(100_000, 1);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		assert_eq!(reader.control.slots(), MAX_BATCH);
+		for i in 0..MAX_BATCH as u32 + 4 {
+			let len = if i == 3 { 50_000 } else { 10 };
+			writer.start_send(Message::stream(i, 0, UnixBody::new(vec![i as u8; len], [devnull()]))).unwrap();
+		}
+		poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		let first = read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(first.header.request_id, 0);
+		// One call took a whole batch; the rest waits in the socket.
+		assert_eq!(reader.ready.len(), MAX_BATCH - 1);
+		assert!(reader.holds_spare_memory());
+		for i in 1..MAX_BATCH as u32 + 4 {
+			let message = read(&mut reader).await.unwrap().unwrap();
+			assert_eq!(message.header.request_id, i);
+			assert_eq!(message.body.data.len(), if i == 3 { 50_000 } else { 10 });
+			assert!(message.body.data.iter().all(|&byte| byte == i as u8));
+			assert_eq!(message.body.fds.len(), 1);
+		}
+		reader.release_spare_memory();
+		assert!(!reader.holds_spare_memory());
+	}
+
+	#[tokio::test]
+	async fn a_call_asks_for_twice_what_the_last_found_and_after_a_dry_socket_for_the_last_burst() {
+		let config = config(1000, 1);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		let mut send = async |count: u32| {
+			for i in 0..count {
+				writer.start_send(Message::stream(i, 0, UnixBody::from("x"))).unwrap();
+			}
+			poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		};
+		// Read what is queued, then once more, which finds the socket dry.
+		async fn drain(reader: &mut UnixSeqpacketReader, count: usize) {
+			for _ in 0..count {
+				read(reader).await.unwrap().unwrap();
+			}
+			assert!(poll_fn(|cx| Poll::Ready(reader.poll_read_message(cx))).await.is_pending());
+		}
+		// One at a time, as in a round trip: after each, one is asked for.
+		for _ in 0..3 {
+			send(1).await;
+			drain(&mut reader, 1).await;
+			assert_eq!(reader.batch_len, 1);
+		}
+		// A burst of 15: 1, 2, 4, 8 are asked for and found, then 16, and the socket is dry.
+		send(15).await;
+		drain(&mut reader, 15).await;
+		assert_eq!(reader.batch_len, 15);
+		// The next burst of 15 comes in one call.
+		send(15).await;
+		read(&mut reader).await.unwrap().unwrap();
+		assert_eq!(reader.ready.len(), 14);
+	}
+
+	#[tokio::test]
+	async fn limits_too_large_for_batch_slots_receive_one_datagram_per_call() {
+		let (_, b) = UnixSeqpacketTransport::pair(&config(LANDING_SPACE, 1)).unwrap();
+		let (reader, _) = b.split();
+		assert!(reader.landing.is_none());
+		assert_eq!(reader.control.slots(), 1);
 	}
 
 	#[tokio::test]

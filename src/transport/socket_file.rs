@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// whatever the type of the socket that left it, and is removed. A live socket of another type
 /// (a seqpacket server) fails the probe with `EPROTOTYPE`: it is left alone, and the bind that
 /// follows reports the conflict.
-pub(crate) async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+pub async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
 	use std::os::unix::fs::FileTypeExt;
 	let Ok(metadata) = std::fs::symlink_metadata(path) else {
 		return Ok(());
@@ -35,7 +35,7 @@ pub(crate) async fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
 /// still the same file: a newer server that removed it as stale (or had it removed) and bound its
 /// own socket at the path keeps it.
 #[derive(Debug)]
-pub(crate) struct SocketFile {
+pub struct SocketFile {
 	path: PathBuf,
 	/// Device and inode of the file as bound: what tells it apart from a newer file at the path.
 	dev: u64,
@@ -45,7 +45,7 @@ pub(crate) struct SocketFile {
 impl SocketFile {
 	/// Remember the socket file just bound at `path`; `None` if it cannot be looked at (then it
 	/// is left behind on drop, as before, and the next bind removes it as stale).
-	pub(crate) fn bound(path: &Path) -> Option<Self> {
+	pub fn bound(path: &Path) -> Option<Self> {
 		use std::os::unix::fs::MetadataExt;
 		match std::fs::symlink_metadata(path) {
 			// Absolute, so that a change of working directory does not send the removal elsewhere.

@@ -23,12 +23,12 @@ pub type TcpListener = Listener<tokio::net::TcpListener>;
 impl TcpTransport {
 	/// Wrap a connected TCP stream. Turns Nagle's algorithm off: the transport batches writes
 	/// itself, and small requests must not wait for an acknowledgement.
-	pub fn from_tcp(stream: TcpStream, config: &Config) -> std::io::Result<Self> {
+	pub fn from_socket(stream: TcpStream, config: &Config) -> std::io::Result<Self> {
 		let address = stream.peer_addr()?;
 		Self::from_tcp_with_address(stream, address, config)
 	}
 
-	/// [`from_tcp`](Self::from_tcp) with the remote address already known (from `accept`), so
+	/// [`from_socket`](Self::from_socket) with the remote address already known (from `accept`), so
 	/// that a connection reset in the meantime still yields a transport, which then reports the
 	/// reset when read.
 	fn from_tcp_with_address(stream: TcpStream, address: SocketAddr, config: &Config) -> std::io::Result<Self> {
@@ -47,7 +47,7 @@ impl Peer<TcpTransport> {
 	/// Connect to a TCP address and spawn the peer task.
 	pub async fn connect(address: impl ToSocketAddrs, config: &Config) -> Result<(PeerHandle, ConnectionInfo), Error> {
 		let stream = TcpStream::connect(address).await?;
-		let transport = TcpTransport::from_tcp(stream, config)?;
+		let transport = TcpTransport::from_socket(stream, config)?;
 		Ok(super::spawn_connected(transport, config))
 	}
 }
@@ -64,7 +64,7 @@ impl Acceptor for tokio::net::TcpListener {
 
 impl Listener<tokio::net::TcpListener> {
 	/// Bind a TCP listener.
-	pub async fn bind(address: impl ToSocketAddrs, config: Config) -> Result<Self, Error> {
+	pub async fn bind(address: impl ToSocketAddrs, config: &Config) -> Result<Self, Error> {
 		Ok(Self::new(tokio::net::TcpListener::bind(address).await?, config))
 	}
 

@@ -331,7 +331,7 @@ impl TlsClientConfig {
 impl TlsTransport {
 	/// Wrap a TLS stream whose handshake is done, recording the remote address and the
 	/// certificate the remote presented (verified by the handshake).
-	pub fn from_tls(stream: TlsTcpStream, config: &Config) -> io::Result<Self> {
+	pub fn from_socket(stream: TlsTcpStream, config: &Config) -> io::Result<Self> {
 		let address = stream.get_ref().0.get_ref().peer_addr()?;
 		Self::from_tls_with_address(stream, address, config)
 	}
@@ -353,7 +353,7 @@ impl TlsTransport {
 		config: &Config,
 	) -> Result<Self, Error> {
 		let stream = connect_stream(address, server_name, tls).await?;
-		Ok(Self::from_tls(stream, config)?)
+		Ok(Self::from_socket(stream, config)?)
 	}
 }
 
@@ -519,7 +519,7 @@ impl Acceptor for TlsAcceptor {
 
 impl Listener<TlsAcceptor> {
 	/// Bind a TLS listener: TCP at `address`, TLS as `tls` says.
-	pub async fn bind(address: impl ToSocketAddrs, tls: TlsServerConfig, config: Config) -> Result<Self, Error> {
+	pub async fn bind(address: impl ToSocketAddrs, tls: TlsServerConfig, config: &Config) -> Result<Self, Error> {
 		let tcp = tokio::net::TcpListener::bind(address).await?;
 		Ok(Self::new(TlsAcceptor::new(tcp, tls), config))
 	}

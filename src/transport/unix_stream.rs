@@ -23,12 +23,12 @@ pub type UnixStreamListener = Listener<tokio::net::UnixListener>;
 
 impl UnixStreamTransport {
 	/// Wrap a connected Unix stream, recording the remote's credentials.
-	pub fn from_unix(stream: UnixStream, config: &Config) -> std::io::Result<Self> {
+	pub fn from_socket(stream: UnixStream, config: &Config) -> std::io::Result<Self> {
 		let path = stream.peer_addr()?.as_pathname().map(Path::to_path_buf);
 		Self::from_unix_with_path(stream, path, config)
 	}
 
-	/// [`from_unix`](Self::from_unix) with the remote's path already known (from `accept`).
+	/// [`from_socket`](Self::from_socket) with the remote's path already known (from `accept`).
 	fn from_unix_with_path(stream: UnixStream, path: Option<PathBuf>, config: &Config) -> std::io::Result<Self> {
 		let info = ConnectionInfo {
 			remote_address: Some(RemoteAddress::Unix(path)),
@@ -42,7 +42,7 @@ impl UnixStreamTransport {
 	/// A connected pair inside one process (or for a parent and the child it forks).
 	pub fn pair(config: &Config) -> std::io::Result<(Self, Self)> {
 		let (a, b) = UnixStream::pair()?;
-		Ok((Self::from_unix(a, config)?, Self::from_unix(b, config)?))
+		Ok((Self::from_socket(a, config)?, Self::from_socket(b, config)?))
 	}
 }
 
@@ -50,7 +50,7 @@ impl Peer<UnixStreamTransport> {
 	/// Connect to a Unix socket path and spawn the peer task.
 	pub async fn connect(path: impl AsRef<Path>, config: &Config) -> Result<(PeerHandle, ConnectionInfo), Error> {
 		let stream = UnixStream::connect(path).await?;
-		let transport = UnixStreamTransport::from_unix(stream, config)?;
+		let transport = UnixStreamTransport::from_socket(stream, config)?;
 		Ok(super::spawn_connected(transport, config))
 	}
 }
@@ -76,7 +76,7 @@ impl Listener<tokio::net::UnixListener> {
 	/// [`serve`](crate::server::serve), for example), unless it is no longer the file this
 	/// listener bound: a newer server's socket at the same path is left alone. A listener made
 	/// with [`Listener::new`] over a socket bound elsewhere leaves its file to whoever bound it.
-	pub async fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
+	pub async fn bind(path: impl AsRef<Path>, config: &Config) -> Result<Self, Error> {
 		let path = path.as_ref();
 		remove_stale_socket(path).await?;
 		Ok(Self::new(tokio::net::UnixListener::bind(path)?, config).remove_on_drop(path))
@@ -88,11 +88,11 @@ impl Listener<tokio::net::UnixListener> {
 	/// directory beside `path` (mode `0o700`), its mode and group set there, then linked to
 	/// `path`. So `path`'s directory must be writable, and `path` short enough to leave about 14
 	/// bytes of the 107 a socket path may have. Connecting peers that ask for this socket's
-	/// address see that temporary path; [`local_path`](Self::local_path) reports `path`.
+	/// address see that temporary path; [`local_addr`](Self::local_addr) reports `path`.
 	pub async fn bind_with_permissions(
 		path: impl AsRef<Path>,
 		permissions: super::SocketPermissions,
-		config: Config,
+		config: &Config,
 	) -> Result<Self, Error> {
 		let path = path.as_ref();
 		remove_stale_socket(path).await?;
@@ -101,8 +101,8 @@ impl Listener<tokio::net::UnixListener> {
 		Ok(Self::new(listener, config).remove_on_drop(path))
 	}
 
-	/// The path this listener is bound to.
-	pub fn local_path(&self) -> Result<Option<PathBuf>, Error> {
+	/// The path this listener is bound to (`None` for an unnamed socket).
+	pub fn local_addr(&self) -> Result<Option<PathBuf>, Error> {
 		if let Some(path) = self.bound_path() {
 			return Ok(Some(path.to_path_buf()));
 		}

@@ -481,14 +481,14 @@ macro_rules! __interface_emit {
 				)*
 			}
 
-			/// A message from the remote, decoded.
+			/// A message from the remote, decoded, over a connection with bodies of type `B`.
 			#[derive(Debug)]
-			pub enum Incoming {
+			pub enum Incoming<B: $crate::typed::TypedBody = $crate::Bytes> {
 				$(
 					$(#[doc = $service_doc])*
 					#[doc = ""]
 					#[doc = concat!("Service id ", stringify!($service_id), ".")]
-					[<$service:camel>]($crate::typed::ReceivedRequest<$service::Service>, $request),
+					[<$service:camel>]($crate::typed::ReceivedRequest<$service::Service, B>, $request),
 				)*
 				$(
 					$(#[doc = $stream_doc])*
@@ -498,26 +498,28 @@ macro_rules! __interface_emit {
 				)*
 				/// Not declared by this interface, or its body did not decode. A request is
 				/// already answered with an error response.
-				Rejected($crate::typed::Rejected),
+				Rejected($crate::typed::Rejected<B>),
 			}
 
-			impl Incoming {
+			impl<B: $crate::typed::TypedBody> Incoming<B> {
 				/// Decode an untyped message. A request that is not declared or does not decode is
 				/// answered with an error response here.
-				pub async fn from_message(message: $crate::ReceivedMessage) -> Self {
+				pub async fn from_message(message: $crate::ReceivedMessage<B>) -> Self {
 					match message {
-						$crate::ReceivedMessage::Request(request, body) => match request.service_id() {
+						#[allow(unused_mut)]
+						$crate::ReceivedMessage::Request(request, mut body) => match request.service_id() {
 							$(
-								$service_id => match $crate::typed::ReceivedRequest::<$service::Service>::accept(request, &body).await {
+								$service_id => match $crate::typed::ReceivedRequest::<$service::Service, B>::accept(request, &mut body).await {
 									Ok((request, value)) => Self::[<$service:camel>](request, value),
 									Err(error) => Self::Rejected($crate::typed::Rejected::undecodable_request($service_id, body, error)),
 								},
 							)*
 							_ => Self::Rejected($crate::typed::Rejected::unknown_request(request, body, stringify!($name)).await),
 						},
-						$crate::ReceivedMessage::Stream(message) => match message.header.service_id {
+						#[allow(unused_mut)]
+						$crate::ReceivedMessage::Stream(mut message) => match message.header.service_id {
 							$(
-								$stream_id => match $crate::typed::decode_stream::<$stream::Stream>(&message) {
+								$stream_id => match $crate::typed::decode_stream::<$stream::Stream, B>(&mut message) {
 									Ok(value) => Self::[<$stream:camel>](value),
 									Err(error) => Self::Rejected($crate::typed::Rejected::stream(message, stringify!($name), Some(error))),
 								},
@@ -528,20 +530,31 @@ macro_rules! __interface_emit {
 				}
 			}
 
-			/// Receives this interface's requests and stream messages from a peer.
+			/// Receives this interface's requests and stream messages from a peer, over a
+			/// connection with bodies of type `B`.
 			#[derive(Debug)]
-			pub struct Server {
-				peer: $crate::PeerReadHandle,
+			pub struct Server<B: $crate::typed::TypedBody = $crate::Bytes> {
+				peer: $crate::PeerReadHandle<B>,
 			}
 
 			impl Server {
-				/// A server receiving from `peer`.
+				/// A server receiving from `peer`, a connection with [`Bytes`]($crate::Bytes)
+				/// bodies (TCP, Unix stream, in-memory); [`from_read_handle`](Self::from_read_handle)
+				/// takes any body type (seqpacket: `UnixBody`).
 				pub fn new(peer: $crate::PeerReadHandle) -> Self {
+					Self { peer }
+				}
+			}
+
+			impl<B: $crate::typed::TypedBody> Server<B> {
+				/// A server receiving from `peer`, over any transport (on seqpacket, typed values
+				/// carry descriptors: see `peerwire::typed::Fd`).
+				pub fn from_read_handle(peer: $crate::PeerReadHandle<B>) -> Self {
 					Self { peer }
 				}
 
 				/// Receive and decode the next message. Fails only when the connection has ended.
-				pub async fn recv(&mut self) -> ::core::result::Result<Incoming, $crate::Error> {
+				pub async fn recv(&mut self) -> ::core::result::Result<Incoming<B>, $crate::Error> {
 					let message = self.peer.recv_message().await?;
 					Ok(Incoming::from_message(message).await)
 				}
@@ -562,8 +575,8 @@ macro_rules! __interface_call {
 		pub async fn $service(
 			&self,
 			request: &$request,
-		) -> ::core::result::Result<$crate::typed::SentRequest<$service::Service>, $crate::Error> {
-			$crate::typed::call::<$service::Service>(&self.peer, request).await
+		) -> ::core::result::Result<$crate::typed::SentRequest<$service::Service, S::Body>, $crate::Error> {
+			$crate::typed::call::<$service::Service, S>(&self.peer, request).await
 		}
 	};
 	(none [$($doc:literal)*] $id:literal $service:ident [$request:ty]) => {
@@ -572,8 +585,8 @@ macro_rules! __interface_call {
 		#[doc = concat!("Service id ", stringify!($id), ", no request body. Returns once the request is queued.")]
 		pub async fn $service(
 			&self,
-		) -> ::core::result::Result<$crate::typed::SentRequest<$service::Service>, $crate::Error> {
-			$crate::typed::call::<$service::Service>(&self.peer, &()).await
+		) -> ::core::result::Result<$crate::typed::SentRequest<$service::Service, S::Body>, $crate::Error> {
+			$crate::typed::call::<$service::Service, S>(&self.peer, &()).await
 		}
 	};
 }

@@ -74,6 +74,14 @@
 //! # fn main() {}
 //! ```
 
+//!
+//! # Descriptors on seqpacket
+//!
+//! Over a Unix seqpacket connection (bodies of type [`UnixBody`](crate::UnixBody)), a typed
+//! value can hold file descriptors: put an [`Fd`] in a request, response or stream message type.
+//! The generated `Client` takes a seqpacket [`PeerWriteHandle`](crate::PeerWriteHandle) or a
+//! `Reconnecting<UnixBody>`, and `Server::from_read_handle` a seqpacket read handle.
+
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -86,11 +94,13 @@ use crate::error::{BoxError, Error};
 use crate::handle::{ReceivedRequestHandle, SentRequestHandle};
 use crate::message::{Message, MessageType, SERVICE_ID_ERROR};
 
+mod body;
 mod format;
 #[doc(hidden)]
 pub mod macros;
 mod sender;
 
+pub use body::{Fd, TypedBody};
 #[cfg(feature = "json")]
 pub use format::Json;
 #[cfg(feature = "msgpack")]
@@ -357,17 +367,34 @@ pub struct StreamInfo {
 	pub body: &'static str,
 }
 
-fn encode<F: Format, T: Serialize + ?Sized>(value: &T, what: impl FnOnce() -> String) -> Result<Bytes, Error> {
-	encode_body::<F, _>(value).map_err(|source| Error::encode(what(), source))
+fn encode<F: Format, T: Serialize + ?Sized, B: TypedBody>(
+	value: &T,
+	what: impl FnOnce() -> String,
+) -> Result<B, Error> {
+	body::encode_into(|| encode_body::<F, _>(value)).map_err(|source| Error::encode(what(), source))
 }
 
-fn decode<F: Format, T: DeserializeOwned>(body: &[u8], what: impl FnOnce() -> String) -> Result<T, Error> {
-	decode_body::<F, _>(body).map_err(|source| Error::decode(what(), source))
+fn decode<F: Format, T: DeserializeOwned, B: TypedBody>(
+	body: &mut B,
+	what: impl FnOnce() -> String,
+) -> Result<T, Error> {
+	body::decode_from(body, decode_body::<F, _>).map_err(|source| Error::decode(what(), source))
 }
 
-fn decode_update<S: Service, U: UpdateSet>(message: &Message, side: &str) -> Result<U, Error> {
+/// Encode an update: its id and its body.
+fn encode_update<F: Format, U: UpdateSet, B: TypedBody>(update: &U) -> Result<(i32, B), BoxError> {
+	let mut id = 0;
+	let body = body::encode_into(|| {
+		let (update_id, bytes) = update.encode::<F>()?;
+		id = update_id;
+		Ok(bytes)
+	})?;
+	Ok((id, body))
+}
+
+fn decode_update<S: Service, U: UpdateSet, B: TypedBody>(message: &mut Message<B>, side: &str) -> Result<U, Error> {
 	let id = message.header.service_id;
-	U::decode::<S::Format>(id, &message.body).map_err(|error| {
+	body::decode_from(&mut message.body, |bytes| U::decode::<S::Format>(id, bytes)).map_err(|error| {
 		let what = format!("{side} update {id} of service `{}` ({})", S::NAME, S::ID);
 		match error {
 			UpdateDecodeError::UnknownId => Error::unknown_service(what),
@@ -377,32 +404,32 @@ fn decode_update<S: Service, U: UpdateSet>(message: &Message, side: &str) -> Res
 }
 
 /// Open a request for service `S`; returns once it is queued.
-pub async fn call<S: Service>(peer: &impl Sender, request: &S::Request) -> Result<SentRequest<S>, Error> {
-	let body = encode::<S::Format, _>(request, || format!("request of service `{}` ({})", S::NAME, S::ID))?;
+pub async fn call<S: Service, P: Sender>(peer: &P, request: &S::Request) -> Result<SentRequest<S, P::Body>, Error> {
+	let body = encode::<S::Format, _, _>(request, || format!("request of service `{}` ({})", S::NAME, S::ID))?;
 	let inner = peer.send_request(S::ID, body).await?;
 	Ok(SentRequest { inner, _service: PhantomData })
 }
 
 /// Send a stream message `T`; returns once it is queued.
 pub async fn send_stream<T: StreamMessage>(peer: &impl Sender, body: &T::Body) -> Result<(), Error> {
-	let body = encode::<T::Format, _>(body, || format!("stream message `{}` ({})", T::NAME, T::ID))?;
+	let body = encode::<T::Format, _, _>(body, || format!("stream message `{}` ({})", T::NAME, T::ID))?;
 	peer.send_stream(T::ID, body).await
 }
 
-/// Decode a stream message's body as `T`.
-pub fn decode_stream<T: StreamMessage>(message: &Message) -> Result<T::Body, Error> {
-	decode::<T::Format, _>(&message.body, || format!("stream message `{}` ({})", T::NAME, T::ID))
+/// Decode a stream message's body as `T`, taking the descriptors of its [`Fd`]s out of it.
+pub fn decode_stream<T: StreamMessage, B: TypedBody>(message: &mut Message<B>) -> Result<T::Body, Error> {
+	decode::<T::Format, _, _>(&mut message.body, || format!("stream message `{}` ({})", T::NAME, T::ID))
 }
 
 /// A typed [`SentRequestHandle`]: send `S::RequesterUpdate`s, receive `S::ResponderUpdate`s and
-/// the `S::Response`.
+/// the `S::Response`, over a connection with bodies of type `B`.
 #[derive(Debug)]
-pub struct SentRequest<S: Service> {
-	inner: SentRequestHandle,
+pub struct SentRequest<S: Service, B: TypedBody = Bytes> {
+	inner: SentRequestHandle<B>,
 	_service: PhantomData<fn() -> S>,
 }
 
-impl<S: Service> SentRequest<S> {
+impl<S: Service, B: TypedBody> SentRequest<S, B> {
 	/// The request id.
 	pub fn request_id(&self) -> u32 {
 		self.inner.request_id()
@@ -410,8 +437,7 @@ impl<S: Service> SentRequest<S> {
 
 	/// Send a requester update.
 	pub async fn send_update(&self, update: &S::RequesterUpdate) -> Result<(), Error> {
-		let (id, body) = update
-			.encode::<S::Format>()
+		let (id, body) = encode_update::<S::Format, _, B>(update)
 			.map_err(|source| Error::encode(format!("requester update of service `{}`", S::NAME), source))?;
 		self.inner.send_update(id, body).await
 	}
@@ -423,7 +449,7 @@ impl<S: Service> SentRequest<S> {
 	/// for an undeclared update id) for this update only; the request stays open.
 	pub async fn recv_update(&mut self) -> Result<Option<S::ResponderUpdate>, Error> {
 		match self.inner.recv_update().await? {
-			Some(message) => decode_update::<S, _>(&message, "responder").map(Some),
+			Some(mut message) => decode_update::<S, _, _>(&mut message, "responder").map(Some),
 			None => Ok(None),
 		}
 	}
@@ -445,15 +471,16 @@ impl<S: Service> SentRequest<S> {
 		Self::decode_response(response)
 	}
 
-	fn decode_response(response: Message) -> Result<S::Response, CallError<S>> {
+	fn decode_response(mut response: Message<B>) -> Result<S::Response, CallError<S>> {
 		if response.is_error_response() {
-			return Err(<S::ErrorResponse as ErrorSpec>::call_error::<S>(&response.body));
+			return Err(<S::ErrorResponse as ErrorSpec>::call_error::<S>(response.body.as_bytes()));
 		}
-		Ok(decode::<S::Format, _>(&response.body, || format!("response of service `{}` ({})", S::NAME, S::ID))?)
+		let what = || format!("response of service `{}` ({})", S::NAME, S::ID);
+		Ok(decode::<S::Format, _, _>(&mut response.body, what)?)
 	}
 
 	/// The untyped handle.
-	pub fn into_inner(self) -> SentRequestHandle {
+	pub fn into_inner(self) -> SentRequestHandle<B> {
 		self.inner
 	}
 }
@@ -462,16 +489,17 @@ impl<S: Service> SentRequest<S> {
 /// and the `S::Response`. Dropped unanswered, it answers with an error response like the handle
 /// it wraps.
 #[derive(Debug)]
-pub struct ReceivedRequest<S: Service> {
-	inner: ReceivedRequestHandle,
+pub struct ReceivedRequest<S: Service, B: TypedBody = Bytes> {
+	inner: ReceivedRequestHandle<B>,
 	_service: PhantomData<fn() -> S>,
 }
 
-impl<S: Service> ReceivedRequest<S> {
-	/// Wrap a received request of service `S` and decode its body. A body that does not decode
-	/// is answered with an error response naming the service, and returned as the error.
-	pub async fn accept(request: ReceivedRequestHandle, body: &[u8]) -> Result<(Self, S::Request), Error> {
-		match decode::<S::Format, _>(body, || format!("request of service `{}` ({})", S::NAME, S::ID)) {
+impl<S: Service, B: TypedBody> ReceivedRequest<S, B> {
+	/// Wrap a received request of service `S` and decode its body (taking the descriptors of its
+	/// [`Fd`]s out of it). A body that does not decode is answered with an error response naming
+	/// the service, and returned as the error.
+	pub async fn accept(request: ReceivedRequestHandle<B>, body: &mut B) -> Result<(Self, S::Request), Error> {
+		match decode::<S::Format, _, _>(body, || format!("request of service `{}` ({})", S::NAME, S::ID)) {
 			Ok(value) => Ok((Self { inner: request, _service: PhantomData }, value)),
 			Err(error) => {
 				let _ = request.send_error_response(&error.to_string()).await;
@@ -488,22 +516,21 @@ impl<S: Service> ReceivedRequest<S> {
 	/// Receive the next requester update; `Ok(None)` once the response is sent.
 	pub async fn recv_update(&mut self) -> Result<Option<S::RequesterUpdate>, Error> {
 		match self.inner.recv_update().await? {
-			Some(message) => decode_update::<S, _>(&message, "requester").map(Some),
+			Some(mut message) => decode_update::<S, _, _>(&mut message, "requester").map(Some),
 			None => Ok(None),
 		}
 	}
 
 	/// Send a responder update.
 	pub async fn send_update(&self, update: &S::ResponderUpdate) -> Result<(), Error> {
-		let (id, body) = update
-			.encode::<S::Format>()
+		let (id, body) = encode_update::<S::Format, _, B>(update)
 			.map_err(|source| Error::encode(format!("responder update of service `{}`", S::NAME), source))?;
 		self.inner.send_update(id, body).await
 	}
 
 	/// Send the response, closing the request.
 	pub async fn send_response(&self, response: &S::Response) -> Result<(), Error> {
-		let body = encode::<S::Format, _>(response, || format!("response of service `{}` ({})", S::NAME, S::ID))?;
+		let body = encode::<S::Format, _, B>(response, || format!("response of service `{}` ({})", S::NAME, S::ID))?;
 		self.inner.send_response(0, body).await
 	}
 
@@ -511,7 +538,7 @@ impl<S: Service> ReceivedRequest<S> {
 	/// error type, a value of the declared type for a service declared with `error E` (encoded
 	/// in the interface's format).
 	pub async fn send_error(&self, error: &<S::ErrorResponse as ErrorSpec>::Value) -> Result<(), Error> {
-		let body = <S::ErrorResponse as ErrorSpec>::encode::<S::Format>(error)
+		let body = body::encode_into::<B>(|| <S::ErrorResponse as ErrorSpec>::encode::<S::Format>(error))
 			.map_err(|source| Error::encode(format!("error response of service `{}` ({})", S::NAME, S::ID), source))?;
 		self.inner.send_response(SERVICE_ID_ERROR, body).await
 	}
@@ -524,7 +551,7 @@ impl<S: Service> ReceivedRequest<S> {
 	}
 
 	/// The untyped handle.
-	pub fn into_inner(self) -> ReceivedRequestHandle {
+	pub fn into_inner(self) -> ReceivedRequestHandle<B> {
 		self.inner
 	}
 }
@@ -533,21 +560,21 @@ impl<S: Service> ReceivedRequest<S> {
 /// stream for an undeclared service, or one whose body did not decode. Requests among them have
 /// already been answered with an error response.
 #[derive(Debug)]
-pub struct Rejected {
+pub struct Rejected<B: TypedBody = Bytes> {
 	/// Request or stream.
 	pub message_type: MessageType,
 	/// The service id the remote used.
 	pub service_id: i32,
-	/// The body as received.
-	pub body: Bytes,
+	/// The body as received (less any descriptors a failed decode took out of it).
+	pub body: B,
 	/// Why it was rejected (kind [`UnknownService`](crate::ErrorKind::UnknownService) or
 	/// [`Decode`](crate::ErrorKind::Decode)).
 	pub error: Error,
 }
 
-impl Rejected {
+impl<B: TypedBody> Rejected<B> {
 	/// Answer a request for an undeclared service with an error response, and describe it.
-	pub async fn unknown_request(request: ReceivedRequestHandle, body: Bytes, interface: &str) -> Self {
+	pub async fn unknown_request(request: ReceivedRequestHandle<B>, body: B, interface: &str) -> Self {
 		let service_id = request.service_id();
 		let error = Error::unknown_service(format!("service {service_id} of interface `{interface}`"));
 		let _ = request.send_error_response(&error.to_string()).await;
@@ -555,12 +582,12 @@ impl Rejected {
 	}
 
 	/// A request whose body failed to decode (already answered by [`ReceivedRequest::accept`]).
-	pub fn undecodable_request(service_id: i32, body: Bytes, error: Error) -> Self {
+	pub fn undecodable_request(service_id: i32, body: B, error: Error) -> Self {
 		Self { message_type: MessageType::Request, service_id, body, error }
 	}
 
 	/// A stream message that is not declared or did not decode.
-	pub fn stream(message: Message, interface: &str, error: Option<Error>) -> Self {
+	pub fn stream(message: Message<B>, interface: &str, error: Option<Error>) -> Self {
 		let service_id = message.header.service_id;
 		let error =
 			error.unwrap_or_else(|| Error::unknown_service(format!("stream {service_id} of interface `{interface}`")));

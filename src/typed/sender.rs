@@ -2,20 +2,22 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
-
+use super::TypedBody;
 use crate::error::Error;
 use crate::handle::{PeerWriteHandle, SentRequestHandle};
+use crate::message::CloneBody;
 use crate::reconnect::Reconnecting;
 
 mod sealed {
 	pub trait Sealed {}
-	impl Sealed for crate::PeerWriteHandle {}
-	impl Sealed for crate::Reconnecting {}
+	impl<B: super::TypedBody> Sealed for crate::PeerWriteHandle<B> {}
+	impl<B: super::TypedBody + crate::message::CloneBody> Sealed for crate::Reconnecting<B> {}
 }
 
 /// Where a typed `Client` sends: a [`PeerWriteHandle`] (one connection) or a [`Reconnecting`]
-/// client (whichever connection is live, reconnecting as needed).
+/// client (whichever connection is live, reconnecting as needed), over any transport whose body
+/// is a [`TypedBody`] (on seqpacket, typed values carry descriptors: see
+/// [`Fd`](super::Fd)).
 ///
 /// Through a `Reconnecting` client, a request or stream message that could not be queued
 /// because the connection had ended is sent once more on a new connection (it never reached
@@ -23,15 +25,18 @@ mod sealed {
 ///
 /// Sealed: the typed layer may add methods.
 pub trait Sender: sealed::Sealed + Clone + Send + Sync + 'static {
+	/// The body type of the connection.
+	type Body: TypedBody;
+
 	/// Open a request; returns once it is queued.
 	fn send_request(
 		&self,
 		service_id: i32,
-		body: Bytes,
-	) -> impl Future<Output = Result<SentRequestHandle, Error>> + Send;
+		body: Self::Body,
+	) -> impl Future<Output = Result<SentRequestHandle<Self::Body>, Error>> + Send;
 
 	/// Send a stream message; returns once it is queued.
-	fn send_stream(&self, service_id: i32, body: Bytes) -> impl Future<Output = Result<(), Error>> + Send;
+	fn send_stream(&self, service_id: i32, body: Self::Body) -> impl Future<Output = Result<(), Error>> + Send;
 
 	/// Wait until everything queued before has been written to the transport.
 	fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send;
@@ -43,12 +48,14 @@ pub trait Sender: sealed::Sealed + Clone + Send + Sync + 'static {
 	fn closed(&self) -> impl Future<Output = ()> + Send;
 }
 
-impl Sender for PeerWriteHandle {
-	async fn send_request(&self, service_id: i32, body: Bytes) -> Result<SentRequestHandle, Error> {
+impl<B: TypedBody> Sender for PeerWriteHandle<B> {
+	type Body = B;
+
+	async fn send_request(&self, service_id: i32, body: B) -> Result<SentRequestHandle<B>, Error> {
 		PeerWriteHandle::send_request(self, service_id, body).await
 	}
 
-	async fn send_stream(&self, service_id: i32, body: Bytes) -> Result<(), Error> {
+	async fn send_stream(&self, service_id: i32, body: B) -> Result<(), Error> {
 		PeerWriteHandle::send_stream(self, service_id, body).await
 	}
 
@@ -65,12 +72,14 @@ impl Sender for PeerWriteHandle {
 	}
 }
 
-impl Sender for Reconnecting {
-	async fn send_request(&self, service_id: i32, body: Bytes) -> Result<SentRequestHandle, Error> {
+impl<B: TypedBody + CloneBody> Sender for Reconnecting<B> {
+	type Body = B;
+
+	async fn send_request(&self, service_id: i32, body: B) -> Result<SentRequestHandle<B>, Error> {
 		Reconnecting::send_request(self, service_id, body).await
 	}
 
-	async fn send_stream(&self, service_id: i32, body: Bytes) -> Result<(), Error> {
+	async fn send_stream(&self, service_id: i32, body: B) -> Result<(), Error> {
 		Reconnecting::send_stream(self, service_id, body).await
 	}
 

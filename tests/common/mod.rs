@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod raw;
+#[cfg(feature = "unix-seqpacket")]
+pub mod seqpacket;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -23,7 +25,20 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Await `future`, failing the test if it takes longer than [`WAIT`].
 pub async fn within<F: Future>(future: F) -> F::Output {
-	tokio::time::timeout(WAIT, future).await.expect("timed out")
+	within_for(WAIT, future).await
+}
+
+/// Await `future`, failing the test if it takes longer than `limit`.
+pub async fn within_for<F: Future>(limit: Duration, future: F) -> F::Output {
+	tokio::time::timeout(limit, future).await.expect("timed out")
+}
+
+/// Await `future`, failing the test with `what` if it takes longer than [`WAIT`].
+pub async fn within_named<T>(what: &str, future: impl Future<Output = T>) -> T {
+	match tokio::time::timeout(WAIT, future).await {
+		Ok(output) => output,
+		Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+	}
 }
 
 /// A fresh socket path in the temp directory.
@@ -33,11 +48,19 @@ pub fn socket_path(name: &str) -> PathBuf {
 	std::env::temp_dir().join(format!("peerwire-{name}-{}-{n}.sock", std::process::id()))
 }
 
+/// A fresh file in the temp directory, open for reading and writing, already unlinked.
+pub fn temp_file(name: &str) -> std::fs::File {
+	let path = socket_path(name);
+	let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+	std::fs::remove_file(&path).unwrap();
+	file
+}
+
 /// A connected (client, server) pair over `kind`, and what each side knows of the other.
 pub async fn connected_with(kind: Kind, config: Config) -> (PeerHandle, PeerHandle, ConnectionInfo, ConnectionInfo) {
 	match kind {
 		Kind::Tcp => {
-			let mut listener = TcpListener::bind("127.0.0.1:0", config.clone()).await.unwrap();
+			let mut listener = TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
 			let address = listener.local_addr().unwrap();
 			let (client, server) = tokio::join!(TcpPeer::connect(address, &config), listener.accept());
 			let (client, client_info) = client.unwrap();
@@ -46,7 +69,7 @@ pub async fn connected_with(kind: Kind, config: Config) -> (PeerHandle, PeerHand
 		},
 		Kind::Unix => {
 			let path = socket_path("pair");
-			let mut listener = UnixStreamListener::bind(&path, config.clone()).await.unwrap();
+			let mut listener = UnixStreamListener::bind(&path, &config).await.unwrap();
 			let (client, server) = tokio::join!(UnixStreamPeer::connect(&path, &config), listener.accept());
 			let _ = std::fs::remove_file(&path);
 			let (client, client_info) = client.unwrap();

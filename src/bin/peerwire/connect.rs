@@ -38,7 +38,7 @@ impl CliBody for UnixBody {
 		let fds = fds.iter().map(OwnedFd::try_clone).collect::<io::Result<Vec<_>>>();
 		let fds = fds
 			.map_err(|error| Failure::usage(format!("cannot duplicate a --fd descriptor: {}", describe_io(&error))))?;
-		Ok(UnixBody::with_fds(bytes, fds))
+		Ok(UnixBody::new(bytes, fds))
 	}
 }
 

@@ -1,11 +1,11 @@
 //! `peerwire listen`: accept connections, print every message received, answer requests.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use peerwire::CancellationToken;
 use peerwire::transport::SocketPermissions;
 use peerwire::{
 	Acceptor, ConnectionInfo, Listener, Message, MessageHeader, MessageType, PeerHandle, ReceivedMessage, TcpListener,
@@ -39,8 +39,7 @@ impl Answers {
 }
 
 pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
-	let config =
-		peerwire::Config { frame_timeout: args.frame_timeout, idle_timeout: args.idle_timeout, ..global.config() };
+	let config = global.config().with_frame_timeout(args.frame_timeout).with_idle_timeout(args.idle_timeout);
 	let limit = args.max_connections;
 	let printer = Printer::new(global.json, Some(args.preview));
 	let answers = Arc::new(Answers::load(&args)?);
@@ -59,39 +58,39 @@ pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 			if permissions.is_some() {
 				return Err(unix_only("--mode"));
 			}
-			let mut listener = TcpListener::bind(host_port.as_str(), config).await.map_err(cannot)?;
+			let mut listener = TcpListener::bind(host_port.as_str(), &config).await.map_err(cannot)?;
 			listener.set_max_connections(limit);
 			// Port 0 becomes a real port: say which.
 			let local = listener.local_addr().map_err(cannot)?;
-			serve(listener, &format!("tcp://{local}"), None, check, answers, printer).await
+			serve(listener, &format!("tcp://{local}"), check, answers, printer).await
 		},
 		Address::Tls(host_port) => {
 			if permissions.is_some() {
 				return Err(unix_only("--mode"));
 			}
 			let tls = server_tls(global)?;
-			let mut listener = TlsListener::bind(host_port.as_str(), tls, config).await.map_err(cannot)?;
+			let mut listener = TlsListener::bind(host_port.as_str(), tls, &config).await.map_err(cannot)?;
 			listener.set_max_connections(limit);
 			let local = listener.local_addr().map_err(cannot)?;
-			serve(listener, &format!("tls://{local}"), None, check, answers, printer).await
+			serve(listener, &format!("tls://{local}"), check, answers, printer).await
 		},
 		Address::Unix(path) => {
 			let mut listener = match permissions {
-				Some(permissions) => UnixStreamListener::bind_with_permissions(path, permissions, config).await,
-				None => UnixStreamListener::bind(path, config).await,
+				Some(permissions) => UnixStreamListener::bind_with_permissions(path, permissions, &config).await,
+				None => UnixStreamListener::bind(path, &config).await,
 			}
 			.map_err(cannot)?;
 			listener.set_max_connections(limit);
-			serve(listener, &args.address.to_string(), Some(path.clone()), check, answers, printer).await
+			serve(listener, &args.address.to_string(), check, answers, printer).await
 		},
 		Address::Seqpacket(path) => {
 			let mut listener = match permissions {
-				Some(permissions) => UnixSeqpacketListener::bind_with_permissions(path, permissions, config).await,
-				None => UnixSeqpacketListener::bind(path, config).await,
+				Some(permissions) => UnixSeqpacketListener::bind_with_permissions(path, permissions, &config).await,
+				None => UnixSeqpacketListener::bind(path, &config).await,
 			}
 			.map_err(cannot)?;
 			listener.set_max_connections(limit);
-			serve(listener, &args.address.to_string(), Some(path.clone()), check, answers, printer).await
+			serve(listener, &args.address.to_string(), check, answers, printer).await
 		},
 	}
 }
@@ -194,11 +193,10 @@ fn connection_fields(info: &ConnectionInfo) -> Vec<(&'static str, serde_json::Va
 	fields
 }
 
-/// Accept until interrupted; `socket_file` is removed on the way out.
+/// Accept until interrupted. The listener removes its socket file when it is dropped.
 async fn serve<A>(
 	mut listener: Listener<A>,
 	address: &str,
-	socket_file: Option<PathBuf>,
 	check: Option<Check>,
 	answers: Arc<Answers>,
 	printer: Printer,
@@ -211,28 +209,24 @@ where
 		listener.set_admission(check);
 	}
 	printer.event("listening", None, &[("address", json!(address))]);
-	let shutdown = shutdown_signal();
-	tokio::pin!(shutdown);
+	let shutdown = shutdown_token();
 	let mut connections = 0u64;
-	loop {
-		tokio::select! {
-			accepted = listener.accept() => match accepted {
-				Ok((peer, info)) => {
-					connections += 1;
-					let conn = connections;
-					printer.event("connected", Some(conn), &connection_fields(&info));
-					tokio::spawn(connection(conn, peer, answers.clone(), printer));
-				},
-				// The listening socket failed in a way waiting does not cure; the listener waits
-				// before its next try, so this is printed at most once a second.
-				Err(error) => eprintln!("peerwire: accepting a connection on {address}: {}", describe(&error)),
-			},
-			() = &mut shutdown => break,
+	let token = shutdown.clone();
+	// The library's accept loop: failed connections skipped, the listener's own failures waited out.
+	peerwire::server::serve_with(listener, shutdown, |peer, info| {
+		connections += 1;
+		let conn = connections;
+		printer.event("connected", Some(conn), &connection_fields(&info));
+		let (token, answers) = (token.clone(), answers.clone());
+		async move {
+			// Interrupted: the connection closes as the process exits.
+			tokio::select! {
+				() = connection(conn, peer, answers, printer) => {},
+				() = token.cancelled() => {},
+			}
 		}
-	}
-	if let Some(path) = socket_file {
-		let _ = std::fs::remove_file(path);
-	}
+	})
+	.await;
 	Ok(())
 }
 
@@ -299,8 +293,19 @@ fn print_message<B: CliBody>(printer: &Printer, conn: u64, header: MessageHeader
 	});
 }
 
-/// Resolves on Ctrl-C or SIGTERM, so that socket files are cleaned up.
-pub async fn shutdown_signal() {
+/// Cancelled on Ctrl-C or SIGTERM, so that accept loops end and socket files are cleaned up.
+pub fn shutdown_token() -> CancellationToken {
+	let shutdown = CancellationToken::new();
+	let interrupted = shutdown.clone();
+	tokio::spawn(async move {
+		shutdown_signal().await;
+		interrupted.cancel();
+	});
+	shutdown
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
 	let terminate = async {
 		match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
 			Ok(mut signal) => {

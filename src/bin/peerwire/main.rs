@@ -148,12 +148,10 @@ impl Global {
 			EndianArg::Big => peerwire::codec::Endian::Big,
 			EndianArg::Native => peerwire::codec::Endian::Native,
 		};
-		peerwire::Config {
-			endian,
-			max_body_len_read: self.max_body,
-			max_body_len_write: self.max_body,
-			..Default::default()
-		}
+		peerwire::Config::default()
+			.with_endian(endian)
+			.with_max_body_len_read(self.max_body)
+			.with_max_body_len_write(self.max_body)
 	}
 }
 

@@ -7,12 +7,13 @@
 //! with body sizes on byte streams.
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
+use peerwire::__plumbing::{SocketFile, raise_send_buffer, remove_stale_socket};
 use peerwire::codec::Endian;
+use peerwire::message::HEADER_LEN;
 use peerwire::{AcceptError, AcceptRetry};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,7 +21,7 @@ use tokio_seqpacket::UnixSeqpacket;
 
 use crate::address::Address;
 use crate::failure::{Failure, describe_io};
-use crate::listen::shutdown_signal;
+use crate::listen::shutdown_token;
 use crate::output::{Direction, Printer};
 use crate::{Global, TapArgs};
 
@@ -138,15 +139,15 @@ pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
 			(RawListener::Tcp(listener), format!("tcp://{local}"), None)
 		},
 		Address::Unix(path) => {
-			remove_stale_socket(path, false).await.map_err(cannot)?;
+			remove_stale_socket(path).await.map_err(cannot)?;
 			let listener = tokio::net::UnixListener::bind(path).map_err(cannot)?;
-			(RawListener::Unix(listener), args.listen.to_string(), Some(path.clone()))
+			(RawListener::Unix(listener), args.listen.to_string(), SocketFile::bound(path))
 		},
 		Address::Tls(_) => unreachable!("refused above"),
 		Address::Seqpacket(path) => {
-			remove_stale_socket(path, true).await.map_err(cannot)?;
+			remove_stale_socket(path).await.map_err(cannot)?;
 			let listener = tokio_seqpacket::UnixSeqpacketListener::bind(path).map_err(cannot)?;
-			(RawListener::Seqpacket(listener), args.listen.to_string(), Some(path.clone()))
+			(RawListener::Seqpacket(listener), args.listen.to_string(), SocketFile::bound(path))
 		},
 	};
 	let mut listener = listener;
@@ -162,28 +163,24 @@ pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
 	let fields = [("address", json!(listening)), ("upstream", json!(args.upstream.to_string()))];
 	printer.event("listening", None, &fields);
 
-	let shutdown = shutdown_signal();
-	tokio::pin!(shutdown);
+	let shutdown = shutdown_token();
 	let mut connections = 0u64;
-	// The library's accept policy: skip failed connections, wait out running out of descriptors.
+	// The library's accept loop: skip failed connections, wait out running out of descriptors.
 	let mut retry = AcceptRetry::new();
-	loop {
-		tokio::select! {
-			accepted = retry.accept(|cx| listener.poll_accept(cx)) => match accepted {
-				Ok(client) => {
-					connections += 1;
-					tokio::spawn(relay(tap.clone(), connections, client));
-				},
-				// The listening socket failed in a way waiting does not cure; `retry` waits before
-				// the next try, so this is printed at most once a second.
-				Err(error) => eprintln!("peerwire: accepting a connection on {listening}: {}", describe_io(&error)),
+	while let Some(accepted) = retry.accept_until(&shutdown, |cx| listener.poll_accept(cx)).await {
+		match accepted {
+			Ok(client) => {
+				connections += 1;
+				tokio::spawn(relay(tap.clone(), connections, client));
 			},
-			() = &mut shutdown => break,
+			// The listening socket failed in a way waiting does not cure; `retry` waits before the
+			// next try, so this is printed at most once a second.
+			Err(error) => eprintln!("peerwire: accepting a connection on {listening}: {}", describe_io(&error)),
 		}
 	}
-	if let Some(path) = socket_file {
-		let _ = std::fs::remove_file(path);
-	}
+	// The socket file goes before the socket closes, and only if it is still this tap's own.
+	drop(socket_file);
+	drop(listener);
 	Ok(())
 }
 
@@ -221,8 +218,11 @@ async fn relay(tap: Arc<Tap>, conn: u64, client: Client) {
 				Err(error) => return upstream_failed(error),
 			};
 			// The peers raised their buffers for the datagrams they send; the tap sends them too.
-			datagram::raise_send_buffer(&client, tap.max_body_len);
-			datagram::raise_send_buffer(&upstream, tap.max_body_len);
+			// Best effort: a datagram over what the system allows ends the connection with
+			// "message too large".
+			for socket in [&client, &upstream] {
+				let _ = raise_send_buffer(socket, HEADER_LEN.saturating_add(tap.max_body_len));
+			}
 			let c2s = datagram::pump(&tap, conn, Direction::ClientToServer, &client, &upstream, &to_server);
 			let s2c = datagram::pump(&tap, conn, Direction::ServerToClient, &upstream, &client, &to_client);
 			both(c2s, s2c).await
@@ -253,26 +253,4 @@ async fn both(
 		}
 	}
 	None
-}
-
-/// Remove a socket file at `path` that no process listens on any more (a tap or server that
-/// was killed), so that binding works again; a live one is left alone and bind reports it.
-async fn remove_stale_socket(path: &Path, seqpacket: bool) -> io::Result<()> {
-	use std::os::unix::fs::FileTypeExt;
-	let is_socket = std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket());
-	if !is_socket {
-		return Ok(());
-	}
-	let probe = if seqpacket {
-		UnixSeqpacket::connect(path).await.map(drop)
-	} else {
-		tokio::net::UnixStream::connect(path).await.map(drop)
-	};
-	match probe {
-		Ok(()) => {
-			Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by a running server", path.display())))
-		},
-		Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
-		Err(_) => Ok(()),
-	}
 }

@@ -1,9 +1,10 @@
-//! Open-request bookkeeping for both directions: pure data structures, no I/O.
+//! The id tables of open requests, both directions: which request each id of the wire names.
 //!
 //! Sent and received requests are separate id spaces. Ids of sent requests are allocated here in
 //! constant time; ids of received requests are chosen by the remote and only recorded.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::collections::VecDeque;
 
 /// A token that tells two openings of the same id apart, so that a late close by an old handle
@@ -37,11 +38,6 @@ impl<T> SentTable<T> {
 	pub fn new(limit: usize) -> Self {
 		let limit = limit.clamp(1, 1 << 31) as u32;
 		Self { slots: Vec::new(), free: VecDeque::new(), limit, next_serial: 0, open: 0 }
-	}
-
-	/// The most requests that can be open at once.
-	pub fn limit(&self) -> usize {
-		self.limit as usize
 	}
 
 	/// How many requests are open.
@@ -83,11 +79,6 @@ impl<T> SentTable<T> {
 	/// The value of open request `id`.
 	pub fn get(&self, id: u32) -> Option<&T> {
 		self.slot(id)?.entry.as_ref().map(|(_, value)| value)
-	}
-
-	/// Whether request `id` is open as the opening identified by `serial`.
-	pub fn is_open(&self, id: u32, serial: Serial) -> bool {
-		self.slot(id).and_then(|slot| slot.entry.as_ref()).is_some_and(|(open, _)| *open == serial)
 	}
 
 	/// Close request `id` (when its response arrives).
@@ -132,10 +123,56 @@ pub enum OpenError {
 	Full,
 }
 
+/// A hash of request ids, keyed per table: a multiply-xorshift of the id and a random key, a few
+/// instructions where SipHash takes about a hundred. The remote chooses the ids, so the key is
+/// random (from std's `RandomState`) and unknown to it: it cannot pick ids that collide.
+#[derive(Clone, Copy)]
+pub struct IdHash {
+	key: u64,
+}
+
+impl IdHash {
+	fn new() -> Self {
+		// An odd multiplier keeps the map from ids to hashes one-to-one.
+		Self { key: std::collections::hash_map::RandomState::new().hash_one(0x7065_6572_7769_7265_u64) | 1 }
+	}
+}
+
+impl BuildHasher for IdHash {
+	type Hasher = IdHasher;
+
+	fn build_hasher(&self) -> IdHasher {
+		IdHasher { key: self.key, hash: 0 }
+	}
+}
+
+/// The hasher of [`IdHash`]; for `u32` keys only (anything else is folded in byte by byte).
+pub struct IdHasher {
+	key: u64,
+	hash: u64,
+}
+
+impl Hasher for IdHasher {
+	fn write(&mut self, bytes: &[u8]) {
+		for &byte in bytes {
+			self.write_u32(u32::from(byte));
+		}
+	}
+
+	fn write_u32(&mut self, id: u32) {
+		let mixed = (self.hash ^ u64::from(id) ^ self.key.rotate_left(32)).wrapping_mul(self.key);
+		self.hash = mixed ^ (mixed >> 29);
+	}
+
+	fn finish(&self) -> u64 {
+		self.hash
+	}
+}
+
 /// Requests received from the remote, keyed by the id the remote chose.
 #[derive(Debug)]
 pub struct ReceivedTable<T> {
-	open: HashMap<u32, (Serial, T)>,
+	open: HashMap<u32, (Serial, T), IdHash>,
 	limit: usize,
 	next_serial: Serial,
 }
@@ -143,7 +180,7 @@ pub struct ReceivedTable<T> {
 impl<T> ReceivedTable<T> {
 	/// A table with room for `limit` open requests.
 	pub fn new(limit: usize) -> Self {
-		Self { open: HashMap::new(), limit: limit.max(1), next_serial: 0 }
+		Self { open: HashMap::with_hasher(IdHash::new()), limit: limit.max(1), next_serial: 0 }
 	}
 
 	/// How many requests are open.
@@ -154,6 +191,17 @@ impl<T> ReceivedTable<T> {
 	/// Whether no request is open.
 	pub fn is_empty(&self) -> bool {
 		self.open.is_empty()
+	}
+
+	/// Whether a request with id `id` could be opened now.
+	pub fn check(&self, id: u32) -> Result<(), OpenError> {
+		if self.open.contains_key(&id) {
+			Err(OpenError::Duplicate)
+		} else if self.open.len() >= self.limit {
+			Err(OpenError::Full)
+		} else {
+			Ok(())
+		}
 	}
 
 	/// Record a request the remote opened.
@@ -181,11 +229,6 @@ impl<T> ReceivedTable<T> {
 			Some((open_serial, _)) if *open_serial == serial => self.open.remove(&id).map(|(_, value)| value),
 			_ => None,
 		}
-	}
-
-	/// Close every request, returning their values.
-	pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
-		self.open.drain().map(|(_, (_, value))| value)
 	}
 }
 
@@ -278,7 +321,7 @@ mod tests {
 	}
 
 	#[test]
-	fn drain_empties_both_tables() {
+	fn drain_empties_the_table() {
 		let mut sent = SentTable::new(4);
 		sent.insert(1).unwrap();
 		sent.insert(2).unwrap();
@@ -286,9 +329,5 @@ mod tests {
 		assert!(sent.is_empty());
 		// The table stays usable after a drain.
 		assert!(sent.insert(3).is_some());
-		let mut received = ReceivedTable::new(4);
-		received.insert(1, 1).unwrap();
-		assert_eq!(received.drain().count(), 1);
-		assert!(received.is_empty());
 	}
 }
