@@ -4,8 +4,8 @@
 //! constant time; ids of received requests are chosen by the remote and only recorded.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
 
 /// A token that tells two openings of the same id apart, so that a late close by an old handle
 /// never removes a newer request that happens to reuse its id.
