@@ -480,20 +480,23 @@ impl<B: Body> Connection<B> {
 
 	/// Queue a responder update for the received request `key`.
 	pub fn send_responder_update(&mut self, key: Key, service_id: i32, body: B) -> Result<(), Refused<B>> {
-		self.check_open()?;
-		self.check_body(&body)?;
-		let request = &self.requests[key];
-		if !request.open {
-			return Err(Refused::Failed(Error::request_closed(request.request_id)));
-		}
-		let request_id = request.request_id;
-		let Some(cost) = self.room(body.len()) else { return Err(Refused::Full(body)) };
-		self.enqueue(Message::responder_update(request_id, service_id, body), cost, true);
-		Ok(())
+		self.send_on_received(key, body, false, |id, body| Message::responder_update(id, service_id, body))
 	}
 
 	/// Queue the response to the received request `key`, closing it.
 	pub fn send_response(&mut self, key: Key, service_id: i32, body: B) -> Result<(), Refused<B>> {
+		self.send_on_received(key, body, true, |id, body| Message::response(id, service_id, body))
+	}
+
+	/// Queue a message of the received request `key`, made by `message` from its id and `body`;
+	/// `answers` closes the request.
+	fn send_on_received(
+		&mut self,
+		key: Key,
+		body: B,
+		answers: bool,
+		message: impl FnOnce(u32, B) -> Message<B>,
+	) -> Result<(), Refused<B>> {
 		self.check_open()?;
 		self.check_body(&body)?;
 		let request = &self.requests[key];
@@ -502,8 +505,10 @@ impl<B: Body> Connection<B> {
 		}
 		let request_id = request.request_id;
 		let Some(cost) = self.room(body.len()) else { return Err(Refused::Full(body)) };
-		self.answer(key);
-		self.enqueue(Message::response(request_id, service_id, body), cost, true);
+		if answers {
+			self.answer(key);
+		}
+		self.enqueue(message(request_id, body), cost, true);
 		Ok(())
 	}
 
