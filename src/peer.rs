@@ -329,7 +329,12 @@ impl<T: Transport> Peer<T> {
 				self.remote_done = state.is_remote_done();
 				self.links = state.links();
 				self.unanswered = state.unanswered();
-				self.auto_replies_full = state.too_many_auto_replies();
+				let auto_replies_full = state.too_many_auto_replies();
+				if self.auto_replies_full && !auto_replies_full {
+					// Reading may resume: another round, which polls the reader.
+					progress = true;
+				}
+				self.auto_replies_full = auto_replies_full;
 				if self.idle_timeout.is_some() {
 					self.state_idle = state.is_idle();
 				}

@@ -260,3 +260,26 @@ async fn unanswered_requests_are_bounded_in_bytes_without_stopping_reads() {
 	again.send_response(0, "ok").await.unwrap();
 	assert_eq!(within(third.recv_response()).await.unwrap().body, "ok");
 }
+
+/// A sent request whose handle is dropped while a write handle lives: its later updates and its
+/// response are dropped on arrival, not queued for nobody (which, once the request's queue was
+/// full, stopped the whole connection from reading).
+#[tokio::test]
+async fn updates_for_a_sent_request_whose_reader_is_gone_do_not_block_the_connection() {
+	let config = Config::default().with_request_queue(4);
+	let (mut peer, mut remote) = RawRemote::connect(config).await;
+	let request = peer.send_request(1, "x").await.unwrap();
+	let writer = request.write_handle();
+	drop(request);
+	let sent = remote.recv().await.unwrap();
+	for i in 0..10 {
+		remote.send(Message::responder_update(sent.header.request_id, i, "update")).await;
+	}
+	remote.send(Message::stream(0, 9, "after")).await;
+	let message = tokio::time::timeout(Duration::from_secs(3), peer.recv_message())
+		.await
+		.expect("connection blocked by updates queued for a request nobody reads")
+		.unwrap();
+	assert_eq!(message.into_stream().unwrap().body, "after");
+	drop(writer);
+}

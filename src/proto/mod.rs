@@ -538,11 +538,11 @@ impl<B: Body> Connection<B> {
 	}
 
 	fn release_buffered(&mut self, bytes: usize) {
-		if bytes > 0 {
-			self.buffered -= bytes;
-			if std::mem::take(&mut self.driver_blocked) {
-				self.wake_driver();
-			}
+		self.buffered -= bytes;
+		// Woken even if nothing was freed: the message the peer task holds may have lost its
+		// target (a request answered or dropped, the read handle gone) and can now be let go.
+		if std::mem::take(&mut self.driver_blocked) {
+			self.wake_driver();
 		}
 	}
 
@@ -666,7 +666,7 @@ impl<B: Body> Connection<B> {
 	fn release_part(&mut self, key: Key, reader: bool) {
 		let request = &mut self.requests[key];
 		request.parts -= 1;
-		if reader && request.direction == Direction::Received {
+		if reader {
 			// Nobody can read its updates any more: drop them, now and on arrival, so that a
 			// write handle kept to answer later does not hold the connection's budget.
 			request.reader_gone = true;
@@ -736,6 +736,15 @@ impl<B: Body> Connection<B> {
 					tracing::debug!(request_id = id, "dropped a message for a request that is not open");
 					return Ok(());
 				};
+				if self.requests[key].reader_gone {
+					// Only write handles are left: nobody reads it (as the old closed channel did).
+					if message.header.message_type == MessageType::Response {
+						self.sent.remove(id);
+						self.requests[key].open = false;
+					}
+					tracing::debug!(request_id = id, "request handle dropped: dropped its message");
+					return Ok(());
+				}
 				let fits = self.requests[key].queue.len() < self.limits.request_queue;
 				let Some(cost) = self.incoming_room(message.body.len(), fits) else { return Err(message) };
 				if message.header.message_type == MessageType::Response {
