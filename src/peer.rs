@@ -101,6 +101,9 @@ pub struct Peer<T: Transport> {
 	/// The transport has reported the remote's end of stream (the state hears of it once the
 	/// inbox is handed over).
 	eof: bool,
+	/// The transport failed (a protocol violation, a cut frame, an I/O error): the connection ends
+	/// with it once what was read before it is handed over.
+	read_error: Option<Error>,
 	// Copies of the state's flags from the last round.
 	closing: bool,
 	remote_done: bool,
@@ -153,6 +156,7 @@ impl<T: Transport> Peer<T> {
 			written_auto: 0,
 			flushed: None,
 			eof: false,
+			read_error: None,
 			closing: false,
 			remote_done: false,
 			links: 1,
@@ -243,9 +247,11 @@ impl<T: Transport> Peer<T> {
 			// Read a batch, outside the lock. Nothing more while the inbox waits for room or
 			// replies of our own making wait to be written (reading could make more).
 			let mut waiting_for_remote = false;
-			let mut read_error = None;
 			let mut inbox_bytes = 0;
-			if !self.eof && (self.closing || (self.inbox.is_empty() && !self.auto_replies_full)) {
+			if !self.eof
+				&& self.read_error.is_none()
+				&& (self.closing || (self.inbox.is_empty() && !self.auto_replies_full))
+			{
 				for _ in 0..READ_BATCH {
 					match self.reader.poll_read_message(cx) {
 						Poll::Ready(Ok(Some(message))) => {
@@ -275,8 +281,8 @@ impl<T: Transport> Peer<T> {
 							if let Some(violation) = error.protocol_violation() {
 								tracing::warn!("protocol violation by the remote: {violation}");
 							}
-							// Handed what came before it first, below.
-							read_error = Some(error);
+							// Reported once what came before it is handed over (below).
+							self.read_error = Some(error);
 							break;
 						},
 						Poll::Pending => {
@@ -342,8 +348,10 @@ impl<T: Transport> Peer<T> {
 				let notify_flushed = flushed.is_some() && std::mem::take(&mut state.flush_wanted);
 				(notify_room, notify_flushed)
 			};
-			if let Some(error) = read_error {
-				return Poll::Ready(Err(error));
+			if self.inbox.is_empty() {
+				if let Some(error) = self.read_error.take() {
+					return Poll::Ready(Err(error));
+				}
 			}
 			if notify_room {
 				self.shared.room.notify_waiters();

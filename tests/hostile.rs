@@ -268,3 +268,29 @@ async fn reading_resumes_once_a_backlog_of_automatic_replies_is_flushed() {
 	}
 	within(writer).await.unwrap();
 }
+
+/// A protocol violation that arrives behind messages still waiting for room (here every message
+/// fills the incoming budget alone) ends the connection only after they are handed over: the
+/// updates read before the bad frame all reach their request. (Found by the `peer_tracking` fuzz
+/// target on the redesigned connection state, which read the bad frame in the same batch and
+/// dropped the waiting updates.)
+#[tokio::test]
+async fn messages_read_before_a_bad_frame_are_all_delivered_first() {
+	let (mut peer, mut remote) = RawRemote::connect(Config::default().with_max_buffered_incoming(1)).await;
+	remote.send(Message::request(3, 1, "job")).await;
+	for update in 1..=4u8 {
+		remote.send(Message::requester_update(3, 1, vec![update])).await;
+	}
+	// A frame length below the header size.
+	remote.send_bytes(&3u32.to_le_bytes()).await;
+	remote.send_bytes(b"bad").await;
+	tokio::time::sleep(Duration::from_millis(50)).await;
+	let (mut request, _) = within(peer.recv_message()).await.unwrap().into_request().unwrap();
+	for update in 1..=4u8 {
+		let message = within(request.recv_update()).await.unwrap().expect("an update");
+		assert_eq!(&message.body[..], &[update]);
+	}
+	let error = within(request.recv_update()).await.unwrap_err();
+	assert!(error.is_connection_closed(), "{error}");
+	assert!(within(peer.recv_message()).await.unwrap_err().is_connection_closed());
+}

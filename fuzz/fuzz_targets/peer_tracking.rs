@@ -182,6 +182,9 @@ impl<'a> Arbitrary<'a> for Input {
 }
 
 fuzz_target!(|input: Input| {
+	if std::env::var_os("PEER_TRACKING_PRINT").is_some() {
+		eprintln!("{input:#?}");
+	}
 	let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
 	runtime.block_on(run(input));
 });
