@@ -1,0 +1,62 @@
+//! The Python binding of peerwire: asyncio peers over TCP, Unix stream and Unix seqpacket
+//! sockets, wrapping the Rust library (the protocol is not reimplemented here).
+//!
+//! Every awaitable is a Rust future on one tokio runtime for the module (the multi-thread
+//! runtime of `pyo3-async-runtimes`), bridged to an asyncio future: the GIL is not held while it
+//! waits, and cancelling the asyncio future drops the Rust future. The blocking `call` waits with
+//! the GIL released.
+
+#![deny(unsafe_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+mod error;
+mod fd;
+mod listener;
+mod message;
+mod peer;
+
+pub use listener::{Config, Listener};
+
+/// An awaitable for `fut`, run on the module's runtime.
+pub(crate) fn future<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+	F: Future<Output = PyResult<T>> + Send + 'static,
+	T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+	pyo3_async_runtimes::tokio::future_into_py(py, fut)
+}
+
+/// A timeout in seconds from Python: positive and finite, or `None`.
+pub(crate) fn timeout_from(seconds: Option<f64>) -> PyResult<Option<Duration>> {
+	match seconds {
+		None => Ok(None),
+		Some(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::try_from_secs_f64(seconds)
+			.map(Some)
+			.map_err(|_| PyValueError::new_err(format!("timeout {seconds} is out of range"))),
+		Some(seconds) => Err(PyValueError::new_err(format!(
+			"timeout must be a non-negative number of seconds or None, not {seconds}"
+		))),
+	}
+}
+
+#[pymodule]
+fn _peerwire(module: &Bound<'_, PyModule>) -> PyResult<()> {
+	error::register(module)?;
+	module.add_class::<fd::Fd>()?;
+	module.add_class::<message::Message>()?;
+	module.add_class::<message::Info>()?;
+	module.add_class::<peer::Peer>()?;
+	module.add_class::<peer::SentRequest>()?;
+	module.add_class::<peer::ReceivedRequest>()?;
+	module.add_class::<Listener>()?;
+	module.add_class::<Config>()?;
+	module.add_function(wrap_pyfunction!(listener::connect, module)?)?;
+	module.add_function(wrap_pyfunction!(listener::listen, module)?)?;
+	module.add_function(wrap_pyfunction!(listener::call, module)?)?;
+	Ok(())
+}
