@@ -60,3 +60,14 @@ fn _peerwire(module: &Bound<'_, PyModule>) -> PyResult<()> {
 	module.add_function(wrap_pyfunction!(listener::call, module)?)?;
 	Ok(())
 }
+
+/// A service id from Python: it must fit the protocol's signed 32-bit field.
+pub(crate) fn service_id_from(value: i64) -> PyResult<i32> {
+	i32::try_from(value).map_err(|_| {
+		PyValueError::new_err(format!(
+			"service_id {value} is out of range: the protocol carries a signed 32-bit integer ({} to {})",
+			i32::MIN,
+			i32::MAX
+		))
+	})
+}

@@ -320,12 +320,13 @@ impl Listener {
 pub fn call<'py>(
 	py: Python<'py>,
 	url: &str,
-	service_id: i32,
+	service_id: i64,
 	body: Option<&Bound<'py, PyAny>>,
 	fds: Option<&Bound<'py, PyAny>>,
 	timeout: Option<f64>,
 	config: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, crate::message::Message>> {
+	let service_id = crate::service_id_from(service_id)?;
 	let address = Address::parse(url)?;
 	let seqpacket = matches!(address, Address::Seqpacket(_));
 	let empty = pyo3::types::PyBytes::new(py, b"");

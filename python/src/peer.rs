@@ -193,10 +193,11 @@ impl Peer {
 	fn send_request<'py>(
 		&self,
 		py: Python<'py>,
-		service_id: i32,
+		service_id: i64,
 		body: Option<&Bound<'py, PyAny>>,
 		fds: Option<&Bound<'py, PyAny>>,
 	) -> PyResult<Bound<'py, PyAny>> {
+		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, self.seqpacket())?;
 		let write = self.write.clone();
 		future(py, async move {
@@ -220,10 +221,11 @@ impl Peer {
 	fn send_stream<'py>(
 		&self,
 		py: Python<'py>,
-		service_id: i32,
+		service_id: i64,
 		body: Option<&Bound<'py, PyAny>>,
 		fds: Option<&Bound<'py, PyAny>>,
 	) -> PyResult<Bound<'py, PyAny>> {
+		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, self.seqpacket())?;
 		let write = self.write.clone();
 		future(py, async move {
@@ -430,10 +432,11 @@ impl SentRequest {
 	fn send_update<'py>(
 		&self,
 		py: Python<'py>,
-		service_id: i32,
+		service_id: i64,
 		body: Option<&Bound<'py, PyAny>>,
 		fds: Option<&Bound<'py, PyAny>>,
 	) -> PyResult<Bound<'py, PyAny>> {
+		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, SentW::Seq(_)))?;
 		let write = self.write.clone();
 		future(py, async move {
@@ -557,10 +560,11 @@ impl ReceivedRequest {
 	fn send_update<'py>(
 		&self,
 		py: Python<'py>,
-		service_id: i32,
+		service_id: i64,
 		body: Option<&Bound<'py, PyAny>>,
 		fds: Option<&Bound<'py, PyAny>>,
 	) -> PyResult<Bound<'py, PyAny>> {
+		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, RecvW::Seq(_)))?;
 		let write = self.write.clone();
 		future(py, async move {
@@ -573,10 +577,11 @@ impl ReceivedRequest {
 	fn send_response<'py>(
 		&self,
 		py: Python<'py>,
-		service_id: i32,
+		service_id: i64,
 		body: Option<&Bound<'py, PyAny>>,
 		fds: Option<&Bound<'py, PyAny>>,
 	) -> PyResult<Bound<'py, PyAny>> {
+		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, RecvW::Seq(_)))?;
 		let write = self.write.clone();
 		future(py, async move {
