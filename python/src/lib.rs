@@ -12,6 +12,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
+use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 
 mod error;
@@ -23,12 +24,42 @@ mod peer;
 pub use listener::{Config, Listener};
 
 /// An awaitable for `fut`, run on the module's runtime.
+///
+/// The future is polled once at once, on this thread inside the runtime's context: what can
+/// finish without waiting (queueing a send, taking a message that has already arrived) returns
+/// an asyncio future that is already done, without a hop to a runtime thread and back. Only a
+/// future that must wait is handed to the runtime.
 pub(crate) fn future<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-	pyo3_async_runtimes::tokio::future_into_py(py, fut)
+	let mut fut = Box::pin(fut);
+	let polled = {
+		let _context = pyo3_async_runtimes::tokio::get_runtime().enter();
+		fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+	};
+	match polled {
+		std::task::Poll::Ready(result) => done_future(py, result),
+		std::task::Poll::Pending => pyo3_async_runtimes::tokio::future_into_py(py, fut),
+	}
+}
+
+static GET_RUNNING_LOOP: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+
+/// An asyncio future of the running loop, already done with `result`.
+fn done_future<'py, T>(py: Python<'py>, result: PyResult<T>) -> PyResult<Bound<'py, PyAny>>
+where
+	T: for<'a> IntoPyObject<'a>,
+{
+	let get_running_loop =
+		GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
+	let future = get_running_loop.bind(py).call0()?.call_method0("create_future")?;
+	match result {
+		Ok(value) => future.call_method1("set_result", (value.into_bound_py_any(py)?,))?,
+		Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
+	};
+	Ok(future)
 }
 
 /// A timeout in seconds from Python: positive and finite, or `None`.
