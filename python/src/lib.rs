@@ -1,10 +1,9 @@
 //! The Python binding of peerwire: asyncio peers over TCP, Unix stream and Unix seqpacket
 //! sockets, wrapping the Rust library (the protocol is not reimplemented here).
 //!
-//! Every awaitable is a Rust future on one tokio runtime for the module (the multi-thread
-//! runtime of `pyo3-async-runtimes`), bridged to an asyncio future: the GIL is not held while it
-//! waits, and cancelling the asyncio future drops the Rust future. The blocking `call` waits with
-//! the GIL released.
+//! Every awaitable is a Rust future on one tokio runtime for the module, bridged to an asyncio
+//! future (see `bridge`): the GIL is not held while it waits, and cancelling the asyncio future
+//! drops the Rust future. The blocking `call` waits with the GIL released.
 
 #![deny(unsafe_code)]
 
@@ -12,9 +11,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
-use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 
+mod bridge;
 mod error;
 mod fd;
 mod listener;
@@ -36,30 +35,25 @@ where
 {
 	let mut fut = Box::pin(fut);
 	let polled = {
-		let _context = pyo3_async_runtimes::tokio::get_runtime().enter();
+		let _context = runtime().enter();
 		fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 	};
 	match polled {
-		std::task::Poll::Ready(result) => done_future(py, result),
-		std::task::Poll::Pending => pyo3_async_runtimes::tokio::future_into_py(py, fut),
+		std::task::Poll::Ready(result) => bridge::done(py, result),
+		std::task::Poll::Pending => bridge::spawn(py, fut),
 	}
 }
 
-static GET_RUNNING_LOOP: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
-
-/// An asyncio future of the running loop, already done with `result`.
-fn done_future<'py, T>(py: Python<'py>, result: PyResult<T>) -> PyResult<Bound<'py, PyAny>>
-where
-	T: for<'a> IntoPyObject<'a>,
-{
-	let get_running_loop =
-		GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
-	let future = get_running_loop.bind(py).call0()?.call_method0("create_future")?;
-	match result {
-		Ok(value) => future.call_method1("set_result", (value.into_bound_py_any(py)?,))?,
-		Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
-	};
-	Ok(future)
+/// The module's runtime: multi-threaded, started on first use.
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+	static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+	RUNTIME.get_or_init(|| {
+		tokio::runtime::Builder::new_multi_thread()
+			.enable_all()
+			.thread_name("peerwire")
+			.build()
+			.expect("peerwire: cannot start the tokio runtime")
+	})
 }
 
 /// A timeout in seconds from Python: positive and finite, or `None`.

@@ -333,7 +333,7 @@ pub fn call<'py>(
 	let out = OutBody::from_args(body.unwrap_or(empty.as_any()), fds, seqpacket)?;
 	let timeout = timeout_from(timeout)?;
 	let config = config_from(config)?;
-	let runtime = pyo3_async_runtimes::tokio::get_runtime();
+	let runtime = crate::runtime();
 	let work = async move {
 		let peer = connect_to(address, config).await?;
 		let response = match peer.write {
