@@ -146,7 +146,9 @@ async fn answer<B: TestBody>(
 					break;
 				}
 				joined.extend_from_slice(update.body.data());
-				request.send_update(update.header.service_id, B::from(Bytes::copy_from_slice(update.body.data()))).await?;
+				request
+					.send_update(update.header.service_id, B::from(Bytes::copy_from_slice(update.body.data())))
+					.await?;
 			}
 			request.send_response(0, B::from(Bytes::from(joined))).await?;
 		},
@@ -237,19 +239,20 @@ async fn client<B: TestBody>(peer: PeerHandle<B>, carries_fds: bool) -> Result<(
 	check(streams.recv().await == Some((20, Bytes::from_static(b"tick"))), "stream echo")?;
 
 	if carries_fds {
-		// A descriptor to the server and back: a pipe whose write end goes out and comes back.
-		let (reader, writer) = std::io::pipe()?;
-		let mut request = write.send_request(1, B::with_fds(Bytes::from_static(b"fd"), vec![OwnedFd::from(writer)])).await?;
+		// A descriptor to the server and back: one end of a socket pair goes out and comes back.
+		let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
+		let mut request =
+			write.send_request(1, B::with_fds(Bytes::from_static(b"fd"), vec![OwnedFd::from(writer)])).await?;
 		let mut response = request.recv_response().await?;
 		let fds = response.body.take_fds();
 		check(fds.len() == 1, "one descriptor back")?;
 		let mut back = std::fs::File::from(fds.into_iter().next().ok_or("no fd")?);
 		back.write_all(b"through")?;
 		drop(back);
-		let mut text = String::new();
+		let mut text = [0u8; 7];
 		let mut reader = reader;
-		reader.read_to_string(&mut text)?;
-		check(text == "through", "descriptor works")?;
+		reader.read_exact(&mut text)?;
+		check(&text == b"through", "descriptor works")?;
 	}
 	write.close();
 	drop(write);

@@ -108,14 +108,14 @@ static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// The running loop, and its bridge (made and registered on first use).
 fn bridge_of<'py>(py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Arc<Shared>)> {
-	let get_running_loop =
-		GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
+	let get_running_loop = GET_RUNNING_LOOP
+		.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
 	let event_loop = get_running_loop.bind(py).call0()?;
 	// Weak keys: a loop that is garbage collected takes its bridge (and socket pair) with it.
 	let bridges = BRIDGES
 		.get_or_try_init(py, || py.import("weakref")?.getattr("WeakKeyDictionary")?.call0().map(Bound::unbind))?
 		.bind(py);
-	if let Some(bridge) = bridges.call_method1("get", (&event_loop,))?.cast::<Bridge>().ok() {
+	if let Ok(bridge) = bridges.call_method1("get", (&event_loop,))?.cast::<Bridge>() {
 		return Ok((event_loop, bridge.get().shared.clone()));
 	}
 	let (reader, wake) = UnixStream::pair()?;
@@ -134,8 +134,8 @@ pub fn done<'py, T>(py: Python<'py>, result: PyResult<T>) -> PyResult<Bound<'py,
 where
 	T: for<'a> IntoPyObject<'a>,
 {
-	let get_running_loop =
-		GET_RUNNING_LOOP.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
+	let get_running_loop = GET_RUNNING_LOOP
+		.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
 	let future = get_running_loop.bind(py).call0()?.call_method0("create_future")?;
 	match result {
 		Ok(value) => future.call_method1("set_result", (value.into_bound_py_any(py)?,))?,

@@ -10,13 +10,28 @@ pyo3::create_exception!(
 	PeerwireError,
 	"The connection is closed (by the remote, locally, or after an error). Every open request of a connection that ends fails with it."
 );
-pyo3::create_exception!(peerwire, IoError, PeerwireError, "An error from the operating system; `errno` holds its number when known.");
+pyo3::create_exception!(
+	peerwire,
+	IoError,
+	PeerwireError,
+	"An error from the operating system; `errno` holds its number when known."
+);
 pyo3::create_exception!(peerwire, ProtocolError, PeerwireError, "The remote broke the protocol.");
 pyo3::create_exception!(peerwire, BodyTooLarge, PeerwireError, "A body is larger than the configured limit.");
-pyo3::create_exception!(peerwire, TooManyFds, PeerwireError, "A message carries more descriptors than the configured limit.");
+pyo3::create_exception!(
+	peerwire,
+	TooManyFds,
+	PeerwireError,
+	"A message carries more descriptors than the configured limit."
+);
 pyo3::create_exception!(peerwire, TooManyRequests, PeerwireError, "The limit on open requests is reached.");
 pyo3::create_exception!(peerwire, Timeout, PeerwireError, "An operation did not finish within its deadline.");
-pyo3::create_exception!(peerwire, RequestClosed, PeerwireError, "The request is already closed (its response was sent or received).");
+pyo3::create_exception!(
+	peerwire,
+	RequestClosed,
+	PeerwireError,
+	"The request is already closed (its response was sent or received)."
+);
 pyo3::create_exception!(peerwire, Unsupported, PeerwireError, "The transport cannot carry what was asked.");
 pyo3::create_exception!(
 	peerwire,

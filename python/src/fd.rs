@@ -90,10 +90,7 @@ pub fn from_args(fds: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<OwnedFd>> {
 		return Err(PyTypeError::new_err("fds must be a list of ints or objects with fileno(), not a string"));
 	}
 	let iter = fds.try_iter().map_err(|_| {
-		PyTypeError::new_err(format!(
-			"fds must be a list of ints or objects with fileno(), not {}",
-			type_name(fds)
-		))
+		PyTypeError::new_err(format!("fds must be a list of ints or objects with fileno(), not {}", type_name(fds)))
 	})?;
 	let mut owned = Vec::new();
 	for (index, item) in iter.enumerate() {
@@ -103,9 +100,9 @@ pub fn from_args(fds: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<OwnedFd>> {
 		} else if let Ok(raw) = item.extract::<i64>() {
 			raw
 		} else if item.hasattr("fileno")? {
-			item.call_method0("fileno")?.extract::<i64>().map_err(|_| {
-				PyTypeError::new_err(format!("fds[{index}].fileno() must return an int"))
-			})?
+			item.call_method0("fileno")?
+				.extract::<i64>()
+				.map_err(|_| PyTypeError::new_err(format!("fds[{index}].fileno() must return an int")))?
 		} else {
 			return Err(PyTypeError::new_err(format!(
 				"fds[{index}] must be an int or have fileno(), not {}",

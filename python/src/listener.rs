@@ -352,7 +352,9 @@ pub fn call<'py>(
 	let result = py.detach(move || {
 		runtime.block_on(async move {
 			match timeout {
-				Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| Err(peerwire::Error::timeout(limit))),
+				Some(limit) => {
+					tokio::time::timeout(limit, work).await.unwrap_or_else(|_| Err(peerwire::Error::timeout(limit)))
+				},
 				None => work.await,
 			}
 		})

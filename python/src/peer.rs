@@ -228,9 +228,10 @@ impl Peer {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, self.seqpacket())?;
 		let write = self.write.clone();
-		future(py, async move {
-			send_on!(write, WriteH, |h, b| h.send_stream(service_id, b).await.map_err(to_py), out)
-		})
+		future(
+			py,
+			async move { send_on!(write, WriteH, |h, b| h.send_stream(service_id, b).await.map_err(to_py), out) },
+		)
 	}
 
 	/// Receive the next request (a `ReceivedRequest`) or stream message (a `Message`) from the
@@ -342,7 +343,10 @@ impl<'py> IntoPyObject<'py> for NewSent {
 
 	fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, SentRequest>> {
 		let (request_id, service_id) = either!(&self.handle, SentH, h => (h.request_id(), h.service_id()));
-		Bound::new(py, SentRequest { handle: Arc::new(Mutex::new(self.handle)), write: self.write, request_id, service_id })
+		Bound::new(
+			py,
+			SentRequest { handle: Arc::new(Mutex::new(self.handle)), write: self.write, request_id, service_id },
+		)
 	}
 }
 
@@ -370,7 +374,10 @@ async fn sent_recv_update(handle: Arc<Mutex<SentH>>) -> Result<Option<RsMessage>
 	})
 }
 
-async fn sent_recv_response(handle: Arc<Mutex<SentH>>, timeout: Option<Duration>) -> Result<RsMessage, peerwire::Error> {
+async fn sent_recv_response(
+	handle: Arc<Mutex<SentH>>,
+	timeout: Option<Duration>,
+) -> Result<RsMessage, peerwire::Error> {
 	let mut handle = handle.lock().await;
 	match (&mut *handle, timeout) {
 		(SentH::Stream(h), None) => h.recv_response().await.map(RsMessage::from_bytes),
@@ -439,9 +446,7 @@ impl SentRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, SentW::Seq(_)))?;
 		let write = self.write.clone();
-		future(py, async move {
-			send_on!(write, SentW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out)
-		})
+		future(py, async move { send_on!(write, SentW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out) })
 	}
 
 	fn __repr__(&self) -> String {
@@ -567,9 +572,7 @@ impl ReceivedRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, RecvW::Seq(_)))?;
 		let write = self.write.clone();
-		future(py, async move {
-			send_on!(write, RecvW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out)
-		})
+		future(py, async move { send_on!(write, RecvW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out) })
 	}
 
 	/// Send the response (service id 0 or positive for success), closing the request.
@@ -584,9 +587,10 @@ impl ReceivedRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, RecvW::Seq(_)))?;
 		let write = self.write.clone();
-		future(py, async move {
-			send_on!(write, RecvW, |h, b| h.send_response(service_id, b).await.map_err(to_py), out)
-		})
+		future(
+			py,
+			async move { send_on!(write, RecvW, |h, b| h.send_response(service_id, b).await.map_err(to_py), out) },
+		)
 	}
 
 	/// Send an error response (service id -1) with `text`, closing the request.
