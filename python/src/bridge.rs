@@ -106,17 +106,38 @@ impl AbortOnCancel {
 static BRIDGES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+thread_local! {
+	/// The last loop this thread used, and its bridge: most programs run one loop per thread, and
+	/// this spares a dictionary lookup per operation. Holding the loop keeps its address from
+	/// being reused by another object while cached.
+	static LAST: std::cell::RefCell<Option<(Py<PyAny>, Arc<Shared>)>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The running loop, and its bridge (made and registered on first use).
 fn bridge_of<'py>(py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Arc<Shared>)> {
 	let get_running_loop = GET_RUNNING_LOOP
 		.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
 	let event_loop = get_running_loop.bind(py).call0()?;
+	let cached = LAST.with_borrow(|last| {
+		last.as_ref().filter(|(cached, _)| cached.as_ptr() == event_loop.as_ptr()).map(|(_, shared)| shared.clone())
+	});
+	if let Some(shared) = cached {
+		return Ok((event_loop, shared));
+	}
+	let shared = register(py, &event_loop)?;
+	let previous = LAST.with_borrow_mut(|last| last.replace((event_loop.clone().unbind(), shared.clone())));
+	drop(previous);
+	Ok((event_loop, shared))
+}
+
+/// The bridge of `event_loop`, made and registered with it on first use.
+fn register(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Shared>> {
 	// Weak keys: a loop that is garbage collected takes its bridge (and socket pair) with it.
 	let bridges = BRIDGES
 		.get_or_try_init(py, || py.import("weakref")?.getattr("WeakKeyDictionary")?.call0().map(Bound::unbind))?
 		.bind(py);
-	if let Ok(bridge) = bridges.call_method1("get", (&event_loop,))?.cast::<Bridge>() {
-		return Ok((event_loop, bridge.get().shared.clone()));
+	if let Ok(bridge) = bridges.call_method1("get", (event_loop,))?.cast::<Bridge>() {
+		return Ok(bridge.get().shared.clone());
 	}
 	let (reader, wake) = UnixStream::pair()?;
 	reader.set_nonblocking(true)?;
@@ -124,9 +145,8 @@ fn bridge_of<'py>(py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Arc<Shared>)>
 	let fd = reader.as_raw_fd();
 	let bridge = Bound::new(py, Bridge { shared: Arc::new(Shared { queue: Mutex::new(Vec::new()), wake }), reader })?;
 	event_loop.call_method1("add_reader", (fd, bridge.getattr("drain")?))?;
-	bridges.set_item(&event_loop, &bridge)?;
-	let shared = bridge.get().shared.clone();
-	Ok((event_loop, shared))
+	bridges.set_item(event_loop, &bridge)?;
+	Ok(bridge.get().shared.clone())
 }
 
 /// An asyncio future of the running loop, already done with `result`.
