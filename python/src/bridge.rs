@@ -27,7 +27,7 @@ struct Completion {
 	result: Deliver,
 }
 
-struct Shared {
+pub struct Shared {
 	queue: Mutex<Vec<Completion>>,
 	wake: UnixStream,
 }
@@ -113,8 +113,9 @@ thread_local! {
 	static LAST: std::cell::RefCell<Option<(Py<PyAny>, Arc<Shared>)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The running loop, and its bridge (made and registered on first use).
-fn bridge_of<'py>(py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Arc<Shared>)> {
+/// The running loop (a `RuntimeError` without one), and its bridge (made and registered on first
+/// use).
+pub fn current<'py>(py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Arc<Shared>)> {
 	let get_running_loop = GET_RUNNING_LOOP
 		.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
 	let event_loop = get_running_loop.bind(py).call0()?;
@@ -149,14 +150,12 @@ fn register(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Share
 	Ok(bridge.get().shared.clone())
 }
 
-/// An asyncio future of the running loop, already done with `result`.
-pub fn done<'py, T>(py: Python<'py>, result: PyResult<T>) -> PyResult<Bound<'py, PyAny>>
+/// An asyncio future of `event_loop`, already done with `result`.
+pub fn done<'py, T>(py: Python<'py>, event_loop: &Bound<'py, PyAny>, result: PyResult<T>) -> PyResult<Bound<'py, PyAny>>
 where
 	T: for<'a> IntoPyObject<'a>,
 {
-	let get_running_loop = GET_RUNNING_LOOP
-		.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
-	let future = get_running_loop.bind(py).call0()?.call_method0("create_future")?;
+	let future = event_loop.call_method0("create_future")?;
 	match result {
 		Ok(value) => future.call_method1("set_result", (value.into_bound_py_any(py)?,))?,
 		Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
@@ -164,13 +163,13 @@ where
 	Ok(future)
 }
 
-/// Run `fut` on the runtime; its result goes to the returned asyncio future through the bridge.
-pub fn spawn<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+/// Run `fut` on the runtime; its result goes to the returned asyncio future of `event_loop`
+/// through the loop's bridge `shared`.
+pub fn spawn<'py, F, T>(event_loop: &Bound<'py, PyAny>, shared: Arc<Shared>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-	let (event_loop, shared) = bridge_of(py)?;
 	let future = event_loop.call_method0("create_future")?;
 	let target = future.clone().unbind();
 	let task = crate::runtime().spawn(async move {

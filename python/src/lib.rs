@@ -33,14 +33,16 @@ where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
+	// The loop first: without one (a `RuntimeError`), nothing may be sent.
+	let (event_loop, shared) = bridge::current(py)?;
 	let mut fut = Box::pin(fut);
 	let polled = {
 		let _context = runtime().enter();
 		fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 	};
 	match polled {
-		std::task::Poll::Ready(result) => bridge::done(py, result),
-		std::task::Poll::Pending => bridge::spawn(py, fut),
+		std::task::Poll::Ready(result) => bridge::done(py, &event_loop, result),
+		std::task::Poll::Pending => bridge::spawn(&event_loop, shared, fut),
 	}
 }
 

@@ -1,6 +1,7 @@
 """Cancellation, timeouts, a remote crash, and bad arguments."""
 
 import asyncio
+import subprocess
 import time
 
 import peerwire
@@ -168,3 +169,30 @@ async def test_bad_arguments(sockdir):
 	peer.close()
 	listener.close()
 	await server
+
+
+def test_without_a_running_loop_nothing_is_sent(rust_peer, sockdir):
+	"""A call outside a running event loop raises RuntimeError before doing anything; a peer made
+	in one loop works in the next."""
+	url = f"unix://{sockdir}/s.sock"
+	server = subprocess.Popen([rust_peer, "serve", url], stdout=subprocess.PIPE)
+	try:
+		assert server.stdout.readline().startswith(b"listening")
+
+		async def first_loop():
+			return await peerwire.connect(url)
+
+		peer = asyncio.run(first_loop())
+		with pytest.raises(RuntimeError, match="no running event loop"):
+			peer.send_stream(20, b"lost")
+
+		async def next_loop():
+			await peer.send_stream(20, b"kept")
+			echoed = await asyncio.wait_for(peer.recv_message(), 10)
+			assert echoed.body == b"kept"  # the stream message before was never sent
+			peer.close()
+
+		asyncio.run(next_loop())
+	finally:
+		server.kill()
+		server.wait()
