@@ -70,19 +70,27 @@ impl Bridge {
 		}
 		let completions = std::mem::take(&mut *self.shared.lock());
 		for completion in completions {
-			let future = completion.future.bind(py);
-			if future.call_method0("done")?.is_truthy()? {
-				// Cancelled meanwhile; the result is dropped here (a handle in it too).
-				drop((completion.result)(py));
-				continue;
+			// One failure (which would be a bug) must not strand the results after it.
+			if let Err(error) = deliver(py, completion) {
+				error.write_unraisable(py, None);
 			}
-			match (completion.result)(py) {
-				Ok(value) => future.call_method1("set_result", (value,))?,
-				Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
-			};
 		}
 		Ok(())
 	}
+}
+
+fn deliver(py: Python<'_>, completion: Completion) -> PyResult<()> {
+	let future = completion.future.bind(py);
+	if future.call_method0("done")?.is_truthy()? {
+		// Cancelled meanwhile; the result is dropped here (a handle in it too).
+		drop((completion.result)(py));
+		return Ok(());
+	}
+	match (completion.result)(py) {
+		Ok(value) => future.call_method1("set_result", (value,))?,
+		Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
+	};
+	Ok(())
 }
 
 /// Aborts the runtime task when its asyncio future is cancelled (a done callback).
