@@ -11,6 +11,7 @@ The echo answers each request (type 0) with a response (type 1) carrying the sam
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import struct
 import subprocess
@@ -206,6 +207,7 @@ def main():
 			finally:
 				server.kill()
 				server.wait()
+	shutil.rmtree(directory, ignore_errors=True)
 	print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores; body {len(BODY)} bytes; "
 		f"medians of {rounds} runs ({count} round trips, {total} requests 64 in flight)\n")
 	print("| transport | client | server | round trip (µs) | 64 in flight (requests/s) | round trip vs asyncio | 64 in flight vs asyncio |")
