@@ -1,0 +1,370 @@
+//! Addresses, `Config`, `connect`, `listen` and `Listener`, and the blocking `call`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use peerwire::{
+	CancellationToken, ConnectionInfo, Endian, PeerHandle, TcpListener, TcpPeer, UnixBody, UnixSeqpacketListener,
+	UnixSeqpacketPeer, UnixStreamListener, UnixStreamPeer,
+};
+use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use tokio::sync::Mutex;
+
+use crate::error::{ConnectionClosed, Timeout, remote_error, to_py};
+use crate::message::RsMessage;
+use crate::peer::{NewPeer, OutBody, ReadH, WriteH};
+use crate::{future, timeout_from};
+
+/// Where to connect or listen.
+enum Address {
+	Tcp(String),
+	Unix(PathBuf),
+	Seqpacket(PathBuf),
+}
+
+const EXPECTED: &str = "expected tcp://HOST:PORT, unix:///PATH or seqpacket:///PATH";
+
+impl Address {
+	fn parse(text: &str) -> PyResult<Self> {
+		let Some((scheme, rest)) = text.split_once("://") else {
+			return Err(PyValueError::new_err(format!("{text:?}: {EXPECTED}")));
+		};
+		if rest.is_empty() {
+			return Err(PyValueError::new_err(format!("{text:?}: {EXPECTED}")));
+		}
+		match scheme {
+			"tcp" => match rest.rsplit_once(':').map(|(_, port)| port.parse::<u16>()) {
+				Some(Ok(_)) => Ok(Self::Tcp(rest.to_string())),
+				_ => Err(PyValueError::new_err(format!("{text:?} needs a port: tcp://HOST:PORT"))),
+			},
+			"unix" => Ok(Self::Unix(PathBuf::from(rest))),
+			"seqpacket" => Ok(Self::Seqpacket(PathBuf::from(rest))),
+			other => Err(PyValueError::new_err(format!("{text:?}: unknown scheme {other}://, {EXPECTED}"))),
+		}
+	}
+}
+
+/// Limits and settings of a connection (defaults as in Rust's `peerwire::Config`).
+///
+/// Sizes are in bytes, times in seconds; `None` leaves the default.
+#[pyclass(module = "peerwire", frozen)]
+#[derive(Clone)]
+pub struct Config {
+	inner: peerwire::Config,
+}
+
+#[pymethods]
+impl Config {
+	#[new]
+	#[pyo3(signature = (*, endian = None, max_body_len_read = None, max_body_len_write = None, max_fds_read = None,
+		max_fds_write = None, max_open_requests = None, max_unanswered_incoming = None, close_timeout = None,
+		frame_timeout = None, idle_timeout = None))]
+	#[allow(clippy::too_many_arguments)]
+	fn new(
+		endian: Option<&str>,
+		max_body_len_read: Option<usize>,
+		max_body_len_write: Option<usize>,
+		max_fds_read: Option<usize>,
+		max_fds_write: Option<usize>,
+		max_open_requests: Option<usize>,
+		max_unanswered_incoming: Option<usize>,
+		close_timeout: Option<f64>,
+		frame_timeout: Option<f64>,
+		idle_timeout: Option<f64>,
+	) -> PyResult<Self> {
+		let mut inner = peerwire::Config::default();
+		if let Some(endian) = endian {
+			inner = inner.with_endian(match endian {
+				"little" => Endian::Little,
+				"big" => Endian::Big,
+				"native" => Endian::Native,
+				other => {
+					return Err(PyValueError::new_err(format!(
+						"endian must be \"little\", \"big\" or \"native\", not {other:?}"
+					)));
+				},
+			});
+		}
+		if let Some(value) = max_body_len_read {
+			inner = inner.with_max_body_len_read(value);
+		}
+		if let Some(value) = max_body_len_write {
+			inner = inner.with_max_body_len_write(value);
+		}
+		if let Some(value) = max_fds_read {
+			inner = inner.with_max_fds_read(value);
+		}
+		if let Some(value) = max_fds_write {
+			inner = inner.with_max_fds_write(value);
+		}
+		if let Some(value) = max_open_requests {
+			inner = inner.with_max_open_requests(value);
+		}
+		if let Some(value) = max_unanswered_incoming {
+			inner = inner.with_max_unanswered_incoming(value);
+		}
+		if let Some(value) = timeout_from(close_timeout)? {
+			inner = inner.with_close_timeout(value);
+		}
+		if let Some(value) = timeout_from(frame_timeout)? {
+			inner = inner.with_frame_timeout(Some(value));
+		}
+		if let Some(value) = timeout_from(idle_timeout)? {
+			inner = inner.with_idle_timeout(Some(value));
+		}
+		Ok(Self { inner })
+	}
+
+	fn __repr__(&self) -> String {
+		format!("<peerwire.{:?}>", self.inner)
+	}
+}
+
+fn config_from(config: Option<&Bound<'_, PyAny>>) -> PyResult<peerwire::Config> {
+	match config {
+		None => Ok(peerwire::Config::default()),
+		Some(config) if config.is_none() => Ok(peerwire::Config::default()),
+		Some(config) => match config.cast::<Config>() {
+			Ok(config) => Ok(config.get().inner.clone()),
+			Err(_) => Err(PyTypeError::new_err("config must be a peerwire.Config or None")),
+		},
+	}
+}
+
+fn stream_peer(handle: PeerHandle<Bytes>, info: ConnectionInfo) -> NewPeer {
+	let (read, write) = handle.split();
+	NewPeer { read: ReadH::Stream(read), write: WriteH::Stream(write), info }
+}
+
+fn seq_peer(handle: PeerHandle<UnixBody>, info: ConnectionInfo) -> NewPeer {
+	let (read, write) = handle.split();
+	NewPeer { read: ReadH::Seq(read), write: WriteH::Seq(write), info }
+}
+
+async fn connect_to(address: Address, config: peerwire::Config) -> Result<NewPeer, peerwire::Error> {
+	Ok(match address {
+		Address::Tcp(host_port) => {
+			let (handle, info) = TcpPeer::connect(host_port.as_str(), &config).await?;
+			stream_peer(handle, info)
+		},
+		Address::Unix(path) => {
+			let (handle, info) = UnixStreamPeer::connect(path, &config).await?;
+			stream_peer(handle, info)
+		},
+		Address::Seqpacket(path) => {
+			let (handle, info) = UnixSeqpacketPeer::connect(path, &config).await?;
+			seq_peer(handle, info)
+		},
+	})
+}
+
+/// Connect to `url` (`tcp://HOST:PORT`, `unix:///PATH` or `seqpacket:///PATH`); returns a `Peer`.
+#[pyfunction]
+#[pyo3(signature = (url, config = None))]
+pub fn connect<'py>(py: Python<'py>, url: &str, config: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+	let address = Address::parse(url)?;
+	let config = config_from(config)?;
+	future(py, async move { connect_to(address, config).await.map_err(to_py) })
+}
+
+enum ListenerH {
+	Tcp(TcpListener),
+	Unix(UnixStreamListener),
+	Seq(UnixSeqpacketListener),
+}
+
+/// Accepts connections: `await listener.accept()`, or `async for peer in listener`.
+///
+/// `close()` stops it (a pending accept raises `ConnectionClosed`) and removes a Unix socket file.
+#[pyclass(module = "peerwire", frozen)]
+pub struct Listener {
+	inner: Arc<Mutex<Option<ListenerH>>>,
+	stop: CancellationToken,
+	/// The address it listens on, with the port the system chose for `tcp://HOST:0`.
+	#[pyo3(get)]
+	url: String,
+}
+
+struct NewListener {
+	inner: ListenerH,
+	url: String,
+}
+
+impl<'py> IntoPyObject<'py> for NewListener {
+	type Target = Listener;
+	type Output = Bound<'py, Listener>;
+	type Error = PyErr;
+
+	fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, Listener>> {
+		Bound::new(
+			py,
+			Listener { inner: Arc::new(Mutex::new(Some(self.inner))), stop: CancellationToken::new(), url: self.url },
+		)
+	}
+}
+
+async fn bind(address: Address, config: peerwire::Config) -> Result<NewListener, peerwire::Error> {
+	Ok(match address {
+		Address::Tcp(host_port) => {
+			let listener = TcpListener::bind(host_port.as_str(), &config).await?;
+			let url = format!("tcp://{}", listener.local_addr()?);
+			NewListener { inner: ListenerH::Tcp(listener), url }
+		},
+		Address::Unix(path) => {
+			let listener = UnixStreamListener::bind(&path, &config).await?;
+			NewListener { inner: ListenerH::Unix(listener), url: format!("unix://{}", path.display()) }
+		},
+		Address::Seqpacket(path) => {
+			let listener = UnixSeqpacketListener::bind(&path, &config).await?;
+			NewListener { inner: ListenerH::Seq(listener), url: format!("seqpacket://{}", path.display()) }
+		},
+	})
+}
+
+/// Listen on `url` (`tcp://HOST:PORT`, port 0 for any; `unix:///PATH`; `seqpacket:///PATH`);
+/// returns a `Listener`. A stale Unix socket file is replaced; a live one is not.
+#[pyfunction]
+#[pyo3(signature = (url, config = None))]
+pub fn listen<'py>(py: Python<'py>, url: &str, config: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+	let address = Address::parse(url)?;
+	let config = config_from(config)?;
+	future(py, async move { bind(address, config).await.map_err(to_py) })
+}
+
+/// `Ok(None)` once the listener is closed.
+async fn accept(inner: Arc<Mutex<Option<ListenerH>>>, stop: CancellationToken) -> PyResult<Option<NewPeer>> {
+	let mut guard = tokio::select! {
+		guard = inner.lock() => guard,
+		() = stop.cancelled() => return Ok(None),
+	};
+	let Some(listener) = guard.as_mut() else { return Ok(None) };
+	let accepted = tokio::select! {
+		accepted = async {
+			Ok::<_, peerwire::Error>(match listener {
+				ListenerH::Tcp(l) => {
+					let (handle, info) = l.accept().await?;
+					stream_peer(handle, info)
+				},
+				ListenerH::Unix(l) => {
+					let (handle, info) = l.accept().await?;
+					stream_peer(handle, info)
+				},
+				ListenerH::Seq(l) => {
+					let (handle, info) = l.accept().await?;
+					seq_peer(handle, info)
+				},
+			})
+		} => accepted,
+		() = stop.cancelled() => {
+			// Closed while accepting: drop the listener here (removing its socket file).
+			guard.take();
+			return Ok(None);
+		},
+	};
+	accepted.map(Some).map_err(to_py)
+}
+
+#[pymethods]
+impl Listener {
+	/// The next connection, as a `Peer`. `ConnectionClosed` once the listener is closed.
+	fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+		let (inner, stop) = (self.inner.clone(), self.stop.clone());
+		future(py, async move {
+			accept(inner, stop).await?.ok_or_else(|| ConnectionClosed::new_err("the listener is closed"))
+		})
+	}
+
+	fn __aiter__(slf: Py<Self>) -> Py<Self> {
+		slf
+	}
+
+	/// `async for peer in listener`: every connection until the listener is closed.
+	fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+		let (inner, stop) = (self.inner.clone(), self.stop.clone());
+		future(py, async move { accept(inner, stop).await?.ok_or_else(|| PyStopAsyncIteration::new_err(())) })
+	}
+
+	/// Stop listening: the socket closes (a Unix socket file is removed), a pending accept ends.
+	/// Connections already accepted stay up.
+	fn close(&self) {
+		self.stop.cancel();
+		if let Ok(mut guard) = self.inner.try_lock() {
+			guard.take();
+		}
+	}
+
+	fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+		let py = slf.py();
+		let this = slf.unbind();
+		future(py, async move { Ok(this) })
+	}
+
+	#[pyo3(signature = (*_args))]
+	fn __aexit__<'py>(&self, py: Python<'py>, _args: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+		self.close();
+		future(py, async move { Ok(false) })
+	}
+
+	fn __repr__(&self) -> String {
+		format!("<peerwire.Listener {}>", self.url)
+	}
+}
+
+/// Blocking: connect to `url`, send one request, wait for its response and close. Responder
+/// updates are skipped. Returns the response `Message`; an error response raises `RemoteError`.
+/// `timeout` (seconds) bounds the whole call (`Timeout`). The GIL is released while waiting.
+#[pyfunction]
+#[pyo3(signature = (url, service_id, body = None, *, fds = None, timeout = None, config = None))]
+pub fn call<'py>(
+	py: Python<'py>,
+	url: &str,
+	service_id: i64,
+	body: Option<&Bound<'py, PyAny>>,
+	fds: Option<&Bound<'py, PyAny>>,
+	timeout: Option<f64>,
+	config: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, crate::message::Message>> {
+	let service_id = crate::service_id_from(service_id)?;
+	let address = Address::parse(url)?;
+	let seqpacket = matches!(address, Address::Seqpacket(_));
+	let empty = pyo3::types::PyBytes::new(py, b"");
+	let out = OutBody::from_args(body.unwrap_or(empty.as_any()), fds, seqpacket)?;
+	let timeout = timeout_from(timeout)?;
+	let config = config_from(config)?;
+	let runtime = crate::runtime();
+	let work = async move {
+		let peer = connect_to(address, config).await?;
+		let response = match peer.write {
+			WriteH::Stream(write) => {
+				let mut request = write.send_request(service_id, out.data).await?;
+				request.recv_response().await.map(RsMessage::from_bytes)
+			},
+			WriteH::Seq(write) => {
+				let mut request = write.send_request(service_id, UnixBody::new(out.data, out.fds)).await?;
+				request.recv_response().await.map(RsMessage::from_unix)
+			},
+		};
+		drop(peer.read);
+		response
+	};
+	let result = py.detach(move || {
+		runtime.block_on(async move {
+			match timeout {
+				Some(limit) => {
+					tokio::time::timeout(limit, work).await.unwrap_or_else(|_| Err(peerwire::Error::timeout(limit)))
+				},
+				None => work.await,
+			}
+		})
+	});
+	let response = result.map_err(|error| match error.kind() {
+		peerwire::ErrorKind::Timeout => Timeout::new_err(error.to_string()),
+		_ => to_py(error),
+	})?;
+	if response.is_error() {
+		return Err(remote_error(response.service_id, &response.error_text()));
+	}
+	response.into_pyobject(py)
+}
