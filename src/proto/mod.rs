@@ -243,10 +243,6 @@ impl<B: Body> Connection<B> {
 		}
 	}
 
-	pub fn limits(&self) -> &Limits {
-		&self.limits
-	}
-
 	// ---- The close state ----
 
 	/// The error for an operation on a connection that has ended (or is closing).
