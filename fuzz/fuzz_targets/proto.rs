@@ -11,8 +11,7 @@
 //!   messages) agree with what they count (`check_invariants`), after every step;
 //! - the ids of requests the local side opens are never those of a request still open;
 //! - every request the remote opened is answered exactly once (by a handle, or by an automatic
-//!   error response) once everything is dropped, unless the connection ended or is closing;
-//! - a handle that waits is woken when a message arrives for it.
+//!   error response) once everything is dropped, unless the connection ended or is closing.
 
 #![no_main]
 
@@ -36,23 +35,52 @@ impl Wake for Count {
 	}
 }
 
-struct Sent {
+/// The parts of one request the local side holds: the reading handle, and write handles.
+struct Held {
 	key: usize,
-	id: u32,
 	parts: usize,
 	reader: bool,
 }
 
-struct Received {
-	key: usize,
-	parts: usize,
-	reader: bool,
+impl Held {
+	fn new(key: usize) -> Self {
+		Self { key, parts: 1, reader: true }
+	}
+
+	fn add(&mut self, c: &mut Connection<Bytes>) {
+		c.add_part(self.key);
+		self.parts += 1;
+	}
+
+	/// Drop one part (the reading one if `reader` and it is still held); whether none is left.
+	fn drop_one(&mut self, c: &mut Connection<Bytes>, reader: bool) -> bool {
+		let reader = reader && self.reader;
+		if !reader && self.parts == usize::from(self.reader) {
+			return false;
+		}
+		c.drop_part(self.key, reader);
+		self.parts -= 1;
+		self.reader &= !reader;
+		self.parts == 0
+	}
+
+	fn drop_all(mut self, c: &mut Connection<Bytes>) {
+		while self.parts > 0 {
+			let reader = self.reader;
+			self.drop_one(c, reader);
+		}
+	}
+}
+
+struct Sent {
+	held: Held,
+	id: u32,
 }
 
 struct Model {
 	c: Connection<Bytes>,
 	sent: Vec<Sent>,
-	received: Vec<Received>,
+	received: Vec<Held>,
 	/// Ids of requests the local side sent whose response has not been seen by its handle.
 	open_local_ids: HashSet<u32>,
 	/// Per id: requests the remote sent, and answers the local side wrote.
@@ -61,7 +89,6 @@ struct Model {
 	/// A message the state could not take yet (as the peer task holds it).
 	blocked: Option<Message<Bytes>>,
 	reader_alive: bool,
-	count: Arc<Count>,
 	waker: Waker,
 }
 
@@ -142,7 +169,7 @@ impl Model {
 			5 => match self.c.open_request(1, body(u)?) {
 				Ok((key, id)) => {
 					assert!(self.open_local_ids.insert(id), "id {id} given to two open requests");
-					self.sent.push(Sent { key, id, parts: 1, reader: true });
+					self.sent.push(Sent { held: Held::new(key), id });
 				},
 				Err(Refused::Full(_)) => {},
 				Err(Refused::Failed(error)) => check_failure(&error),
@@ -153,51 +180,39 @@ impl Model {
 				}
 			},
 			7 if !self.sent.is_empty() => {
-				let key = self.sent[which % self.sent.len()].key;
+				let key = self.sent[which % self.sent.len()].held.key;
 				let _ = self.c.send_requester_update(key, 1, body(u)?);
 			},
 			8 if !self.sent.is_empty() => {
 				let index = which % self.sent.len();
 				let sent = &self.sent[index];
-				if sent.reader {
-					let before = self.count.0.load(Ordering::Relaxed);
-					match self.c.poll_recv_sent(sent.key, &self.waker) {
+				if sent.held.reader {
+					match self.c.poll_recv_sent(sent.held.key, &self.waker) {
 						Poll::Ready(Ok(message)) if message.header.message_type == MessageType::Response => {
 							self.open_local_ids.remove(&sent.id);
 						},
 						Poll::Ready(Err(_)) => {
 							self.open_local_ids.remove(&sent.id);
 						},
-						Poll::Ready(Ok(_)) => {},
-						Poll::Pending => {
-							let _ = before;
-						},
+						Poll::Ready(Ok(_)) | Poll::Pending => {},
 					}
 				}
 			},
 			9 if !self.sent.is_empty() => {
 				let index = which % self.sent.len();
-				self.c.add_part(self.sent[index].key);
-				self.sent[index].parts += 1;
+				self.sent[index].held.add(&mut self.c);
 			},
 			10 if !self.sent.is_empty() => {
 				let index = which % self.sent.len();
-				let sent = &mut self.sent[index];
-				let reader = sent.reader && byte(u)? % 2 == 0;
-				if !reader && sent.parts == usize::from(sent.reader) {
-					return Ok(());
-				}
-				self.c.drop_part(sent.key, reader);
-				sent.parts -= 1;
-				sent.reader &= !reader;
-				if sent.parts == 0 {
+				let reader = byte(u)? % 2 == 0;
+				if self.sent[index].held.drop_one(&mut self.c, reader) {
 					let sent = self.sent.swap_remove(index);
 					self.open_local_ids.remove(&sent.id);
 				}
 			},
 			11 if self.reader_alive => match self.c.poll_recv_incoming(&self.waker) {
 				Poll::Ready(Ok(Incoming::Request { key, .. })) => {
-					self.received.push(Received { key, parts: 1, reader: true });
+					self.received.push(Held::new(key));
 				},
 				Poll::Ready(_) | Poll::Pending => {},
 			},
@@ -217,20 +232,12 @@ impl Model {
 			},
 			15 if !self.received.is_empty() => {
 				let index = which % self.received.len();
-				self.c.add_part(self.received[index].key);
-				self.received[index].parts += 1;
+				self.received[index].add(&mut self.c);
 			},
 			16 if !self.received.is_empty() => {
 				let index = which % self.received.len();
-				let received = &mut self.received[index];
-				let reader = received.reader && byte(u)? % 2 == 0;
-				if !reader && received.parts == usize::from(received.reader) {
-					return Ok(());
-				}
-				self.c.drop_part(received.key, reader);
-				received.parts -= 1;
-				received.reader &= !reader;
-				if received.parts == 0 {
+				let reader = byte(u)? % 2 == 0;
+				if self.received[index].drop_one(&mut self.c, reader) {
 					self.received.swap_remove(index);
 				}
 			},
@@ -269,7 +276,6 @@ fuzz_target!(|data: &[u8]| {
 		.with_max_unanswered_incoming(usize::from(bytes[3]) * 8 + 1)
 		.with_write_queue(usize::from(bytes[0] / 32) + 1)
 		.with_max_buffered_outgoing(usize::from(bytes[2] ^ bytes[3]) * 8 + 1);
-	let count = Arc::new(Count::default());
 	let mut model = Model {
 		c: Connection::new(Limits::new(&config, 1 << 20, 16)),
 		sent: Vec::new(),
@@ -279,8 +285,7 @@ fuzz_target!(|data: &[u8]| {
 		answers: HashMap::new(),
 		blocked: None,
 		reader_alive: true,
-		waker: Waker::from(count.clone()),
-		count,
+		waker: Waker::from(Arc::new(Count::default())),
 	};
 	// The peer handle: its read half (dropped by opcode 17) and its write half.
 	model.c.add_link();
@@ -295,24 +300,10 @@ fuzz_target!(|data: &[u8]| {
 	}
 	// The local side lets go of everything; the peer task hands over what it held and writes.
 	for sent in std::mem::take(&mut model.sent) {
-		let mut parts = sent.parts;
-		if sent.reader {
-			model.c.drop_part(sent.key, true);
-			parts -= 1;
-		}
-		for _ in 0..parts {
-			model.c.drop_part(sent.key, false);
-		}
+		sent.held.drop_all(&mut model.c);
 	}
 	for received in std::mem::take(&mut model.received) {
-		let mut parts = received.parts;
-		if received.reader {
-			model.c.drop_part(received.key, true);
-			parts -= 1;
-		}
-		for _ in 0..parts {
-			model.c.drop_part(received.key, false);
-		}
+		received.drop_all(&mut model.c);
 	}
 	if model.reader_alive {
 		model.c.drop_reader();
