@@ -100,6 +100,7 @@ mod peer;
 pub mod proto;
 pub mod reconnect;
 pub mod server;
+pub mod stats;
 #[cfg(all(unix, feature = "unix-seqpacket"))]
 mod sys;
 pub mod transport;
@@ -127,6 +128,7 @@ pub use bytes::Bytes;
 pub use codec::Endian;
 /// The token that shuts a [`server`] down (from `tokio-util`).
 pub use server::CancellationToken;
+pub use stats::{ByType, ConnectionStats, ListenerStats, Traffic};
 
 #[cfg(all(unix, feature = "unix-seqpacket"))]
 pub use transport::seqpacket::{UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer, UnixSeqpacketTransport};

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::handle::PeerHandle;
 use crate::peer::Peer;
+use crate::stats::ListenerStats;
 use crate::transport::{ConnectionInfo, Transport};
 
 /// The first wait after the listening socket fails; it doubles with every failure in a row.
@@ -327,6 +328,8 @@ pub struct Listener<A: Acceptor> {
 	retry: AcceptRetry,
 	limit: ConnectionLimit,
 	admission: Option<Admission>,
+	/// The counters of [`stats`](Self::stats) (`open` is the limit's count).
+	stats: ListenerStats,
 	/// The path the socket file was bound at, as given.
 	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
 	path: Option<std::path::PathBuf>,
@@ -341,6 +344,7 @@ impl<A: Acceptor> Listener<A> {
 			retry: AcceptRetry::new(),
 			limit: ConnectionLimit::default(),
 			admission: None,
+			stats: ListenerStats::default(),
 			#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
 			socket_file: None,
 			#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
@@ -428,6 +432,27 @@ impl<A: Acceptor> Listener<A> {
 		self.limit.open.load(Ordering::Acquire)
 	}
 
+	/// A snapshot of the listener's counters: connections accepted, refused by the admission
+	/// check or the connection limit, and open now.
+	///
+	/// ```
+	/// # #[tokio::main(flavor = "current_thread")]
+	/// # async fn main() -> Result<(), peerwire::Error> {
+	/// use peerwire::{Config, TcpListener, TcpPeer};
+	///
+	/// let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await?;
+	/// let address = listener.local_addr()?;
+	/// let (_client, _) = TcpPeer::connect(address, &Config::default()).await?;
+	/// let (_server, _) = listener.accept().await?;
+	/// let stats = listener.stats();
+	/// assert_eq!((stats.accepted, stats.open), (1, 1));
+	/// # Ok(())
+	/// # }
+	/// ```
+	pub fn stats(&self) -> ListenerStats {
+		ListenerStats { open: self.open_connections(), ..self.stats }
+	}
+
 	/// Accept the next connection, spawn its peer task, and return its handle and what is known
 	/// about the remote.
 	///
@@ -454,11 +479,14 @@ impl<A: Acceptor> Listener<A> {
 			let transport = ready!(self.poll_accept_transport(cx))?;
 			let info = transport.info();
 			// Past the limit the transport is dropped here, which closes the connection.
-			if let Some(open) = self.limit.admit(&info) {
-				let span = crate::transport::connection_span(&info);
-				tracing::info!(parent: &span, "accepted a connection");
-				return Poll::Ready(Ok((Peer::spawn_with(transport, &self.config, open, span), info)));
-			}
+			let Some(open) = self.limit.admit(&info) else {
+				self.stats.refused_by_limit += 1;
+				continue;
+			};
+			self.stats.accepted += 1;
+			let span = crate::transport::connection_span(&info);
+			tracing::info!(parent: &span, "accepted a connection");
+			return Poll::Ready(Ok((Peer::spawn_with(transport, &self.config, open, span), info)));
 		}
 	}
 
@@ -469,7 +497,9 @@ impl<A: Acceptor> Listener<A> {
 	/// does not apply: the listener cannot know when a transport it handed over ends, so it
 	/// neither counts nor refuses these connections. Count them yourself if you need a limit.
 	pub async fn accept_transport(&mut self) -> Result<A::Transport, Error> {
-		Ok(poll_fn(|cx| self.poll_accept_transport(cx)).await?)
+		let transport = poll_fn(|cx| self.poll_accept_transport(cx)).await?;
+		self.stats.accepted += 1;
+		Ok(transport)
 	}
 
 	fn poll_accept_transport(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<A::Transport>> {
@@ -478,7 +508,10 @@ impl<A: Acceptor> Listener<A> {
 			let transport = ready!(retry.poll_accept(cx, |cx| acceptor.poll_accept(cx, config)))?;
 			match &self.admission {
 				// A refused transport is dropped here, unread, which closes the connection.
-				Some(admission) if !admission.admits(&transport.info()) => continue,
+				Some(admission) if !admission.admits(&transport.info()) => {
+					self.stats.refused_by_admission += 1;
+					continue;
+				},
 				_ => return Poll::Ready(Ok(transport)),
 			}
 		}

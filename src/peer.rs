@@ -126,6 +126,8 @@ pub struct Peer<T: Transport> {
 	/// has been quiet since the last look.
 	release_deadline: Option<Pin<Box<Sleep>>>,
 	quiet_since_look: bool,
+	/// The connection's span: the task runs in it, and request spans are its children.
+	span: tracing::Span,
 }
 
 impl<T: Transport> Peer<T> {
@@ -133,11 +135,19 @@ impl<T: Transport> Peer<T> {
 	///
 	/// Nothing happens until [`Peer::run`] is awaited.
 	pub fn new(transport: T, config: &Config) -> (Self, PeerHandle<T::Body>) {
+		let span = crate::transport::connection_span(&transport.info());
+		Self::with_span(transport, config, span)
+	}
+
+	/// [`new`](Self::new), in `span` (see `transport::connection_span`).
+	fn with_span(transport: T, config: &Config, span: tracing::Span) -> (Self, PeerHandle<T::Body>) {
 		let info = transport.info();
 		let (reader, writer) = transport.split();
 		let limits = Limits::new(config, writer.max_body_len(), writer.max_fds());
+		let mut state = Connection::new(limits);
+		state.set_span(span.clone());
 		let shared = Arc::new(Shared {
-			state: Mutex::new(Connection::new(limits)),
+			state: Mutex::new(state),
 			stopped: CancellationToken::new(),
 			room: Notify::new(),
 			flushed: Notify::new(),
@@ -174,6 +184,7 @@ impl<T: Transport> Peer<T> {
 			last_activity: Instant::now(),
 			release_deadline: None,
 			quiet_since_look: false,
+			span,
 		};
 		(peer, handle)
 	}
@@ -199,11 +210,11 @@ impl<T: Transport> Peer<T> {
 		guard: G,
 		span: tracing::Span,
 	) -> PeerHandle<T::Body> {
-		let (peer, handle) = Self::new(transport, config);
+		let (peer, handle) = Self::with_span(transport, config, span.clone());
 		let shared = peer.shared.clone();
 		tokio::spawn(
 			async move {
-				match peer.run().await {
+				match peer.run_in_span().await {
 					Ok(()) if shared.closed_error().is_closed_locally() => tracing::info!("connection closed locally"),
 					Ok(()) => tracing::info!("connection closed by the remote"),
 					Err(error) => tracing::warn!("connection closed: {error}"),
@@ -224,7 +235,16 @@ impl<T: Transport> Peer<T> {
 	///
 	/// Returns `Ok` when it ended in an orderly way (closed by either side or all handles
 	/// dropped), and the error that ended it otherwise.
-	pub async fn run(mut self) -> Result<(), Error> {
+	///
+	/// Runs in the connection's `tracing` span (`peer`, with a connection number and the
+	/// remote), the parent of the connection's request spans.
+	pub async fn run(self) -> Result<(), Error> {
+		let span = self.span.clone();
+		self.run_in_span().instrument(span).await
+	}
+
+	/// [`run`](Self::run), for a caller that runs it in the connection's span already.
+	async fn run_in_span(mut self) -> Result<(), Error> {
 		let result = poll_fn(|cx| self.poll_drive(cx)).await;
 		let reason = match &result {
 			Ok(()) => Error::closed_locally(),
@@ -260,6 +280,7 @@ impl<T: Transport> Peer<T> {
 								// Kept reading only so that a remote that hangs up ends the wait
 								// for the flush.
 								tracing::debug!(header = ?message.header, "closing: dropped an incoming message");
+								self.shared.state().note_dropped_while_closing(&message.header, message.body.len());
 								continue;
 							}
 							self.frame_deadline = None;
@@ -280,6 +301,7 @@ impl<T: Transport> Peer<T> {
 						Poll::Ready(Err(error)) => {
 							if let Some(violation) = error.protocol_violation() {
 								tracing::warn!("protocol violation by the remote: {violation}");
+								self.shared.state().note_protocol_error();
 							}
 							// Reported once what came before it is handed over (below).
 							self.read_error = Some(error);
@@ -341,6 +363,8 @@ impl<T: Transport> Peer<T> {
 					progress = true;
 				}
 				self.auto_replies_full = auto_replies_full;
+				// Reading waits for the application (or for automatic replies to be written).
+				state.set_read_paused(!self.closing && (!self.inbox.is_empty() || auto_replies_full));
 				if self.idle_timeout.is_some() {
 					self.state_idle = state.is_idle();
 				}

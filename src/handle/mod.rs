@@ -63,6 +63,7 @@ impl<B: Body> Shared<B> {
 			let mut notified = pin!(self.room.notified());
 			notified.as_mut().enable();
 			if !self.state().has_room_for(len) {
+				let _wait = SendWait { shared: self, since: std::time::Instant::now() };
 				notified.await;
 			}
 		}
@@ -79,6 +80,20 @@ impl<B: Body> Shared<B> {
 			}
 			notified.await;
 		}
+	}
+}
+
+/// A send waiting for room in the write queue: the wait is added to the connection's
+/// [`send_blocked`](crate::ConnectionStats::send_blocked) when it ends, also when the waiting
+/// future is dropped. Only a send that has to wait reads the clock.
+struct SendWait<'a, B: Body> {
+	shared: &'a Shared<B>,
+	since: std::time::Instant,
+}
+
+impl<B: Body> Drop for SendWait<'_, B> {
+	fn drop(&mut self) {
+		self.shared.state().note_send_blocked(self.since.elapsed());
 	}
 }
 
@@ -185,6 +200,16 @@ impl<B: Body> PeerHandle<B> {
 		self.write.info()
 	}
 
+	/// A snapshot of the connection's counters: messages and bytes each way by type, open
+	/// requests and their peaks, automatic replies, stray messages, protocol errors, time
+	/// blocked on backpressure. See [`ConnectionStats`](crate::ConnectionStats).
+	///
+	/// Takes the connection's lock once; cheap enough to call every second for every
+	/// connection. The counts stay readable after the connection has ended.
+	pub fn stats(&self) -> crate::ConnectionStats {
+		self.write.stats()
+	}
+
 	/// Wait until the connection has ended. See [`PeerWriteHandle::closed`].
 	pub async fn closed(&self) {
 		self.write.closed().await
@@ -231,6 +256,11 @@ impl<B: Body> PeerReadHandle<B> {
 	/// What is known about the remote.
 	pub fn info(&self) -> &ConnectionInfo {
 		&self.link.shared.info
+	}
+
+	/// A snapshot of the connection's counters. See [`PeerHandle::stats`].
+	pub fn stats(&self) -> crate::ConnectionStats {
+		self.link.shared.state().stats()
 	}
 }
 
@@ -293,6 +323,11 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// What is known about the remote.
 	pub fn info(&self) -> &ConnectionInfo {
 		&self.link.shared.info
+	}
+
+	/// A snapshot of the connection's counters. See [`PeerHandle::stats`].
+	pub fn stats(&self) -> crate::ConnectionStats {
+		self.link.shared.state().stats()
 	}
 
 	/// Wait until the connection has ended and its peer task has stopped.

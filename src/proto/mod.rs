@@ -43,6 +43,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::error::{Error, ProtocolViolation};
 use crate::message::{Body, Message, MessageHeader, MessageType};
+use crate::stats::ConnectionStats;
 use store::{Queue, Store};
 use tables::{OpenError, ReceivedTable, SentTable, Serial};
 
@@ -138,6 +139,15 @@ enum Direction {
 	Received,
 }
 
+/// What [`Connection::route`] did with a message, for the counters.
+#[derive(Clone, Copy)]
+struct Routed {
+	header: MessageHeader,
+	body_len: usize,
+	/// Dropped: nothing could take it.
+	stray: bool,
+}
+
 /// One open request, of either direction.
 #[derive(Debug)]
 struct Request {
@@ -161,6 +171,60 @@ struct Request {
 	reader_gone: bool,
 	/// Received: its share of the unanswered-bytes budget.
 	charge: usize,
+	/// Its `debug` span, child of the connection's, and when it opened: both only while a
+	/// subscriber wants the span (else `Span::none()` and `None`, and nothing is timed).
+	span: tracing::Span,
+	started: Option<std::time::Instant>,
+}
+
+impl Request {
+	/// A request of `direction` with id `request_id`, open, held by one part.
+	fn new(direction: Direction, request_id: u32, serial: Serial, (span, started): RequestSpan) -> Self {
+		Self {
+			direction,
+			request_id,
+			serial,
+			queue: Queue::default(),
+			waker: None,
+			parts: 1,
+			open: true,
+			updates_ended: false,
+			reader_gone: false,
+			charge: 0,
+			span,
+			started,
+		}
+	}
+
+	/// Record how the request ended on its span, and close the span; only the first outcome
+	/// counts.
+	fn finish(&mut self, outcome: &'static str) {
+		if let Some(started) = self.started.take() {
+			self.span.record("outcome", outcome);
+			self.span.record("duration_us", started.elapsed().as_micros() as u64);
+			self.span = tracing::Span::none();
+		}
+	}
+}
+
+type RequestSpan = (tracing::Span, Option<std::time::Instant>);
+
+/// The outcomes a request span records.
+mod outcome {
+	pub const RESPONSE: &str = "response";
+	pub const ERROR_RESPONSE: &str = "error response";
+	/// A sent request forgotten (every handle dropped) before its response.
+	pub const DROPPED: &str = "dropped";
+	/// A received request whose handles were dropped without a response: the automatic error
+	/// response went out.
+	pub const AUTO_ANSWERED: &str = "dropped, answered automatically";
+	pub const CONNECTION_CLOSED: &str = "connection closed";
+	/// The transport refused to write the request (a limit mismatch).
+	pub const REFUSED: &str = "refused by the transport";
+}
+
+fn response_outcome(service_id: i32) -> &'static str {
+	if service_id < 0 { outcome::ERROR_RESPONSE } else { outcome::RESPONSE }
 }
 
 /// The state of one connection. See the [module documentation](self).
@@ -208,6 +272,12 @@ pub struct Connection<B> {
 	/// The peer task has stopped.
 	ended: bool,
 	close_reason: Option<Error>,
+	/// The counters (open requests are read from the tables when a snapshot is taken).
+	stats: ConnectionStats,
+	/// The connection's span: the parent of the request spans.
+	span: tracing::Span,
+	/// Since when reading has been paused, while it is.
+	read_paused_since: Option<std::time::Instant>,
 }
 
 impl<B: Body> Connection<B> {
@@ -240,7 +310,72 @@ impl<B: Body> Connection<B> {
 			remote_done: false,
 			ended: false,
 			close_reason: None,
+			stats: ConnectionStats::default(),
+			span: tracing::Span::none(),
+			read_paused_since: None,
 		}
+	}
+
+	/// Make `span` (the connection's) the parent of the request spans.
+	pub fn set_span(&mut self, span: tracing::Span) {
+		self.span = span;
+	}
+
+	/// The span of a new request, at `debug`, and its start if the span is wanted.
+	fn request_span(&self, direction: &'static str, request_id: u32, service_id: i32) -> RequestSpan {
+		let span = tracing::debug_span!(
+			parent: &self.span,
+			"request",
+			direction,
+			request_id,
+			service_id,
+			outcome = tracing::field::Empty,
+			duration_us = tracing::field::Empty,
+		);
+		let started = if span.is_disabled() { None } else { Some(std::time::Instant::now()) };
+		(span, started)
+	}
+
+	// ---- Counters ----
+
+	/// A snapshot of the counters.
+	pub fn stats(&self) -> ConnectionStats {
+		let paused_now = self.read_paused_since.map(|since| since.elapsed()).unwrap_or_default();
+		ConnectionStats {
+			open_sent_requests: self.sent.len(),
+			open_received_requests: self.received.len(),
+			read_paused: self.stats.read_paused + paused_now,
+			..self.stats.clone()
+		}
+	}
+
+	/// A local send waited `waited` for room in the write queue.
+	pub fn note_send_blocked(&mut self, waited: std::time::Duration) {
+		self.stats.send_blocked += waited;
+	}
+
+	/// Whether reading is paused now because the application has not taken what came (or
+	/// automatic replies wait to be written); the clock is read only when that changes.
+	pub fn set_read_paused(&mut self, paused: bool) {
+		match (paused, self.read_paused_since) {
+			(true, None) => self.read_paused_since = Some(std::time::Instant::now()),
+			(false, Some(since)) => {
+				self.stats.read_paused += since.elapsed();
+				self.read_paused_since = None;
+			},
+			_ => {},
+		}
+	}
+
+	/// The remote broke the protocol in a way that ends the connection (a malformed frame).
+	pub fn note_protocol_error(&mut self) {
+		self.stats.protocol_errors += 1;
+	}
+
+	/// A message arrived while closing and was dropped unread.
+	pub fn note_dropped_while_closing(&mut self, header: &MessageHeader, body_len: usize) {
+		self.stats.received.count(header.message_type, header.service_id, body_len);
+		self.stats.stray_messages += 1;
 	}
 
 	// ---- The close state ----
@@ -319,7 +454,12 @@ impl<B: Body> Connection<B> {
 			return;
 		}
 		self.ended = true;
+		self.set_read_paused(false);
 		self.end_requests();
+		for (_, request) in self.requests.iter_mut() {
+			// Received requests not answered by now never will be.
+			request.finish(outcome::CONNECTION_CLOSED);
+		}
 		for outgoing in self.outgoing.drain(..) {
 			drop(outgoing);
 		}
@@ -338,6 +478,7 @@ impl<B: Body> Connection<B> {
 		for id_key in self.sent.drain() {
 			let request = &mut self.requests[id_key];
 			request.open = false;
+			request.finish(outcome::CONNECTION_CLOSED);
 			if let Some(waker) = request.waker.take() {
 				waker.wake();
 			}
@@ -439,18 +580,9 @@ impl<B: Body> Connection<B> {
 		let Some((request_id, serial)) = self.sent.insert(key) else {
 			return Err(Refused::Failed(Error::too_many_requests(self.limits.max_open_requests)));
 		};
-		self.requests.insert(Request {
-			direction: Direction::Sent,
-			request_id,
-			serial,
-			queue: Queue::default(),
-			waker: None,
-			parts: 1,
-			open: true,
-			updates_ended: false,
-			reader_gone: false,
-			charge: 0,
-		});
+		let span = self.request_span("sent", request_id, service_id);
+		self.requests.insert(Request::new(Direction::Sent, request_id, serial, span));
+		self.stats.peak_sent_requests = self.stats.peak_sent_requests.max(self.sent.len());
 		self.links += 1;
 		self.enqueue(Message::request(request_id, service_id, body), cost, true);
 		Ok((key, request_id))
@@ -476,21 +608,22 @@ impl<B: Body> Connection<B> {
 
 	/// Queue a responder update for the received request `key`.
 	pub fn send_responder_update(&mut self, key: Key, service_id: i32, body: B) -> Result<(), Refused<B>> {
-		self.send_on_received(key, body, false, |id, body| Message::responder_update(id, service_id, body))
+		self.send_on_received(key, body, None, |id, body| Message::responder_update(id, service_id, body))
 	}
 
 	/// Queue the response to the received request `key`, closing it.
 	pub fn send_response(&mut self, key: Key, service_id: i32, body: B) -> Result<(), Refused<B>> {
-		self.send_on_received(key, body, true, |id, body| Message::response(id, service_id, body))
+		let answers = Some(response_outcome(service_id));
+		self.send_on_received(key, body, answers, |id, body| Message::response(id, service_id, body))
 	}
 
 	/// Queue a message of the received request `key`, made by `message` from its id and `body`;
-	/// `answers` closes the request.
+	/// `answers` (with the outcome for its span) closes the request.
 	fn send_on_received(
 		&mut self,
 		key: Key,
 		body: B,
-		answers: bool,
+		answers: Option<&'static str>,
 		message: impl FnOnce(u32, B) -> Message<B>,
 	) -> Result<(), Refused<B>> {
 		self.check_open()?;
@@ -501,7 +634,8 @@ impl<B: Body> Connection<B> {
 		}
 		let request_id = request.request_id;
 		let Some(cost) = self.room(body.len()) else { return Err(Refused::Full(body)) };
-		if answers {
+		if let Some(outcome) = answers {
+			self.requests[key].finish(outcome);
 			self.answer(key);
 		}
 		self.enqueue(message(request_id, body), cost, true);
@@ -672,8 +806,8 @@ impl<B: Body> Connection<B> {
 		if self.requests[key].parts > 0 {
 			return;
 		}
-		let request = self.requests.remove(key);
-		let mut queue = request.queue;
+		let mut request = self.requests.remove(key);
+		let mut queue = std::mem::take(&mut request.queue);
 		let budget = self.limits.incoming_bytes;
 		let mut freed = 0;
 		queue.clear(&mut self.store, |message| freed += cost(message.body.len(), budget));
@@ -683,6 +817,7 @@ impl<B: Body> Connection<B> {
 				if request.open && self.sent.remove_if(request.request_id, request.serial).is_some() {
 					tracing::debug!(request_id = request.request_id, "sent request dropped before its response");
 				}
+				request.finish(outcome::DROPPED);
 			},
 			Direction::Received if request.open => {
 				tracing::debug!(request_id = request.request_id, "received request dropped without a response");
@@ -691,6 +826,9 @@ impl<B: Body> Connection<B> {
 				if !self.closing && !self.ended {
 					let text = crate::handle::DROPPED_REQUEST_TEXT;
 					self.enqueue(Message::error_response(request.request_id, text), 0, false);
+					request.finish(outcome::AUTO_ANSWERED);
+				} else {
+					request.finish(outcome::CONNECTION_CLOSED);
 				}
 			},
 			Direction::Received => {},
@@ -711,13 +849,26 @@ impl<B: Body> Connection<B> {
 	/// (its queue or the incoming budget is full): the peer task reads nothing more and offers
 	/// it again once a handle has taken something (it is woken for that).
 	pub fn recv(&mut self, message: Message<B>) -> Result<(), Message<B>> {
+		// Counted once handed over: a message given back is offered again later.
+		let routed = self.route(message)?;
+		let header = routed.header;
+		self.stats.received.count(header.message_type, header.service_id, routed.body_len);
+		if routed.stray {
+			self.stats.stray_messages += 1;
+		}
+		Ok(())
+	}
+
+	fn route(&mut self, message: Message<B>) -> Result<Routed, Message<B>> {
 		let id = message.header.request_id;
+		let routed = Routed { header: message.header, body_len: message.body.len(), stray: false };
+		let stray = Routed { stray: true, ..routed };
 		match message.header.message_type {
-			MessageType::Request => return self.recv_request(message),
+			MessageType::Request => return self.recv_request(message).map(|()| routed),
 			MessageType::Stream => {
 				if self.reader_gone || self.links == 0 {
 					tracing::debug!("no read handle: dropped a stream message");
-					return Ok(());
+					return Ok(stray);
 				}
 				let cost = self.incoming_room(message.body.len(), self.incoming.len() < self.limits.incoming_queue);
 				let Some(cost) = cost else { return Err(message) };
@@ -730,41 +881,45 @@ impl<B: Body> Connection<B> {
 			MessageType::Response | MessageType::ResponderUpdate => {
 				let Some(&key) = self.sent.get(id) else {
 					tracing::debug!(request_id = id, "dropped a message for a request that is not open");
-					return Ok(());
+					return Ok(stray);
 				};
 				if self.requests[key].reader_gone {
 					// Only write handles are left: nobody reads it (as the old closed channel did).
 					if message.header.message_type == MessageType::Response {
 						self.sent.remove(id);
-						self.requests[key].open = false;
+						let request = &mut self.requests[key];
+						request.open = false;
+						request.finish(response_outcome(message.header.service_id));
 					}
 					tracing::debug!(request_id = id, "request handle dropped: dropped its message");
-					return Ok(());
+					return Ok(stray);
 				}
 				let fits = self.requests[key].queue.len() < self.limits.request_queue;
 				let Some(cost) = self.incoming_room(message.body.len(), fits) else { return Err(message) };
 				if message.header.message_type == MessageType::Response {
 					self.sent.remove(id);
-					self.requests[key].open = false;
+					let request = &mut self.requests[key];
+					request.open = false;
+					request.finish(response_outcome(message.header.service_id));
 				}
 				self.deliver(key, cost, message);
 			},
 			MessageType::RequesterUpdate => {
 				let Some(&key) = self.received.get(id) else {
 					tracing::debug!(request_id = id, "dropped an update for a request that is not open");
-					return Ok(());
+					return Ok(stray);
 				};
 				let request = &self.requests[key];
 				if request.reader_gone || request.updates_ended {
 					tracing::debug!(request_id = id, "request handle dropped: dropped its update");
-					return Ok(());
+					return Ok(stray);
 				}
 				let fits = request.queue.len() < self.limits.request_queue;
 				let Some(cost) = self.incoming_room(message.body.len(), fits) else { return Err(message) };
 				self.deliver(key, cost, message);
 			},
 		}
-		Ok(())
+		Ok(routed)
 	}
 
 	/// What a received body of `len` bytes costs of the incoming budget, if it and its queue
@@ -811,6 +966,7 @@ impl<B: Body> Connection<B> {
 		let fits = self.incoming.len() < self.limits.incoming_queue;
 		match self.received.check(id) {
 			Err(OpenError::Duplicate) => {
+				self.stats.protocol_errors += 1;
 				let violation = ProtocolViolation::DuplicateRequestId { request_id: id };
 				tracing::warn!("protocol violation by the remote: {violation}");
 				self.auto_reply(id, &violation.to_string());
@@ -830,18 +986,12 @@ impl<B: Body> Connection<B> {
 			self.auto_reply(id, "too many open requests");
 			return Ok(());
 		};
-		self.requests.insert(Request {
-			direction: Direction::Received,
-			request_id: id,
-			serial,
-			queue: Queue::default(),
-			waker: None,
-			parts: 1,
-			open: true,
-			updates_ended: self.remote_done,
-			reader_gone: false,
-			charge,
-		});
+		let span = self.request_span("received", id, message.header.service_id);
+		let mut request = Request::new(Direction::Received, id, serial, span);
+		request.updates_ended = self.remote_done;
+		request.charge = charge;
+		self.requests.insert(request);
+		self.stats.peak_received_requests = self.stats.peak_received_requests.max(self.received.len());
 		self.unanswered_bytes += charge;
 		self.buffered += cost;
 		self.incoming.push_back(Incoming::Request { key, header: message.header, body: message.body });
@@ -863,6 +1013,13 @@ impl<B: Body> Connection<B> {
 			return false;
 		}
 		std::mem::swap(&mut self.outgoing, batch);
+		for outgoing in batch.iter() {
+			let header = &outgoing.message.header;
+			self.stats.sent.count(header.message_type, header.service_id, outgoing.message.body.len());
+			if !outgoing.metered {
+				self.stats.auto_replies += 1;
+			}
+		}
 		true
 	}
 
@@ -872,6 +1029,7 @@ impl<B: Body> Connection<B> {
 		if let Some(key) = self.sent.remove(request_id) {
 			let request = &mut self.requests[key];
 			request.open = false;
+			request.finish(outcome::REFUSED);
 			if let Some(waker) = request.waker.take() {
 				waker.wake();
 			}

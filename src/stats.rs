@@ -1,0 +1,157 @@
+//! Counters of a connection and of a listener, read as snapshots.
+//!
+//! The counters of a connection live in its state (the one that the peer task and the handles
+//! already share under one lock), so counting costs a few additions per message and no lock or
+//! atomic operation of its own. [`PeerHandle::stats`](crate::PeerHandle::stats) copies them out.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), peerwire::Error> {
+//! use peerwire::{Bytes, Config, MemoryTransport, Peer, ReceivedMessage};
+//!
+//! let (a, b) = MemoryTransport::<Bytes>::pair(&Config::default());
+//! let client = Peer::spawn(a, &Config::default());
+//! let mut server = Peer::spawn(b, &Config::default());
+//! tokio::spawn(async move {
+//!     while let Ok(ReceivedMessage::Request(request, body)) = server.recv_message().await {
+//!         request.send_response(0, body).await?;
+//!     }
+//!     Ok::<_, peerwire::Error>(())
+//! });
+//!
+//! let mut request = client.send_request(1, "ping").await?;
+//! request.recv_response().await?;
+//! let stats = client.stats();
+//! assert_eq!(stats.sent.messages.request, 1);
+//! assert_eq!(stats.received.messages.response, 1);
+//! assert_eq!(stats.received.body_bytes.response, 4);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use crate::message::MessageType;
+
+/// A count for each message type (the protocol has these five, so the struct can be built and
+/// compared whole).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByType {
+	/// Requests.
+	pub request: u64,
+	/// Responses, error responses included.
+	pub response: u64,
+	/// Updates sent by the requester.
+	pub requester_update: u64,
+	/// Updates sent by the responder.
+	pub responder_update: u64,
+	/// One-way stream messages.
+	pub stream: u64,
+}
+
+impl ByType {
+	/// The count for `message_type`.
+	pub fn get(&self, message_type: MessageType) -> u64 {
+		match message_type {
+			MessageType::Request => self.request,
+			MessageType::Response => self.response,
+			MessageType::RequesterUpdate => self.requester_update,
+			MessageType::ResponderUpdate => self.responder_update,
+			MessageType::Stream => self.stream,
+		}
+	}
+
+	/// The sum over all types.
+	pub fn total(&self) -> u64 {
+		self.request + self.response + self.requester_update + self.responder_update + self.stream
+	}
+
+	pub(crate) fn add(&mut self, message_type: MessageType, count: u64) {
+		let slot = match message_type {
+			MessageType::Request => &mut self.request,
+			MessageType::Response => &mut self.response,
+			MessageType::RequesterUpdate => &mut self.requester_update,
+			MessageType::ResponderUpdate => &mut self.responder_update,
+			MessageType::Stream => &mut self.stream,
+		};
+		*slot += count;
+	}
+}
+
+/// Messages and body bytes of one direction of a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Traffic {
+	/// Messages, by type.
+	pub messages: ByType,
+	/// Bytes of bodies, by message type (headers and framing not counted).
+	pub body_bytes: ByType,
+	/// Of the responses, those that are error responses (a negative service id).
+	pub error_responses: u64,
+}
+
+impl Traffic {
+	pub(crate) fn count(&mut self, message_type: MessageType, service_id: i32, body_len: usize) {
+		self.messages.add(message_type, 1);
+		self.body_bytes.add(message_type, body_len as u64);
+		if message_type == MessageType::Response && service_id < 0 {
+			self.error_responses += 1;
+		}
+	}
+}
+
+/// A snapshot of the counters of one connection, from
+/// [`PeerHandle::stats`](crate::PeerHandle::stats) and the other handles of the connection.
+///
+/// Counts start at zero when the connection starts and keep their last values after it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+	/// What the remote sent: every message decoded from the connection, whatever became of it.
+	pub received: Traffic,
+	/// What this side sent: messages the transport has taken to write, automatic replies
+	/// included. A message still queued when the connection broke is not counted.
+	pub sent: Traffic,
+	/// Requests this side sent that wait for their response now.
+	pub open_sent_requests: usize,
+	/// Requests the remote sent that this side has not answered yet.
+	pub open_received_requests: usize,
+	/// The most requests this side had waiting for a response at once.
+	pub peak_sent_requests: usize,
+	/// The most requests of the remote that were unanswered at once.
+	pub peak_received_requests: usize,
+	/// Error responses the connection sent on its own: for a request handle dropped without a
+	/// response, a duplicate request id, a request past a limit, a request nobody reads.
+	pub auto_replies: u64,
+	/// Messages from the remote dropped because nothing could take them: an update or response
+	/// for a request that is not open (or whose handle is gone), a stream message with no read
+	/// handle, a message arriving while the connection closes.
+	pub stray_messages: u64,
+	/// Protocol violations by the remote: a duplicate request id (answered, the connection goes
+	/// on), or a malformed frame (which ends the connection).
+	pub protocol_errors: u64,
+	/// Time spent by local sends waiting for room in the write queue because the remote (or the
+	/// transport) did not take the bytes fast enough; summed over the tasks that waited.
+	pub send_blocked: Duration,
+	/// Time reading from the remote was paused because the application had not taken what was
+	/// already received (the incoming budgets were full), or automatic replies waited to be
+	/// written.
+	pub read_paused: Duration,
+}
+
+/// A snapshot of the counters of a [`Listener`](crate::Listener), from
+/// [`Listener::stats`](crate::Listener::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerStats {
+	/// Connections accepted and started (a peer task spawned or a transport handed over).
+	pub accepted: u64,
+	/// Connections closed at once because the [admission check](crate::Listener::set_admission)
+	/// refused them.
+	pub refused_by_admission: u64,
+	/// Connections closed at once because the [connection
+	/// limit](crate::Listener::set_max_connections) was reached.
+	pub refused_by_limit: u64,
+	/// Connections spawned by [`accept`](crate::Listener::accept) still running.
+	pub open: usize,
+}

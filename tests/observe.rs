@@ -1,0 +1,280 @@
+//! The counters of a connection and of a listener: exact values after a scripted exchange on
+//! every transport, protocol errors and stray messages from a raw remote, time blocked on
+//! backpressure each way.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{RawRemote, socket_path, within};
+use peerwire::{
+	Body, ByType, Config, ConnectionStats, Message, Peer, PeerHandle, ReceivedMessage, TcpListener, TcpPeer,
+	UnixStreamTransport,
+};
+use tokio::sync::oneshot;
+
+/// The script, from the client's side; the server's side runs in `serve`.
+///
+/// 1. request "ping" → responder update "half", requester update "more", response "pong!";
+/// 2. stream message "abc";
+/// 3. request "bad" → error response "nope";
+/// 4. request "drop" → the server drops the handle: an automatic error response;
+/// 5. request "late" → the client drops its handle, then the server answers "ok": stray.
+async fn script<B: Body>(client: PeerHandle<B>, server: PeerHandle<B>) -> (ConnectionStats, ConnectionStats)
+where
+	&'static str: peerwire::IntoBody<B>,
+{
+	let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
+	let server = tokio::spawn(serve(server, dropped_rx));
+
+	let mut request = client.send_request(1, "ping").await.unwrap();
+	let update = within(request.recv_update()).await.unwrap().expect("an update");
+	assert_eq!(update.body.len(), 4);
+	request.send_update(2, "more").await.unwrap();
+	let response = within(request.recv_response()).await.unwrap();
+	assert_eq!(response.body.len(), 5);
+
+	client.send_stream(3, "abc").await.unwrap();
+
+	let mut request = client.send_request(4, "bad").await.unwrap();
+	assert!(within(request.recv_response()).await.unwrap().is_error_response());
+
+	let mut request = client.send_request(5, "drop").await.unwrap();
+	assert!(within(request.recv_response()).await.unwrap().is_error_response());
+
+	let request = client.send_request(6, "late").await.unwrap();
+	// Make sure it is on its way before forgetting it.
+	client.flush().await.unwrap();
+	drop(request);
+	dropped_tx.send(()).unwrap();
+
+	let server_stats = within(server).await.unwrap();
+	// The server has flushed its last answer: wait until the client has read it.
+	within(async {
+		while client.stats().stray_messages == 0 {
+			tokio::time::sleep(Duration::from_millis(2)).await;
+		}
+	})
+	.await;
+	(client.stats(), server_stats)
+}
+
+async fn serve<B: Body>(mut server: PeerHandle<B>, dropped: oneshot::Receiver<()>) -> ConnectionStats
+where
+	&'static str: peerwire::IntoBody<B>,
+{
+	let next = |message: ReceivedMessage<B>| message.into_request().expect("a request");
+	let (mut request, _) = next(within(server.recv_message()).await.unwrap());
+	request.send_update(10, "half").await.unwrap();
+	let update = within(request.recv_update()).await.unwrap().expect("an update");
+	assert_eq!(update.body.len(), 4);
+	request.send_response(0, "pong!").await.unwrap();
+
+	let stream = within(server.recv_message()).await.unwrap().into_stream().expect("a stream message");
+	assert_eq!(stream.body.len(), 3);
+
+	let (request, _) = next(within(server.recv_message()).await.unwrap());
+	request.send_error_response("nope").await.unwrap();
+
+	let (request, _) = next(within(server.recv_message()).await.unwrap());
+	drop(request);
+
+	let (request, _) = next(within(server.recv_message()).await.unwrap());
+	dropped.await.unwrap();
+	request.send_response(0, "ok").await.unwrap();
+	server.flush().await.unwrap();
+	server.stats()
+}
+
+fn check(client: &ConnectionStats, server: &ConnectionStats) {
+	let auto_reply = peerwire::DROPPED_REQUEST_TEXT.len() as u64;
+	// The client's view.
+	assert_eq!(
+		client.sent.messages,
+		ByType { request: 4, requester_update: 1, stream: 1, ..ByType::default() },
+		"{client:#?}"
+	);
+	assert_eq!(
+		client.sent.body_bytes,
+		ByType { request: 4 + 3 + 4 + 4, requester_update: 4, stream: 3, ..ByType::default() }
+	);
+	assert_eq!(client.sent.error_responses, 0);
+	assert_eq!(
+		client.received.messages,
+		ByType { responder_update: 1, response: 4, ..ByType::default() },
+		"{client:#?}"
+	);
+	assert_eq!(
+		client.received.body_bytes,
+		ByType { responder_update: 4, response: 5 + 4 + auto_reply + 2, ..ByType::default() }
+	);
+	assert_eq!(client.received.error_responses, 2);
+	assert_eq!((client.open_sent_requests, client.open_received_requests), (0, 0));
+	assert_eq!((client.peak_sent_requests, client.peak_received_requests), (1, 0));
+	assert_eq!(client.auto_replies, 0);
+	assert_eq!(client.stray_messages, 1, "the answer to the forgotten request");
+	assert_eq!(client.protocol_errors, 0);
+
+	// The server's: the mirror image, the automatic reply included in what it sent.
+	assert_eq!(server.received.messages, client.sent.messages);
+	assert_eq!(server.received.body_bytes, client.sent.body_bytes);
+	assert_eq!(server.sent.messages, client.received.messages);
+	assert_eq!(server.sent.body_bytes, client.received.body_bytes);
+	assert_eq!(server.sent.error_responses, 2);
+	assert_eq!((server.open_sent_requests, server.open_received_requests), (0, 0));
+	assert_eq!((server.peak_sent_requests, server.peak_received_requests), (0, 1));
+	assert_eq!(server.auto_replies, 1, "the dropped request");
+	assert_eq!((server.stray_messages, server.protocol_errors), (0, 0));
+}
+
+#[tokio::test]
+async fn exact_counts_in_memory() {
+	let (client, server) = peerwire::transport::memory::pair::<peerwire::Bytes>(&Config::default());
+	let (client, server) = script(client, server).await;
+	check(&client, &server);
+}
+
+#[tokio::test]
+async fn exact_counts_over_tcp() {
+	let config = Config::default();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
+	let address = listener.local_addr().unwrap();
+	let (client, server) = tokio::join!(TcpPeer::connect(address, &config), listener.accept());
+	let (client, server) = script(client.unwrap().0, server.unwrap().0).await;
+	check(&client, &server);
+	let listener = listener.stats();
+	assert_eq!((listener.accepted, listener.refused_by_admission, listener.refused_by_limit), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn exact_counts_over_unix_stream() {
+	let config = Config::default();
+	let (a, b) = UnixStreamTransport::pair(&config).unwrap();
+	let (client, server) = script(Peer::spawn(a, &config), Peer::spawn(b, &config)).await;
+	check(&client, &server);
+}
+
+#[cfg(feature = "unix-seqpacket")]
+#[tokio::test]
+async fn exact_counts_over_seqpacket() {
+	let config = Config::default();
+	let (a, b) = peerwire::UnixSeqpacketTransport::pair(&config).unwrap();
+	let (client, server) = script(Peer::spawn(a, &config), Peer::spawn(b, &config)).await;
+	check(&client, &server);
+}
+
+#[tokio::test]
+async fn a_duplicate_id_and_a_malformed_frame_count_as_protocol_errors() {
+	let (peer, mut remote) = RawRemote::connect(Config::default()).await;
+	let (mut read, _write) = peer.split();
+	remote.send(Message::request(7, 1, peerwire::Bytes::from_static(b"a"))).await;
+	remote.send(Message::request(7, 1, peerwire::Bytes::from_static(b"b"))).await;
+	// The duplicate is answered on its own, and the connection goes on.
+	let reply = remote.recv().await.expect("the automatic reply");
+	assert!(reply.is_error_response());
+	let (request, _) = within(read.recv_message()).await.unwrap().into_request().unwrap();
+	let stats = read.stats();
+	assert_eq!((stats.protocol_errors, stats.auto_replies), (1, 1));
+	assert_eq!(stats.received.messages.request, 2);
+	assert_eq!((stats.open_received_requests, stats.peak_received_requests), (1, 1));
+
+	// A frame of an unknown message type ends the connection; the count stays readable.
+	let mut frame = Vec::new();
+	frame.extend_from_slice(&12u32.to_le_bytes());
+	frame.extend_from_slice(&9u32.to_le_bytes());
+	frame.extend_from_slice(&8u32.to_le_bytes());
+	frame.extend_from_slice(&1i32.to_le_bytes());
+	remote.send_bytes(&frame).await;
+	assert!(within(read.recv_message()).await.is_err());
+	let stats = read.stats();
+	assert_eq!(stats.protocol_errors, 2);
+	assert_eq!(stats.open_received_requests, 1, "unanswered, though it can no longer be answered");
+	drop(request);
+}
+
+#[tokio::test]
+async fn time_blocked_on_a_remote_that_does_not_read_is_counted() {
+	// The remote never reads: the socket buffers fill, then the write queue.
+	let config = Config::default().with_write_queue(4).with_max_buffered_outgoing(256 * 1024);
+	let (peer, _remote) = RawRemote::connect(config).await;
+	let body = peerwire::Bytes::from(vec![7u8; 64 * 1024]);
+	let blocked = tokio::time::timeout(Duration::from_secs(5), async {
+		loop {
+			let started = std::time::Instant::now();
+			peer.send_stream(1, body.clone()).await.unwrap();
+			if started.elapsed() > Duration::from_millis(50) {
+				break;
+			}
+		}
+	});
+	// Either a send waited and then got through, or it is still waiting: cancel it then.
+	let _ = tokio::time::timeout(Duration::from_millis(300), blocked).await;
+	let stats = peer.stats();
+	assert!(stats.send_blocked >= Duration::from_millis(50), "{stats:#?}");
+	assert_eq!(stats.read_paused, Duration::ZERO);
+}
+
+#[tokio::test]
+async fn time_reading_paused_for_the_application_is_counted() {
+	let config = Config::default().with_incoming_queue(2);
+	let (client, mut server) = peerwire::transport::memory::pair::<peerwire::Bytes>(&config);
+	for _ in 0..8 {
+		client.send_stream(1, "x").await.unwrap();
+	}
+	// The server takes nothing for a while: its reading pauses once two messages wait.
+	tokio::time::sleep(Duration::from_millis(150)).await;
+	let paused = server.stats().read_paused;
+	assert!(paused >= Duration::from_millis(100), "counted while it lasts: {paused:?}");
+	for _ in 0..8 {
+		within(server.recv_message()).await.unwrap();
+	}
+	let stats = server.stats();
+	assert!(stats.read_paused >= paused);
+	assert_eq!(stats.received.messages.stream, 8);
+	let later = server.stats().read_paused;
+	tokio::time::sleep(Duration::from_millis(50)).await;
+	assert_eq!(server.stats().read_paused, later, "not counted once reading resumes");
+}
+
+#[tokio::test]
+async fn listener_counts_accepted_refused_and_open_connections() {
+	let path = socket_path("stats-listener");
+	let config = Config::default();
+	let mut listener = peerwire::UnixStreamListener::bind(&path, &config).await.unwrap();
+	listener.set_max_connections(Some(1));
+	let (first, accepted) = tokio::join!(peerwire::UnixStreamPeer::connect(&path, &config), listener.accept());
+	let (_first, _) = first.unwrap();
+	let (server, _) = accepted.unwrap();
+	// A second connection is past the limit: accepted by the socket, closed at once.
+	let (second, _) = peerwire::UnixStreamPeer::connect(&path, &config).await.unwrap();
+	let accept = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+	assert!(accept.is_err(), "no connection to keep");
+	within(second.closed()).await;
+	let stats = listener.stats();
+	assert_eq!((stats.accepted, stats.refused_by_limit, stats.refused_by_admission, stats.open), (1, 1, 0, 1));
+
+	// An admission check that refuses everyone.
+	listener.set_max_connections(None);
+	listener.set_admission(|_| false);
+	let (third, _) = peerwire::UnixStreamPeer::connect(&path, &config).await.unwrap();
+	let accept = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+	assert!(accept.is_err());
+	within(third.closed()).await;
+	drop(server);
+	within(async {
+		while listener.open_connections() > 0 {
+			tokio::time::sleep(Duration::from_millis(2)).await;
+		}
+	})
+	.await;
+	let stats = listener.stats();
+	assert_eq!((stats.accepted, stats.refused_by_limit, stats.refused_by_admission, stats.open), (1, 1, 1, 0));
+	let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn stats_are_plain_values() {
+	let stats = ConnectionStats::default();
+	assert_eq!(stats.sent.messages.total(), 0);
+	assert_eq!(stats.received.messages.get(peerwire::MessageType::Stream), 0);
+}
