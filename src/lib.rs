@@ -68,6 +68,7 @@
 //! | `typed` | no | typed interfaces: the `interface!` macro and `peerwire::typed` (serde) |
 //! | `json` | no | `typed` with JSON bodies (`typed::Json`) |
 //! | `msgpack` | no | `typed` with MessagePack bodies (`typed::MsgPack`) |
+//! | `metrics` | no | publishes the counters of every connection and listener through the [`metrics`](https://docs.rs/metrics) facade (see [`metrics`](mod@metrics) for the names), for Prometheus or any other exporter |
 //! | `cli` | no | the `peerwire` command-line tool (a binary; not needed by the library) |
 //!
 //! With no feature at all, the generic [`StreamTransport`] works over any tokio `AsyncRead` +
@@ -92,6 +93,8 @@ mod error;
 mod handle;
 mod listener;
 pub mod message;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod peer;
 #[doc(hidden)]
 // Hidden (public for the fuzz targets only): its docs are for readers of the source, and link

@@ -481,9 +481,13 @@ impl<A: Acceptor> Listener<A> {
 			// Past the limit the transport is dropped here, which closes the connection.
 			let Some(open) = self.limit.admit(&info) else {
 				self.stats.refused_by_limit += 1;
+				#[cfg(feature = "metrics")]
+				crate::metrics::refused("limit");
 				continue;
 			};
 			self.stats.accepted += 1;
+			#[cfg(feature = "metrics")]
+			crate::metrics::accepted();
 			let span = crate::transport::connection_span(&info);
 			tracing::info!(parent: &span, "accepted a connection");
 			return Poll::Ready(Ok((Peer::spawn_with(transport, &self.config, open, span), info)));
@@ -499,6 +503,8 @@ impl<A: Acceptor> Listener<A> {
 	pub async fn accept_transport(&mut self) -> Result<A::Transport, Error> {
 		let transport = poll_fn(|cx| self.poll_accept_transport(cx)).await?;
 		self.stats.accepted += 1;
+		#[cfg(feature = "metrics")]
+		crate::metrics::accepted();
 		Ok(transport)
 	}
 
@@ -510,6 +516,8 @@ impl<A: Acceptor> Listener<A> {
 				// A refused transport is dropped here, unread, which closes the connection.
 				Some(admission) if !admission.admits(&transport.info()) => {
 					self.stats.refused_by_admission += 1;
+					#[cfg(feature = "metrics")]
+					crate::metrics::refused("admission");
 					continue;
 				},
 				_ => return Poll::Ready(Ok(transport)),

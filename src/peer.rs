@@ -128,6 +128,12 @@ pub struct Peer<T: Transport> {
 	quiet_since_look: bool,
 	/// The connection's span: the task runs in it, and request spans are its children.
 	span: tracing::Span,
+	/// What this connection has published through the `metrics` facade, and when it publishes
+	/// next.
+	#[cfg(feature = "metrics")]
+	metrics: crate::metrics::Publisher,
+	#[cfg(feature = "metrics")]
+	metrics_deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T: Transport> Peer<T> {
@@ -185,6 +191,10 @@ impl<T: Transport> Peer<T> {
 			release_deadline: None,
 			quiet_since_look: false,
 			span,
+			#[cfg(feature = "metrics")]
+			metrics: crate::metrics::Publisher::default(),
+			#[cfg(feature = "metrics")]
+			metrics_deadline: None,
 		};
 		(peer, handle)
 	}
@@ -259,6 +269,8 @@ impl<T: Transport> Peer<T> {
 	}
 
 	fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+		#[cfg(feature = "metrics")]
+		self.poll_publish(cx);
 		for _ in 0..ROUNDS_BEFORE_YIELD {
 			let mut progress = false;
 			// A message went either way this round (for the idle timeout).
@@ -474,6 +486,26 @@ impl<T: Transport> Peer<T> {
 		Poll::Pending
 	}
 
+	/// Publish the counters through the `metrics` facade now and then every
+	/// [`INTERVAL`](crate::metrics::INTERVAL).
+	#[cfg(feature = "metrics")]
+	fn poll_publish(&mut self, cx: &mut Context<'_>) {
+		let deadline = match &mut self.metrics_deadline {
+			Some(deadline) => {
+				if deadline.as_mut().poll(cx).is_pending() {
+					return;
+				}
+				deadline
+			},
+			None => self.metrics_deadline.insert(Box::pin(tokio::time::sleep(crate::metrics::INTERVAL))),
+		};
+		deadline.as_mut().reset(Instant::now() + crate::metrics::INTERVAL);
+		// Registers the waker for the next time.
+		let _ = deadline.as_mut().poll(cx);
+		let stats = self.shared.state().stats();
+		self.metrics.publish(&stats);
+	}
+
 	/// Everything given to the transport so far is written: tell the state in the next round.
 	fn note_flushed(&mut self) {
 		let flushed = self.flushed.get_or_insert_with(Flushed::default);
@@ -560,7 +592,13 @@ impl<T: Transport> Drop for Peer<T> {
 	fn drop(&mut self) {
 		// Reached at the end of `run`, or when a peer is dropped without running. Every handle
 		// is woken and reports the reason set first.
-		self.shared.state().end(Error::closed_locally());
+		let mut state = self.shared.state();
+		state.end(Error::closed_locally());
+		#[cfg(feature = "metrics")]
+		let stats = state.stats();
+		drop(state);
+		#[cfg(feature = "metrics")]
+		self.metrics.finish(&stats);
 		self.shared.stopped.cancel();
 		self.shared.room.notify_waiters();
 		self.shared.flushed.notify_waiters();
