@@ -54,14 +54,23 @@ impl Publisher {
 		for (direction, now, last) in [("received", &now.received, &last.received), ("sent", &now.sent, &last.sent)] {
 			let messages = by_type(&now.messages).into_iter().zip(by_type(&last.messages));
 			let bytes = by_type(&now.body_bytes).into_iter().zip(by_type(&last.body_bytes));
-			for ((kind, (now_messages, last_messages)), (now_bytes, last_bytes)) in TYPES.iter().zip(messages).zip(bytes) {
+			for ((kind, (now_messages, last_messages)), (now_bytes, last_bytes)) in
+				TYPES.iter().zip(messages).zip(bytes)
+			{
 				if now_messages > last_messages {
-					let name = if direction == "sent" { "peerwire_messages_sent_total" } else { "peerwire_messages_received_total" };
+					let name = if direction == "sent" {
+						"peerwire_messages_sent_total"
+					} else {
+						"peerwire_messages_received_total"
+					};
 					metrics::counter!(name, "type" => *kind).increment(now_messages - last_messages);
 				}
 				if now_bytes > last_bytes {
-					let name =
-						if direction == "sent" { "peerwire_body_bytes_sent_total" } else { "peerwire_body_bytes_received_total" };
+					let name = if direction == "sent" {
+						"peerwire_body_bytes_sent_total"
+					} else {
+						"peerwire_body_bytes_received_total"
+					};
 					metrics::counter!(name, "type" => *kind).increment(now_bytes - last_bytes);
 				}
 			}

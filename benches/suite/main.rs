@@ -9,7 +9,13 @@
 //! cargo bench --bench suite -- --reps 3                            # fewer (or more) repetitions
 //! cargo bench --bench suite -- --only "bulk tcp peerwire"          # only the runs whose labels match
 //! cargo bench --bench suite --features unix-seqpacket,tls -- --only tls   # TLS against plain TCP
+//! cargo bench --bench suite -- --trace debug                       # with a tracing subscriber
 //! ```
+//!
+//! `--trace info` or `--trace debug` installs a `tracing-subscriber` formatter writing to a sink
+//! at that level, to measure what peerwire's logs and per-request spans cost: at `info` the
+//! request spans are filtered out, at `debug` every request opens and closes one. Without it no
+//! subscriber is installed.
 //!
 //! Without the `unix-seqpacket` feature only TCP and Unix stream run; the `tls` feature adds
 //! peerwire over TLS (the other contenders have no TLS), each run paired with peerwire over plain
@@ -45,6 +51,8 @@ struct Options {
 	only: Vec<String>,
 	plan: Plan,
 	flood: FloodPlan,
+	/// The level of the tracing subscriber to install, if any.
+	trace: Option<tracing::Level>,
 }
 
 impl Options {
@@ -57,6 +65,7 @@ impl Options {
 				only: Vec::new(),
 				plan: Plan { warmup: Duration::from_millis(20), measure: Duration::from_millis(50) },
 				flood: FloodPlan { duration: Duration::from_millis(600), checkpoint: Duration::from_millis(200) },
+				trace: None,
 			}
 		} else {
 			Options {
@@ -65,6 +74,7 @@ impl Options {
 				only: Vec::new(),
 				plan: Plan { warmup: Duration::from_millis(200), measure: Duration::from_secs(1) },
 				flood: FloodPlan { duration: Duration::from_secs(10), checkpoint: Duration::from_secs(2) },
+				trace: None,
 			}
 		};
 		let mut args = args.iter();
@@ -80,7 +90,19 @@ impl Options {
 					let words = args.next().ok_or("--only needs words to match")?;
 					options.only = words.split_whitespace().map(str::to_lowercase).collect();
 				},
-				other => return Err(format!("unknown argument {other:?}; use --quick, --reps N, --only WORDS")),
+				"--trace" => {
+					options.trace = match args.next().map(String::as_str) {
+						Some("off") => None,
+						Some("info") => Some(tracing::Level::INFO),
+						Some("debug") => Some(tracing::Level::DEBUG),
+						_ => return Err("--trace needs a level: off, info or debug".into()),
+					}
+				},
+				other => {
+					return Err(format!(
+						"unknown argument {other:?}; use --quick, --reps N, --only WORDS, --trace LEVEL"
+					));
+				},
 			}
 		}
 		Ok(options)
@@ -106,6 +128,10 @@ fn main() -> ExitCode {
 			return ExitCode::FAILURE;
 		},
 	};
+	if let Some(level) = options.trace {
+		// Formatted in full (the work a real subscriber does), then thrown away.
+		tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::sink).init();
+	}
 	let started = Instant::now();
 	let load_before = load_average();
 	let results = run(&options);
@@ -197,6 +223,9 @@ fn print_report(options: &Options, results: &Results, load_before: &str, elapsed
 		"- {} repetitions; each run warms up {:?} then measures {:?}, on a fresh tokio multi-thread runtime with 2 workers",
 		options.reps, options.plan.warmup, options.plan.measure
 	);
+	let trace =
+		options.trace.map_or("none".to_string(), |level| format!("tracing-subscriber fmt to a sink, at {level}"));
+	println!("- tracing subscriber: {trace}");
 	println!("- whole suite took {:.0} s\n", elapsed.as_secs_f64());
 	println!("{}", results.ratio_table());
 	if let Some(table) = results.security_table() {
