@@ -28,11 +28,17 @@ struct Capture {
 	max_level: Level,
 	next_id: Arc<AtomicU64>,
 	spans: Arc<Mutex<BTreeMap<u64, Span>>>,
+	/// Events: level, message, and the span entered when it was logged.
+	events: Arc<Mutex<Vec<(Level, String, Option<u64>)>>>,
+}
+
+thread_local! {
+	static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Capture {
 	fn new(max_level: Level) -> Self {
-		Self { max_level, next_id: Arc::new(AtomicU64::new(1)), spans: Arc::default() }
+		Self { max_level, next_id: Arc::new(AtomicU64::new(1)), spans: Arc::default(), events: Arc::default() }
 	}
 
 	/// The request spans, by (direction, request id).
@@ -90,9 +96,26 @@ impl Subscriber for Capture {
 	}
 
 	fn record_follows_from(&self, _: &Id, _: &Id) {}
-	fn event(&self, _: &Event<'_>) {}
-	fn enter(&self, _: &Id) {}
-	fn exit(&self, _: &Id) {}
+	fn event(&self, event: &Event<'_>) {
+		let mut fields = BTreeMap::new();
+		event.record(&mut Fields(&mut fields));
+		let message = fields.remove("message").unwrap_or_default();
+		let current = ENTERED.with(|entered| entered.borrow().last().copied());
+		self.events.lock().unwrap().push((*event.metadata().level(), message, current));
+	}
+
+	fn enter(&self, id: &Id) {
+		ENTERED.with(|entered| entered.borrow_mut().push(id.into_u64()));
+	}
+
+	fn exit(&self, id: &Id) {
+		ENTERED.with(|entered| {
+			let mut entered = entered.borrow_mut();
+			if let Some(position) = entered.iter().rposition(|&entered| entered == id.into_u64()) {
+				entered.remove(position);
+			}
+		});
+	}
 
 	fn try_close(&self, id: Id) -> bool {
 		// Spans are never cloned by peerwire: the first close is the last.
@@ -219,5 +242,29 @@ fn no_request_span_when_filtered_at_info() {
 		assert!(capture.requests().is_empty());
 		// The connection spans are at info, so they are there.
 		assert!(capture.spans.lock().unwrap().values().any(|span| span.name == "peer"));
+	});
+}
+
+#[test]
+fn a_protocol_violation_warns_in_the_connection_span() {
+	let capture = Capture::new(Level::DEBUG);
+	let _guard = tracing::subscriber::set_default(capture.clone());
+	runtime().block_on(async {
+		let (peer, mut remote) = common::RawRemote::connect(Config::default()).await;
+		let (mut read, _write) = peer.split();
+		remote.send(peerwire::Message::request(3, 1, peerwire::Bytes::from_static(b"a"))).await;
+		remote.send(peerwire::Message::request(3, 1, peerwire::Bytes::from_static(b"b"))).await;
+		assert!(remote.recv().await.unwrap().is_error_response());
+		let _request = within(read.recv_message()).await.unwrap();
+		let address = remote.stream.local_addr().unwrap().to_string();
+		let events = capture.events.lock().unwrap().clone();
+		let spans = capture.spans.lock().unwrap().clone();
+		let (_, _, span) = events
+			.iter()
+			.find(|(level, message, _)| *level == Level::WARN && message.contains("protocol violation"))
+			.unwrap_or_else(|| panic!("a warning about the duplicate id: {events:#?}"));
+		let span = &spans[&span.expect("logged inside a span")];
+		assert_eq!(span.name, "peer");
+		assert!(span.fields["remote"].contains(&address), "names the remote: {span:?}");
 	});
 }
