@@ -1134,6 +1134,9 @@ impl<B: Body> Connection<B> {
 		{
 			return Err(format!("{} bytes buffered past the budget of {budget}", self.buffered));
 		}
+		if self.stats.peak_sent_requests < self.sent.len() || self.stats.peak_received_requests < self.received.len() {
+			return Err(format!("peaks {:?} below the open requests", self.stats));
+		}
 		if self.unanswered_bytes > self.limits.unanswered_bytes {
 			return Err(format!("{} bytes unanswered past the budget", self.unanswered_bytes));
 		}
