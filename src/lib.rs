@@ -131,7 +131,7 @@ pub use bytes::Bytes;
 pub use codec::Endian;
 /// The token that shuts a [`server`] down (from `tokio-util`).
 pub use server::CancellationToken;
-pub use stats::{ByType, ConnectionStats, ListenerStats, Traffic};
+pub use stats::{ByType, ConnectionStats, ListenerStats, ListenerStatsHandle, Traffic};
 
 #[cfg(all(unix, feature = "unix-seqpacket"))]
 pub use transport::seqpacket::{UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer, UnixSeqpacketTransport};

@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::handle::PeerHandle;
 use crate::peer::Peer;
-use crate::stats::ListenerStats;
+use crate::stats::{ListenerCounters, ListenerStats, ListenerStatsHandle};
 use crate::transport::{ConnectionInfo, Transport};
 
 /// The first wait after the listening socket fails; it doubles with every failure in a row.
@@ -328,8 +328,9 @@ pub struct Listener<A: Acceptor> {
 	retry: AcceptRetry,
 	limit: ConnectionLimit,
 	admission: Option<Admission>,
-	/// The counters of [`stats`](Self::stats) (`open` is the limit's count).
-	stats: ListenerStats,
+	/// The counters of [`stats`](Self::stats) (`open` is the limit's count), shared with every
+	/// [`ListenerStatsHandle`].
+	counters: Arc<ListenerCounters>,
 	/// The path the socket file was bound at, as given.
 	#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
 	path: Option<std::path::PathBuf>,
@@ -344,7 +345,7 @@ impl<A: Acceptor> Listener<A> {
 			retry: AcceptRetry::new(),
 			limit: ConnectionLimit::default(),
 			admission: None,
-			stats: ListenerStats::default(),
+			counters: Arc::default(),
 			#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
 			socket_file: None,
 			#[cfg(all(unix, any(feature = "unix-stream", feature = "unix-seqpacket")))]
@@ -450,7 +451,14 @@ impl<A: Acceptor> Listener<A> {
 	/// # }
 	/// ```
 	pub fn stats(&self) -> ListenerStats {
-		ListenerStats { open: self.open_connections(), ..self.stats }
+		self.stats_handle().get()
+	}
+
+	/// A cloneable, read-only handle on the listener's counters, to read them while the listener
+	/// has moved elsewhere (into [`server::serve_with`](crate::server::serve_with), say). See
+	/// [`ListenerStatsHandle`].
+	pub fn stats_handle(&self) -> ListenerStatsHandle {
+		ListenerStatsHandle::new(self.counters.clone(), self.limit.open.clone())
 	}
 
 	/// Accept the next connection, spawn its peer task, and return its handle and what is known
@@ -480,12 +488,12 @@ impl<A: Acceptor> Listener<A> {
 			let info = transport.info();
 			// Past the limit the transport is dropped here, which closes the connection.
 			let Some(open) = self.limit.admit(&info) else {
-				self.stats.refused_by_limit += 1;
+				ListenerCounters::add(&self.counters.refused_by_limit);
 				#[cfg(feature = "metrics")]
 				crate::metrics::refused("limit");
 				continue;
 			};
-			self.stats.accepted += 1;
+			ListenerCounters::add(&self.counters.accepted);
 			#[cfg(feature = "metrics")]
 			crate::metrics::accepted();
 			let span = crate::transport::connection_span(&info);
@@ -502,7 +510,7 @@ impl<A: Acceptor> Listener<A> {
 	/// neither counts nor refuses these connections. Count them yourself if you need a limit.
 	pub async fn accept_transport(&mut self) -> Result<A::Transport, Error> {
 		let transport = poll_fn(|cx| self.poll_accept_transport(cx)).await?;
-		self.stats.accepted += 1;
+		ListenerCounters::add(&self.counters.accepted);
 		#[cfg(feature = "metrics")]
 		crate::metrics::accepted();
 		Ok(transport)
@@ -515,7 +523,7 @@ impl<A: Acceptor> Listener<A> {
 			match &self.admission {
 				// A refused transport is dropped here, unread, which closes the connection.
 				Some(admission) if !admission.admits(&transport.info()) => {
-					self.stats.refused_by_admission += 1;
+					ListenerCounters::add(&self.counters.refused_by_admission);
 					#[cfg(feature = "metrics")]
 					crate::metrics::refused("admission");
 					continue;

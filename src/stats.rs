@@ -29,6 +29,8 @@
 //! # }
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::message::MessageType;
@@ -154,4 +156,71 @@ pub struct ListenerStats {
 	pub refused_by_limit: u64,
 	/// Connections spawned by [`accept`](crate::Listener::accept) still running.
 	pub open: usize,
+}
+
+/// The counters a [`Listener`](crate::Listener) updates as it accepts and refuses connections,
+/// shared with its [`ListenerStatsHandle`]s. Accepting is not a hot path: one atomic addition
+/// per connection.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerCounters {
+	pub(crate) accepted: AtomicU64,
+	pub(crate) refused_by_admission: AtomicU64,
+	pub(crate) refused_by_limit: AtomicU64,
+}
+
+impl ListenerCounters {
+	pub(crate) fn add(counter: &AtomicU64) {
+		counter.fetch_add(1, Ordering::Relaxed);
+	}
+}
+
+/// A read-only view of the counters of a [`Listener`](crate::Listener), from
+/// [`Listener::stats_handle`](crate::Listener::stats_handle), for reading them while the
+/// listener itself is out of reach: moved into [`server::serve_with`](crate::server::serve_with)
+/// or an accept task of its own.
+///
+/// Cheap to clone; it keeps no connection and no socket open, and keeps working (with the last
+/// values) after the listener is dropped.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), peerwire::Error> {
+/// use peerwire::{Config, TcpListener, TcpPeer};
+///
+/// let mut listener = TcpListener::bind("127.0.0.1:0", &Config::default()).await?;
+/// let address = listener.local_addr()?;
+/// let stats = listener.stats_handle();
+/// let server = tokio::spawn(async move {
+///     // The listener moves into the accept task; `stats` still reads its counters.
+///     let (peer, _) = listener.accept().await?;
+///     Ok::<_, peerwire::Error>(peer)
+/// });
+/// let (_client, _) = TcpPeer::connect(address, &Config::default()).await?;
+/// let _peer = server.await.unwrap()?;
+/// let now = stats.get();
+/// assert_eq!((now.accepted, now.open), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ListenerStatsHandle {
+	counters: Arc<ListenerCounters>,
+	open: Arc<AtomicUsize>,
+}
+
+impl ListenerStatsHandle {
+	pub(crate) fn new(counters: Arc<ListenerCounters>, open: Arc<AtomicUsize>) -> Self {
+		Self { counters, open }
+	}
+
+	/// A snapshot of the listener's counters now, as [`Listener::stats`](crate::Listener::stats)
+	/// returns it.
+	pub fn get(&self) -> ListenerStats {
+		ListenerStats {
+			accepted: self.counters.accepted.load(Ordering::Relaxed),
+			refused_by_admission: self.counters.refused_by_admission.load(Ordering::Relaxed),
+			refused_by_limit: self.counters.refused_by_limit.load(Ordering::Relaxed),
+			open: self.open.load(Ordering::Acquire),
+		}
+	}
 }

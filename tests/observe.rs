@@ -272,6 +272,41 @@ async fn listener_counts_accepted_refused_and_open_connections() {
 	let _ = std::fs::remove_file(&path);
 }
 
+#[tokio::test]
+async fn a_stats_handle_reads_the_counters_of_a_listener_moved_away() {
+	let config = Config::default();
+	let mut listener = TcpListener::bind("127.0.0.1:0", &config).await.unwrap();
+	let address = listener.local_addr().unwrap();
+	listener.set_admission(|info| info.remote_address.is_some());
+	let stats = listener.stats_handle();
+	assert_eq!(stats.get(), listener.stats());
+	// The listener moves into its accept task; the handle keeps reading its counters.
+	let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel();
+	let server = tokio::spawn(async move {
+		while let Ok((peer, _)) = listener.accept().await {
+			let _ = accepted_tx.send(peer);
+		}
+	});
+	let (_client, _) = TcpPeer::connect(address, &config).await.unwrap();
+	let peer = within(accepted_rx.recv()).await.unwrap();
+	let now = stats.get();
+	assert_eq!((now.accepted, now.refused_by_admission, now.refused_by_limit, now.open), (1, 0, 0, 1));
+	// A clone sees the same counters; the open count follows the connection's end.
+	let copy = stats.clone();
+	drop(peer);
+	within(async {
+		while copy.get().open > 0 {
+			tokio::time::sleep(Duration::from_millis(2)).await;
+		}
+	})
+	.await;
+	// The last values stay readable once the listener is gone.
+	server.abort();
+	let _ = server.await;
+	assert_eq!(stats.get().accepted, 1);
+	assert_eq!(stats.get().open, 0);
+}
+
 #[test]
 fn stats_are_plain_values() {
 	let stats = ConnectionStats::default();
