@@ -729,3 +729,150 @@ fn listen_sets_the_socket_mode_and_refuses_uids_not_allowed() {
 	let output = run(&["listen", &address, "--mode", "999"], b"");
 	assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
 }
+
+/// The first line for which `found` holds, among the lines up to the deadline.
+fn first_line(process: &Background, found: impl Fn(&str) -> bool) -> String {
+	loop {
+		let line = process.line();
+		if found(&line) {
+			return line;
+		}
+	}
+}
+
+#[test]
+fn listen_stats_count_an_exchange() {
+	let (listener, address) =
+		Background::listening(&["listen", "tcp://127.0.0.1:0", "--stats", "200ms", "--json", "--echo"]);
+	let runtime = runtime();
+	let client = runtime.block_on(async {
+		let (client, _) = peerwire::TcpPeer::connect(tcp_address(&address), &Config::default()).await.unwrap();
+		for body in ["one", "two", "three"] {
+			let mut request = client.send_request(5, body).await.unwrap();
+			let response = tokio::time::timeout(WAIT, request.recv_response()).await.unwrap().unwrap();
+			assert_eq!(response.body, body);
+		}
+		client
+	});
+
+	// The periodic line once it shows the three responses (it may lag by an interval).
+	let seen = listener.json_until(|value| value["event"] == "stats" && value["sent"]["messages"]["response"] == 3);
+	let stats = seen.last().unwrap();
+	let check = |stats: &Value| {
+		assert_eq!(stats["conn"], 1, "{stats}");
+		assert!(stats["remote"].as_str().unwrap().starts_with("tcp://127.0.0.1:"), "{stats}");
+		assert_eq!(stats["received"]["messages"]["request"], 3, "{stats}");
+		assert_eq!(stats["received"]["messages"]["total"], 3, "{stats}");
+		assert_eq!(stats["received"]["body_bytes"]["request"], 11, "{stats}");
+		assert_eq!(stats["sent"]["messages"]["total"], 3, "{stats}");
+		assert_eq!(stats["sent"]["body_bytes"]["response"], 11, "{stats}");
+		assert_eq!(stats["sent"]["error_responses"], 0, "{stats}");
+		assert_eq!(stats["open_received_requests"], 0, "{stats}");
+		assert_eq!(stats["peak_received_requests"], 1, "{stats}");
+		assert_eq!(stats["open_sent_requests"], 0, "{stats}");
+		assert_eq!(stats["peak_sent_requests"], 0, "{stats}");
+		assert_eq!(stats["auto_replies"], 0, "{stats}");
+		assert_eq!(stats["stray_messages"], 0, "{stats}");
+		assert_eq!(stats["protocol_errors"], 0, "{stats}");
+	};
+	check(stats);
+	assert_eq!(stats["final"], false);
+	// The listener's line comes first in each round.
+	let listener_line = seen.iter().rev().find(|value| value["event"] == "listener_stats").expect("a listener line");
+	assert_eq!(listener_line["accepted"], 1, "{listener_line}");
+	assert_eq!(listener_line["refused_by_admission"], 0, "{listener_line}");
+	assert_eq!(listener_line["refused_by_limit"], 0, "{listener_line}");
+	assert_eq!(listener_line["open"], 1, "{listener_line}");
+
+	// Closing: the final counts, then "closed".
+	drop(client);
+	drop(runtime);
+	let seen = listener.json_until(|value| value["event"] == "closed");
+	let last = &seen[seen.len() - 2];
+	assert_eq!(last["event"], "stats", "{last}");
+	assert_eq!(last["final"], true, "{last}");
+	check(last);
+}
+
+#[test]
+fn listen_stats_for_people() {
+	let listener = Background::spawn(&["listen", "tcp://127.0.0.1:0", "--echo", "--stats=200ms"]);
+	let first = listener.line();
+	let address = first.strip_prefix("listening address=").unwrap_or_else(|| panic!("{first}")).to_string();
+	let output = run(&["call", &address, "7", "hi"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+
+	let last = first_line(&listener, |line| line.starts_with("conn=1 final_stats"));
+	assert!(
+		last.ends_with(
+			": in 1 message (request:1), 2 body bytes; out 1 message (response:1), 2 body bytes; \
+			 open requests in 0 (peak 1), out 0 (peak 0); auto replies 0, stray 0, protocol errors 0; \
+			 send blocked 0 ms, read paused 0 ms"
+		),
+		"{last}"
+	);
+	assert_eq!(listener.line(), "conn=1 closed");
+	let summary = first_line(&listener, |line| line.starts_with("listener_stats"));
+	assert_eq!(summary, "listener_stats accepted=1 refused_by_admission=0 refused_by_limit=0 open=0");
+}
+
+#[test]
+fn tap_stats_count_both_directions() {
+	let (_server, upstream) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--echo", "--json"]);
+	let (tap, address) = Background::listening(&["tap", "tcp://127.0.0.1:0", &upstream, "--stats", "200ms", "--json"]);
+	let runtime = runtime();
+	let client = runtime.block_on(async {
+		let (client, _) = peerwire::TcpPeer::connect(tcp_address(&address), &Config::default()).await.unwrap();
+		let mut request = client.send_request(7, "Hello World").await.unwrap();
+		let response = tokio::time::timeout(WAIT, request.recv_response()).await.unwrap().unwrap();
+		assert_eq!(response.body, "Hello World");
+		client.send_stream(4, "tick").await.unwrap();
+		// Written before this runtime stops running the client's peer task.
+		client.flush().await.unwrap();
+		client
+	});
+
+	// Frames of 16 bytes of framing plus the body: 27 + 20 one way, 27 the other. Messages are
+	// counted before they are forwarded, so once the bytes show, the messages do.
+	let forwarded = |value: &Value| {
+		value["client_to_server"]["forwarded_bytes"] == 47 && value["server_to_client"]["forwarded_bytes"] == 27
+	};
+	let seen = tap.json_until(|value| value["event"] == "stats" && forwarded(value));
+	let check = |stats: &Value| {
+		let up = &stats["client_to_server"];
+		assert_eq!(up["messages"]["request"], 1, "{stats}");
+		assert_eq!(up["messages"]["stream"], 1, "{stats}");
+		assert_eq!(up["messages"]["total"], 2, "{stats}");
+		assert_eq!(up["body_bytes"]["request"], 11, "{stats}");
+		assert_eq!(up["body_bytes"]["stream"], 4, "{stats}");
+		assert_eq!(up["malformed"], 0, "{stats}");
+		let down = &stats["server_to_client"];
+		assert_eq!(down["messages"]["response"], 1, "{stats}");
+		assert_eq!(down["messages"]["total"], 1, "{stats}");
+		assert_eq!(down["body_bytes"]["total"], 11, "{stats}");
+		assert_eq!(down["error_responses"], 0, "{stats}");
+		assert_eq!(down["malformed"], 0, "{stats}");
+	};
+	let stats = seen.last().unwrap();
+	assert_eq!(stats["conn"], 1);
+	assert_eq!(stats["final"], false);
+	check(stats);
+	// The total of the same round: one connection, open.
+	let total = seen.iter().rev().find(|value| value["event"] == "total_stats").expect("a total line");
+	assert_eq!((total["connections"].as_u64(), total["open"].as_u64()), (Some(1), Some(1)), "{total}");
+	assert!(forwarded(total), "{total}");
+	check(total);
+
+	drop(client);
+	drop(runtime);
+	let seen = tap.json_until(|value| value["event"] == "closed");
+	let last = &seen[seen.len() - 2];
+	assert_eq!(last["final"], true, "{last}");
+	assert!(forwarded(last), "{last}");
+	check(last);
+	// Closed connections stay in the total.
+	let total = tap.json_until(|value| value["event"] == "total_stats").pop().unwrap();
+	assert_eq!((total["connections"].as_u64(), total["open"].as_u64()), (Some(1), Some(0)), "{total}");
+	assert!(forwarded(&total), "{total}");
+	check(&total);
+}

@@ -1,16 +1,17 @@
 //! `peerwire listen`: accept connections, print every message received, answer requests.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use peerwire::CancellationToken;
 use peerwire::transport::SocketPermissions;
 use peerwire::{
-	Acceptor, ConnectionInfo, Listener, Message, MessageHeader, MessageType, PeerHandle, ReceivedMessage, TcpListener,
-	TlsIdentity, TlsListener, TlsRoots, TlsServerConfig, Transport, UnixSeqpacketListener, UnixStreamListener,
-	admission,
+	Acceptor, ConnectionInfo, ConnectionStats, Listener, Message, MessageHeader, MessageType, PeerHandle,
+	ReceivedMessage, TcpListener, TlsIdentity, TlsListener, TlsRoots, TlsServerConfig, Transport,
+	UnixSeqpacketListener, UnixStreamListener, admission,
 };
 use serde_json::json;
 
@@ -18,6 +19,7 @@ use crate::address::Address;
 use crate::connect::CliBody;
 use crate::failure::{Failure, describe};
 use crate::output::{MessageView, Printer};
+use crate::stats;
 use crate::{Global, ListenArgs};
 
 /// How requests are answered.
@@ -41,6 +43,7 @@ impl Answers {
 pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 	let config = global.config().with_frame_timeout(args.frame_timeout).with_idle_timeout(args.idle_timeout);
 	let limit = args.max_connections;
+	let period = args.stats;
 	let printer = Printer::new(global.json, Some(args.preview));
 	let answers = Arc::new(Answers::load(&args)?);
 	let cannot = |error: peerwire::Error| {
@@ -62,7 +65,7 @@ pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 			listener.set_max_connections(limit);
 			// Port 0 becomes a real port: say which.
 			let local = listener.local_addr().map_err(cannot)?;
-			serve(listener, &format!("tcp://{local}"), check, answers, printer).await
+			serve(listener, &format!("tcp://{local}"), check, answers, printer, period).await
 		},
 		Address::Tls(host_port) => {
 			if permissions.is_some() {
@@ -72,7 +75,7 @@ pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 			let mut listener = TlsListener::bind(host_port.as_str(), tls, &config).await.map_err(cannot)?;
 			listener.set_max_connections(limit);
 			let local = listener.local_addr().map_err(cannot)?;
-			serve(listener, &format!("tls://{local}"), check, answers, printer).await
+			serve(listener, &format!("tls://{local}"), check, answers, printer, period).await
 		},
 		Address::Unix(path) => {
 			let mut listener = match permissions {
@@ -81,7 +84,7 @@ pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 			}
 			.map_err(cannot)?;
 			listener.set_max_connections(limit);
-			serve(listener, &args.address.to_string(), check, answers, printer).await
+			serve(listener, &args.address.to_string(), check, answers, printer, period).await
 		},
 		Address::Seqpacket(path) => {
 			let mut listener = match permissions {
@@ -90,7 +93,7 @@ pub async fn run(args: ListenArgs, global: &Global) -> Result<(), Failure> {
 			}
 			.map_err(cannot)?;
 			listener.set_max_connections(limit);
-			serve(listener, &args.address.to_string(), check, answers, printer).await
+			serve(listener, &args.address.to_string(), check, answers, printer, period).await
 		},
 	}
 }
@@ -193,6 +196,56 @@ fn connection_fields(info: &ConnectionInfo) -> Vec<(&'static str, serde_json::Va
 	fields
 }
 
+/// The counters of each open connection as its task last published them, by connection
+/// number, for `--stats`. The connection tasks publish instead of the printer asking their
+/// handles: a handle kept here would keep its connection open.
+#[derive(Debug, Default)]
+struct Board(Mutex<BTreeMap<u64, (String, ConnectionStats)>>);
+
+impl Board {
+	fn snapshot(&self) -> BTreeMap<u64, (String, ConnectionStats)> {
+		self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+	}
+}
+
+/// One connection's entry on the [`Board`], removed when its task ends or is cancelled.
+struct Posting {
+	board: Arc<Board>,
+	conn: u64,
+	remote: String,
+}
+
+impl Posting {
+	fn publish(&self, stats: ConnectionStats) {
+		let mut entries = self.board.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+		// The name is copied once; after that, publishing is a lock and a copy of the counters.
+		match entries.get_mut(&self.conn) {
+			Some(entry) => entry.1 = stats,
+			None => {
+				entries.insert(self.conn, (self.remote.clone(), stats));
+			},
+		}
+	}
+}
+
+impl Drop for Posting {
+	fn drop(&mut self) {
+		self.board.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.conn);
+	}
+}
+
+/// Print the listener's counters and those of every open connection every `period`.
+async fn print_stats(printer: Printer, listener: peerwire::ListenerStatsHandle, board: Arc<Board>, period: Duration) {
+	let mut ticker = stats::ticker(Some(period));
+	loop {
+		stats::tick(&mut ticker).await;
+		stats::print_listener(&printer, &listener.get());
+		for (conn, (remote, counts)) in board.snapshot() {
+			stats::print_connection(&printer, conn, &remote, &counts, false);
+		}
+	}
+}
+
 /// Accept until interrupted. The listener removes its socket file when it is dropped.
 async fn serve<A>(
 	mut listener: Listener<A>,
@@ -200,6 +253,7 @@ async fn serve<A>(
 	check: Option<Check>,
 	answers: Arc<Answers>,
 	printer: Printer,
+	period: Option<Duration>,
 ) -> Result<(), Failure>
 where
 	A: Acceptor,
@@ -209,6 +263,11 @@ where
 		listener.set_admission(check);
 	}
 	printer.event("listening", None, &[("address", json!(address))]);
+	let board = period.map(|period| {
+		let board = Arc::new(Board::default());
+		tokio::spawn(print_stats(printer, listener.stats_handle(), board.clone(), period));
+		board
+	});
 	let shutdown = shutdown_token();
 	let mut connections = 0u64;
 	let token = shutdown.clone();
@@ -218,10 +277,11 @@ where
 		let conn = connections;
 		printer.event("connected", Some(conn), &connection_fields(&info));
 		let (token, answers) = (token.clone(), answers.clone());
+		let posting = board.as_ref().map(|board| Posting { board: board.clone(), conn, remote: info.to_string() });
 		async move {
 			// Interrupted: the connection closes as the process exits.
 			tokio::select! {
-				() = connection(conn, peer, answers, printer) => {},
+				() = connection(conn, peer, answers, printer, posting, period) => {},
 				() = token.cancelled() => {},
 			}
 		}
@@ -230,11 +290,36 @@ where
 	Ok(())
 }
 
-/// Print what one connection sends and answer its requests, until it closes.
-async fn connection<B: CliBody>(conn: u64, mut peer: PeerHandle<B>, answers: Arc<Answers>, printer: Printer) {
+/// Print what one connection sends and answer its requests, until it closes. With `--stats`,
+/// publish the connection's counters on `posting` after each message and every `period` (so
+/// that what was sent since shows), and print them a last time before the "closed" line.
+async fn connection<B: CliBody>(
+	conn: u64,
+	mut peer: PeerHandle<B>,
+	answers: Arc<Answers>,
+	printer: Printer,
+	posting: Option<Posting>,
+	period: Option<Duration>,
+) {
 	let print = |message: &Message<B>| print_message(&printer, conn, message.header, &message.body);
+	let mut ticker = stats::ticker(period);
+	let publish = |peer: &PeerHandle<B>| {
+		if let Some(posting) = &posting {
+			posting.publish(peer.stats());
+		}
+	};
+	// On the board from the start, so that a connection shows before its first message.
+	publish(&peer);
 	let error = loop {
-		match peer.recv_message().await {
+		// `recv_message` is cancel-safe: a tick loses no message.
+		let received = tokio::select! {
+			received = peer.recv_message() => received,
+			() = stats::tick(&mut ticker) => {
+				publish(&peer);
+				continue;
+			},
+		};
+		match received {
 			Ok(ReceivedMessage::Stream(message)) => print(&message),
 			Ok(ReceivedMessage::Request(mut request, body)) => {
 				let service_id = request.service_id();
@@ -259,7 +344,11 @@ async fn connection<B: CliBody>(conn: u64, mut peer: PeerHandle<B>, answers: Arc
 			},
 			Err(error) => break error,
 		}
+		publish(&peer);
 	};
+	if let Some(posting) = &posting {
+		stats::print_connection(&printer, conn, &posting.remote, &peer.stats(), true);
+	}
 	let reason = (!error.is_closed_by_remote()).then(|| describe(&error));
 	printer.event("closed", Some(conn), &[("error", json!(reason))]);
 }

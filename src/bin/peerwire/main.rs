@@ -18,6 +18,7 @@ mod listen;
 mod output;
 mod scan;
 mod send;
+mod stats;
 mod tap;
 
 use address::Address;
@@ -55,6 +56,22 @@ Output:
   \"connected\", \"closed\", ...); a message has \"type\", \"request_id\", \"service_id\",
   \"body_len\", \"fds\", \"truncated\" and either \"body\" (printable UTF-8) or \"body_hex\".
   Errors go to standard error, one line each."
+	};
+}
+
+macro_rules! stats_help {
+	() => {
+		"\
+Statistics (--stats):
+  Every interval, listen prints a \"listener_stats\" line (accepted, refused_by_admission,
+  refused_by_limit, open) and tap a \"total_stats\" line (all connections so far), then one
+  \"stats\" line per open connection; a connection's last counts come once more, with
+  \"final\":true (final_stats for people), just before its \"closed\" line. In JSON, each
+  direction is {\"messages\":{\"request\":N,...,\"total\":N},\"body_bytes\":{...},
+  \"error_responses\":N}: listen's \"received\" and \"sent\", with open requests each way
+  and their peaks, auto_replies, stray_messages, protocol_errors, send_blocked_ms and
+  read_paused_ms; tap's \"client_to_server\" and \"server_to_client\", with \"malformed\"
+  and \"forwarded_bytes\"."
 	};
 }
 
@@ -172,7 +189,7 @@ enum Command {
 	///
 	/// Requests are answered with --respond for their service id, else with --echo; without
 	/// either, every request gets an error response saying that nothing is configured.
-	#[command(after_help = concat!(addresses_help!(), "\n\n", output_help!()))]
+	#[command(after_help = concat!(addresses_help!(), "\n\n", output_help!(), "\n\n", stats_help!()))]
 	Listen(ListenArgs),
 
 	/// A transparent proxy: accept connections on LISTEN, connect each to UPSTREAM, forward
@@ -185,7 +202,7 @@ enum Command {
 	/// with a body over --max-body) is reported with its byte offset on a byte stream, after
 	/// which that direction is forwarded undecoded, and with its index on a seqpacket socket.
 	/// Bodies over 1 MiB show progress on standard error.
-	#[command(after_help = concat!(addresses_help!(), "\n\n", output_help!()))]
+	#[command(after_help = concat!(addresses_help!(), "\n\n", output_help!(), "\n\n", stats_help!()))]
 	Tap(TapArgs),
 }
 
@@ -305,6 +322,13 @@ struct ListenArgs {
 	/// URI); repeatable. Needs --ca (mutual TLS).
 	#[arg(long = "allow-name", value_name = "NAME", requires = "ca")]
 	allow_names: Vec<String>,
+
+	/// Print a summary of the counters every INTERVAL (default 10s; 500ms, 2s, 1m; plain
+	/// numbers are seconds): the listener's, and each open connection's messages and body
+	/// bytes in and out by type, open requests, automatic replies, stray messages, protocol errors
+	/// and time blocked. Give it after the address, or as --stats=INTERVAL.
+	#[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = stats::DEFAULT_INTERVAL, value_parser = body::parse_duration)]
+	stats: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -318,6 +342,12 @@ struct TapArgs {
 	/// Show at most this many bytes of each body (the tap never holds more of a body than this).
 	#[arg(long, value_name = "BYTES", default_value = "64", value_parser = body::parse_size)]
 	preview: usize,
+
+	/// Print a summary of the counters every INTERVAL (default 10s; 500ms, 2s, 1m; plain
+	/// numbers are seconds): per open connection and in total, the messages and body bytes
+	/// decoded each way by type, the malformed frames and the bytes forwarded. Give it after the address, or as --stats=INTERVAL.
+	#[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = stats::DEFAULT_INTERVAL, value_parser = body::parse_duration)]
+	stats: Option<Duration>,
 }
 
 fn main() -> ExitCode {

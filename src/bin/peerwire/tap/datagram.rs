@@ -6,7 +6,6 @@
 //! sent (the next process has its own copies).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use peerwire::__plumbing::{SCM_MAX_FD, control_buffer, recv_datagram, send_datagram};
 use peerwire::codec::{self, Endian};
@@ -14,7 +13,7 @@ use peerwire::message::HEADER_LEN;
 use tokio::io::Interest;
 use tokio_seqpacket::UnixSeqpacket;
 
-use super::{Place, Tap};
+use super::{Place, Relayed, Tap};
 use crate::failure::describe_io;
 use crate::output::{Direction, MessageView};
 use crate::scan::{Frame, Progress, ScanEvent};
@@ -26,7 +25,7 @@ pub(super) async fn pump(
 	direction: Direction,
 	from: &UnixSeqpacket,
 	to: &UnixSeqpacket,
-	forwarded: &AtomicU64,
+	relayed: &Relayed,
 ) -> Result<(), String> {
 	// One byte more than the largest datagram --max-body allows, so that a larger one shows as
 	// cut. Zeroed pages from the allocator: memory is used only as far as datagrams reach.
@@ -56,7 +55,7 @@ pub(super) async fn pump(
 			return Err(format!("{}: the kernel cut the descriptors of datagram #{index}", direction.human()));
 		}
 		let datagram = &buffer[..received.len];
-		show(tap, conn, direction, index, datagram, received.fds.len(), &mut progress);
+		show(tap, relayed, direction, index, datagram, received.fds.len(), &mut progress);
 		let sent = to.as_async_fd().async_io(Interest::WRITABLE, |fd| {
 			send_datagram(fd.as_fd(), &[IoSlice::new(datagram)], &received.fds, &mut send_control)
 		});
@@ -67,7 +66,7 @@ pub(super) async fn pump(
 			},
 			Err(error) => return Err(failed("sending", error)),
 		}
-		forwarded.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+		relayed.direction(direction).forwarded_bytes += datagram.len() as u64;
 		// This side's copies of the descriptors close here.
 		drop(received.fds);
 	}
@@ -75,16 +74,30 @@ pub(super) async fn pump(
 }
 
 /// Print a datagram decoded, or why it cannot be.
-fn show(tap: &Tap, conn: u64, direction: Direction, index: u64, datagram: &[u8], fds: usize, progress: &mut Progress) {
+fn show(
+	tap: &Tap,
+	relayed: &Relayed,
+	direction: Direction,
+	index: u64,
+	datagram: &[u8],
+	fds: usize,
+	progress: &mut Progress,
+) {
 	let Some(head) = datagram.first_chunk::<HEADER_LEN>() else {
 		let text = format!("{} bytes, shorter than the 12-byte header; forwarded all the same", datagram.len());
-		return tap.malformed(conn, direction, Place::Datagram(index), &text);
+		return tap.malformed(relayed, relayed.conn, direction, Place::Datagram(index), &text);
 	};
 	match codec::decode_header(head, tap.endian) {
 		Ok(header) => {
 			let body = &datagram[HEADER_LEN..];
+			crate::stats::count(
+				&mut relayed.direction(direction).traffic,
+				header.message_type,
+				header.service_id,
+				body.len(),
+			);
 			tap.printer.message(&MessageView {
-				conn: Some(conn),
+				conn: Some(relayed.conn),
 				direction: Some(direction),
 				header,
 				body,
@@ -104,7 +117,7 @@ fn show(tap: &Tap, conn: u64, direction: Direction, index: u64, datagram: &[u8],
 			};
 			let violation = error.protocol_violation().map_or_else(|| error.to_string(), ToString::to_string);
 			let text = format!("{violation}{hint}; forwarded all the same");
-			tap.malformed(conn, direction, Place::Datagram(index), &text);
+			tap.malformed(relayed, relayed.conn, direction, Place::Datagram(index), &text);
 		},
 	}
 }

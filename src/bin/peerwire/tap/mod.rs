@@ -6,10 +6,11 @@
 //! is decoded for display, keeping only a preview of each body: the tap's memory does not grow
 //! with body sizes on byte streams.
 
+use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use peerwire::__plumbing::{SocketFile, raise_send_buffer, remove_stale_socket};
 use peerwire::codec::Endian;
@@ -23,6 +24,7 @@ use crate::address::Address;
 use crate::failure::{Failure, describe_io};
 use crate::listen::shutdown_token;
 use crate::output::{Direction, Printer};
+use crate::stats::{self, TapCounts, TapPair};
 use crate::{Global, TapArgs};
 
 mod datagram;
@@ -40,11 +42,99 @@ struct Tap {
 	preview: usize,
 	printer: Printer,
 	quiet: bool,
+	/// Whether --stats was given: then each connection's counts are printed as it closes.
+	stats: bool,
+	board: Mutex<Board>,
+}
+
+/// What the tap counted: its open connections and the sum of those closed.
+#[derive(Debug, Default)]
+struct Board {
+	/// The open connections by number, with the name of their client.
+	open: BTreeMap<u64, (String, Arc<Relayed>)>,
+	/// Every connection closed so far, summed.
+	closed: TapPair,
+	/// Connections relayed so far.
+	connections: u64,
+}
+
+/// The counts of one relayed connection, each direction updated by its pump.
+#[derive(Debug)]
+struct Relayed {
+	conn: u64,
+	client_to_server: Mutex<TapCounts>,
+	server_to_client: Mutex<TapCounts>,
+}
+
+impl Relayed {
+	/// The counts of one direction, to update.
+	fn direction(&self, direction: Direction) -> MutexGuard<'_, TapCounts> {
+		let counts = match direction {
+			Direction::ClientToServer => &self.client_to_server,
+			Direction::ServerToClient => &self.server_to_client,
+		};
+		counts.lock().unwrap_or_else(PoisonError::into_inner)
+	}
+
+	fn snapshot(&self) -> TapPair {
+		TapPair {
+			client_to_server: *self.direction(Direction::ClientToServer),
+			server_to_client: *self.direction(Direction::ServerToClient),
+		}
+	}
+}
+
+/// A connection's place on the [`Board`]: on drop, its counts move to the closed sum.
+struct Registered<'a> {
+	tap: &'a Tap,
+	conn: u64,
+	relayed: Arc<Relayed>,
+}
+
+impl Drop for Registered<'_> {
+	fn drop(&mut self) {
+		let mut board = self.tap.board();
+		board.open.remove(&self.conn);
+		board.closed = board.closed.plus(&self.relayed.snapshot());
+	}
 }
 
 impl Tap {
+	fn board(&self) -> MutexGuard<'_, Board> {
+		self.board.lock().unwrap_or_else(PoisonError::into_inner)
+	}
+
+	/// Count a connection and give it a place on the board until the returned guard drops.
+	fn register(&self, conn: u64, client: &str) -> Registered<'_> {
+		let relayed =
+			Arc::new(Relayed { conn, client_to_server: Mutex::default(), server_to_client: Mutex::default() });
+		let mut board = self.board();
+		board.connections += 1;
+		board.open.insert(conn, (client.to_string(), relayed.clone()));
+		Registered { tap: self, conn, relayed }
+	}
+
+	/// Print the counts of every open connection and the total so far.
+	fn print_stats(&self) {
+		let (connections, open, closed) = {
+			let board = self.board();
+			let open: Vec<_> = board
+				.open
+				.iter()
+				.map(|(conn, (client, relayed))| (*conn, client.clone(), relayed.snapshot()))
+				.collect();
+			(board.connections, open, board.closed)
+		};
+		let total = open.iter().fold(closed, |total, (_, _, counts)| total.plus(counts));
+		stats::print_tap_total(&self.printer, connections, open.len(), &total);
+		for (conn, client, counts) in &open {
+			stats::print_tapped(&self.printer, *conn, client, counts, false);
+		}
+	}
+
 	/// Report a frame or datagram that cannot be decoded (it is forwarded all the same).
-	fn malformed(&self, conn: u64, direction: Direction, place: Place, error: &str) {
+	fn malformed(&self, relayed: &Relayed, conn: u64, direction: Direction, place: Place, error: &str) {
+		relayed.direction(direction).malformed += 1;
 		let (what, key, value) = match place {
 			Place::Offset(offset) => (format!("malformed frame at byte offset {offset}"), "offset", offset),
 			Place::Datagram(index) => (format!("malformed datagram #{index}"), "datagram", index),
@@ -159,10 +249,15 @@ pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
 		preview: args.preview,
 		printer,
 		quiet: global.quiet,
+		stats: args.stats.is_some(),
+		board: Mutex::default(),
 	});
 	let fields = [("address", json!(listening)), ("upstream", json!(args.upstream.to_string()))];
 	printer.event("listening", None, &fields);
 
+	if let Some(period) = args.stats {
+		tokio::spawn(print_stats(tap.clone(), period));
+	}
 	let shutdown = shutdown_token();
 	let mut connections = 0u64;
 	// The library's accept loop: skip failed connections, wait out running out of descriptors.
@@ -184,6 +279,15 @@ pub async fn run(args: TapArgs, global: &Global) -> Result<(), Failure> {
 	Ok(())
 }
 
+/// Print the tap's counts every `period`.
+async fn print_stats(tap: Arc<Tap>, period: Duration) {
+	let mut ticker = stats::ticker(Some(period));
+	loop {
+		stats::tick(&mut ticker).await;
+		tap.print_stats();
+	}
+}
+
 /// Connect one client to the upstream and forward both ways until both directions end.
 async fn relay(tap: Arc<Tap>, conn: u64, client: Client) {
 	let name = match &client {
@@ -191,8 +295,8 @@ async fn relay(tap: Arc<Tap>, conn: u64, client: Client) {
 	};
 	let fields = [("client", json!(name)), ("upstream", json!(tap.upstream.to_string()))];
 	tap.printer.event("connected", Some(conn), &fields);
-	let to_server = AtomicU64::new(0);
-	let to_client = AtomicU64::new(0);
+	let registered = tap.register(conn, &name);
+	let relayed = &*registered.relayed;
 	let upstream_failed = |error: io::Error| {
 		let text =
 			format!("cannot connect to {}: {}; closing the client's connection", tap.upstream, describe_io(&error));
@@ -205,8 +309,8 @@ async fn relay(tap: Arc<Tap>, conn: u64, client: Client) {
 				Ok(halves) => halves,
 				Err(error) => return upstream_failed(error),
 			};
-			let c2s = stream::pump(&tap, conn, Direction::ClientToServer, client_read, upstream_write, &to_server);
-			let s2c = stream::pump(&tap, conn, Direction::ServerToClient, upstream_read, client_write, &to_client);
+			let c2s = stream::pump(&tap, conn, Direction::ClientToServer, client_read, upstream_write, relayed);
+			let s2c = stream::pump(&tap, conn, Direction::ServerToClient, upstream_read, client_write, relayed);
 			both(c2s, s2c).await
 		},
 		Client::Seqpacket(client, _) => {
@@ -223,14 +327,18 @@ async fn relay(tap: Arc<Tap>, conn: u64, client: Client) {
 			for socket in [&client, &upstream] {
 				let _ = raise_send_buffer(socket, HEADER_LEN.saturating_add(tap.max_body_len));
 			}
-			let c2s = datagram::pump(&tap, conn, Direction::ClientToServer, &client, &upstream, &to_server);
-			let s2c = datagram::pump(&tap, conn, Direction::ServerToClient, &upstream, &client, &to_client);
+			let c2s = datagram::pump(&tap, conn, Direction::ClientToServer, &client, &upstream, relayed);
+			let s2c = datagram::pump(&tap, conn, Direction::ServerToClient, &upstream, &client, relayed);
 			both(c2s, s2c).await
 		},
 	};
+	let counts = relayed.snapshot();
+	if tap.stats {
+		stats::print_tapped(&tap.printer, conn, &name, &counts, true);
+	}
 	let fields = [
-		("client_to_server_bytes", json!(to_server.load(Ordering::Relaxed))),
-		("server_to_client_bytes", json!(to_client.load(Ordering::Relaxed))),
+		("client_to_server_bytes", json!(counts.client_to_server.forwarded_bytes)),
+		("server_to_client_bytes", json!(counts.server_to_client.forwarded_bytes)),
 		("error", json!(error)),
 	];
 	tap.printer.event("closed", Some(conn), &fields);

@@ -2,11 +2,10 @@
 //! by a [`FrameScanner`] on a copy.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Place, Reader, Tap, Writer};
+use super::{Place, Reader, Relayed, Tap, Writer};
 use crate::address::Address;
 use crate::failure::describe_io;
 use crate::output::{Direction, MessageView};
@@ -43,7 +42,7 @@ pub(super) async fn pump(
 	direction: Direction,
 	mut from: Reader,
 	mut to: Writer,
-	forwarded: &AtomicU64,
+	relayed: &Relayed,
 ) -> Result<(), String> {
 	let mut scanner = FrameScanner::new(tap.endian, tap.max_body_len, tap.preview);
 	let mut progress = Progress::new(format!("conn={conn} {} ", direction.human()), "forwarded", tap.quiet);
@@ -58,14 +57,23 @@ pub(super) async fn pump(
 		scanner.feed(chunk, &mut |event| {
 			progress.observe(&event);
 			match event {
-				ScanEvent::Finished(frame) => tap.printer.message(&MessageView {
-					conn: Some(conn),
-					direction: Some(direction),
-					header: frame.header,
-					body: &frame.preview,
-					body_len: frame.body_len,
-					fds: 0,
-				}),
+				ScanEvent::Finished(frame) => {
+					let header = frame.header;
+					crate::stats::count(
+						&mut relayed.direction(direction).traffic,
+						header.message_type,
+						header.service_id,
+						frame.body_len,
+					);
+					tap.printer.message(&MessageView {
+						conn: Some(conn),
+						direction: Some(direction),
+						header,
+						body: &frame.preview,
+						body_len: frame.body_len,
+						fds: 0,
+					});
+				},
 				ScanEvent::Malformed { offset, error, hint } => {
 					let mut text = match error.protocol_violation() {
 						Some(violation) => violation.to_string(),
@@ -75,7 +83,7 @@ pub(super) async fn pump(
 						text = format!("{text} ({hint})");
 					}
 					text.push_str("; forwarding the rest undecoded");
-					tap.malformed(conn, direction, Place::Offset(offset), &text);
+					tap.malformed(relayed, conn, direction, Place::Offset(offset), &text);
 				},
 				ScanEvent::Progress(_) => {},
 			}
@@ -83,11 +91,11 @@ pub(super) async fn pump(
 		if let Err(error) = to.write_all(chunk).await {
 			return Err(format!("{}: writing: {}", direction.human(), describe_io(&error)));
 		}
-		forwarded.fetch_add(read as u64, Ordering::Relaxed);
+		relayed.direction(direction).forwarded_bytes += read as u64;
 	}
 	if let Some((offset, received)) = scanner.unfinished() {
 		let text = format!("the stream ended inside this frame, after {received} of its bytes");
-		tap.malformed(conn, direction, Place::Offset(offset), &text);
+		tap.malformed(relayed, conn, direction, Place::Offset(offset), &text);
 	}
 	// Pass the end of stream on; the other direction keeps going until it ends too.
 	let _ = to.shutdown().await;
