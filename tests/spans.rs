@@ -23,13 +23,16 @@ struct Span {
 	closed: bool,
 }
 
+/// A logged event: level, message, and the span entered when it was logged.
+type Logged = (Level, String, Option<u64>);
+
 #[derive(Clone)]
 struct Capture {
 	max_level: Level,
 	next_id: Arc<AtomicU64>,
 	spans: Arc<Mutex<BTreeMap<u64, Span>>>,
 	/// Events: level, message, and the span entered when it was logged.
-	events: Arc<Mutex<Vec<(Level, String, Option<u64>)>>>,
+	events: Arc<Mutex<Vec<Logged>>>,
 }
 
 thread_local! {
