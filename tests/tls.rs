@@ -177,6 +177,24 @@ async fn requests_updates_streams_and_64_mib_bodies_work_over_tls() {
 	within(served).await.unwrap();
 }
 
+/// The counters of tests/observe.rs, exact, over TLS.
+#[tokio::test]
+async fn exact_counts_over_tls() {
+	let ca = Ca::new("test CA");
+	let dir = TempDir::new("stats");
+	let leaf = server_leaf(&ca);
+	let (chain, key) = (dir.write("server.pem", &leaf.chain), dir.write("server.key", &leaf.key));
+	let ca_file = dir.write("ca.pem", &ca.issuer.pem());
+	let config = Config::default();
+	let tls = TlsServerConfig::new(TlsIdentity::from_pem_files(&chain, &key).unwrap()).unwrap();
+	let (mut listener, address) = listener(tls, &config).await;
+	let client_tls = TlsClientConfig::new(TlsRoots::from_pem_file(&ca_file).unwrap()).unwrap();
+	let (client, server) =
+		tokio::join!(TlsPeer::connect(address, "localhost", &client_tls, &config), listener.accept());
+	let (client, server) = common::script::script(client.unwrap().0, server.unwrap().0).await;
+	common::script::check(&client, &server);
+}
+
 #[tokio::test]
 async fn a_client_that_trusts_another_ca_is_refused() {
 	let (ca, other) = (Ca::new("test CA"), Ca::new("other CA"));

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod script;
 #[cfg(feature = "unix-seqpacket")]
 pub mod seqpacket;
 
