@@ -239,6 +239,11 @@ impl<T: Transport> Peer<T> {
 	}
 
 	fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+		// The reader returned `Pending` in an earlier round of this poll: it holds this task's
+		// waker, and polling it again before that wakes the task finds nothing (in a round trip
+		// that was 6 of the 10 reader polls, each a look at the socket's readiness under tokio's
+		// lock, about 400 instructions).
+		let mut reader_parked = false;
 		for _ in 0..ROUNDS_BEFORE_YIELD {
 			let mut progress = false;
 			// A message went either way this round (for the idle timeout).
@@ -246,16 +251,19 @@ impl<T: Transport> Peer<T> {
 
 			// Read a batch, outside the lock. Nothing more while the inbox waits for room or
 			// replies of our own making wait to be written (reading could make more).
-			let mut waiting_for_remote = false;
-			let mut inbox_bytes = 0;
-			if !self.eof
+			let may_read = !self.eof
 				&& self.read_error.is_none()
-				&& (self.closing || (self.inbox.is_empty() && !self.auto_replies_full))
-			{
+				&& (self.closing || (self.inbox.is_empty() && !self.auto_replies_full));
+			let mut waiting_for_remote = may_read && reader_parked;
+			let mut inbox_bytes = 0;
+			// Messages were read this round: another round reads on, unless the reader is
+			// registered for the remote's next bytes already.
+			let mut read_any = false;
+			if may_read && !reader_parked {
 				for _ in 0..READ_BATCH {
 					match self.reader.poll_read_message(cx) {
 						Poll::Ready(Ok(Some(message))) => {
-							progress = true;
+							read_any = true;
 							if self.closing {
 								// Kept reading only so that a remote that hangs up ends the wait
 								// for the flush.
@@ -287,6 +295,7 @@ impl<T: Transport> Peer<T> {
 						},
 						Poll::Pending => {
 							waiting_for_remote = true;
+							reader_parked = true;
 							break;
 						},
 					}
@@ -309,8 +318,9 @@ impl<T: Transport> Peer<T> {
 						break;
 					}
 				}
-				if self.inbox.len() < waiting {
-					// Handed over: read again (which also registers for the remote's bytes).
+				if (read_any || self.inbox.len() < waiting) && !reader_parked {
+					// Handed over: read again (which also registers for the remote's bytes),
+					// unless the reader is registered already.
 					progress = true;
 				}
 				if self.eof && !self.remote_done && self.inbox.is_empty() {
