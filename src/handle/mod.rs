@@ -49,15 +49,27 @@ impl<B: Body> Shared<B> {
 	/// then wait for room and try again. Cancel-safe: nothing is queued until it returns `Ok`.
 	pub(crate) async fn send_with<R>(
 		&self,
+		body: B,
+		mut send: impl FnMut(&mut Connection<B>, B) -> Result<R, Refused<B>>,
+	) -> Result<R, Error> {
+		// The lock is let go before any wait.
+		let result = send(&mut self.state(), body);
+		match result {
+			Ok(done) => Ok(done),
+			Err(Refused::Failed(error)) => Err(error),
+			// The wait is boxed: it holds a `Notified` and a clock reading, and would otherwise
+			// make every send's future that much larger to create and move, full queue or not.
+			Err(Refused::Full(body)) => Box::pin(self.wait_and_send(body, send)).await,
+		}
+	}
+
+	/// [`send_with`](Self::send_with) once the write queue was full: wait for room, try again.
+	async fn wait_and_send<R>(
+		&self,
 		mut body: B,
 		mut send: impl FnMut(&mut Connection<B>, B) -> Result<R, Refused<B>>,
 	) -> Result<R, Error> {
 		loop {
-			match send(&mut self.state(), body) {
-				Ok(done) => return Ok(done),
-				Err(Refused::Failed(error)) => return Err(error),
-				Err(Refused::Full(returned)) => body = returned,
-			}
 			let len = body.len();
 			// Registered before looking, so that room made after the look wakes it.
 			let mut notified = pin!(self.room.notified());
@@ -65,6 +77,12 @@ impl<B: Body> Shared<B> {
 			if !self.state().has_room_for(len) {
 				let _wait = SendWait { shared: self, since: std::time::Instant::now() };
 				notified.await;
+			}
+			let result = send(&mut self.state(), body);
+			match result {
+				Ok(done) => return Ok(done),
+				Err(Refused::Failed(error)) => return Err(error),
+				Err(Refused::Full(returned)) => body = returned,
 			}
 		}
 	}

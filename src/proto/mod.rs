@@ -43,7 +43,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::error::{Error, ProtocolViolation};
 use crate::message::{Body, Message, MessageHeader, MessageType};
-use crate::stats::ConnectionStats;
+use crate::stats::{ConnectionStats, TrafficCounts};
 use store::{Queue, Store};
 use tables::{OpenError, ReceivedTable, SentTable, Serial};
 
@@ -171,15 +171,14 @@ struct Request {
 	reader_gone: bool,
 	/// Received: its share of the unanswered-bytes budget.
 	charge: usize,
-	/// Its `debug` span, child of the connection's, and when it opened: both only while a
-	/// subscriber wants the span (else `Span::none()` and `None`, and nothing is timed).
-	span: tracing::Span,
-	started: Option<std::time::Instant>,
+	/// Its `debug` span, child of the connection's, and when it opened; only while a subscriber
+	/// wants the span (boxed: a request without one stays small, and nothing is timed).
+	span: Option<Box<RequestSpan>>,
 }
 
 impl Request {
 	/// A request of `direction` with id `request_id`, open, held by one part.
-	fn new(direction: Direction, request_id: u32, serial: Serial, (span, started): RequestSpan) -> Self {
+	fn new(direction: Direction, request_id: u32, serial: Serial, span: Option<Box<RequestSpan>>) -> Self {
 		Self {
 			direction,
 			request_id,
@@ -192,22 +191,32 @@ impl Request {
 			reader_gone: false,
 			charge: 0,
 			span,
-			started,
 		}
 	}
 
 	/// Record how the request ended on its span, and close the span; only the first outcome
 	/// counts.
+	#[inline]
 	fn finish(&mut self, outcome: &'static str) {
-		if let Some(started) = self.started.take() {
-			self.span.record("outcome", outcome);
-			self.span.record("duration_us", started.elapsed().as_micros() as u64);
-			self.span = tracing::Span::none();
+		if let Some(span) = self.span.take() {
+			span.finish(outcome);
 		}
 	}
 }
 
-type RequestSpan = (tracing::Span, Option<std::time::Instant>);
+/// The span of a request, and when it opened.
+#[derive(Debug)]
+struct RequestSpan {
+	span: tracing::Span,
+	started: std::time::Instant,
+}
+
+impl RequestSpan {
+	fn finish(self, outcome: &'static str) {
+		self.span.record("outcome", outcome);
+		self.span.record("duration_us", u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
+	}
+}
 
 /// The outcomes a request span records.
 mod outcome {
@@ -272,8 +281,11 @@ pub struct Connection<B> {
 	/// The peer task has stopped.
 	ended: bool,
 	close_reason: Option<Error>,
-	/// The counters (open requests are read from the tables when a snapshot is taken).
+	/// The counters (open requests are read from the tables when a snapshot is taken, the
+	/// traffic from its own counts).
 	stats: ConnectionStats,
+	received_counts: TrafficCounts,
+	sent_counts: TrafficCounts,
 	/// The connection's span: the parent of the request spans.
 	span: tracing::Span,
 	/// Since when reading has been paused, while it is.
@@ -311,6 +323,8 @@ impl<B: Body> Connection<B> {
 			ended: false,
 			close_reason: None,
 			stats: ConnectionStats::default(),
+			received_counts: TrafficCounts::default(),
+			sent_counts: TrafficCounts::default(),
 			span: tracing::Span::none(),
 			read_paused_since: None,
 		}
@@ -321,8 +335,18 @@ impl<B: Body> Connection<B> {
 		self.span = span;
 	}
 
-	/// The span of a new request, at `debug`, and its start if the span is wanted.
-	fn request_span(&self, direction: &'static str, request_id: u32, service_id: i32) -> RequestSpan {
+	/// The span of a new request, at `debug`, if a subscriber wants it.
+	#[inline]
+	fn request_span(&self, direction: &'static str, request_id: u32, service_id: i32) -> Option<Box<RequestSpan>> {
+		// The cheapest test first: one load of the global maximum level.
+		if !tracing::level_enabled!(tracing::Level::DEBUG) {
+			return None;
+		}
+		self.request_span_slow(direction, request_id, service_id)
+	}
+
+	#[cold]
+	fn request_span_slow(&self, direction: &'static str, request_id: u32, service_id: i32) -> Option<Box<RequestSpan>> {
 		let span = tracing::debug_span!(
 			parent: &self.span,
 			"request",
@@ -332,8 +356,10 @@ impl<B: Body> Connection<B> {
 			outcome = tracing::field::Empty,
 			duration_us = tracing::field::Empty,
 		);
-		let started = if span.is_disabled() { None } else { Some(std::time::Instant::now()) };
-		(span, started)
+		if span.is_disabled() {
+			return None;
+		}
+		Some(Box::new(RequestSpan { span, started: std::time::Instant::now() }))
 	}
 
 	// ---- Counters ----
@@ -345,6 +371,8 @@ impl<B: Body> Connection<B> {
 			open_sent_requests: self.sent.len(),
 			open_received_requests: self.received.len(),
 			read_paused: self.stats.read_paused + paused_now,
+			received: self.received_counts.traffic(),
+			sent: self.sent_counts.traffic(),
 			..self.stats.clone()
 		}
 	}
@@ -374,7 +402,7 @@ impl<B: Body> Connection<B> {
 
 	/// A message arrived while closing and was dropped unread.
 	pub fn note_dropped_while_closing(&mut self, header: &MessageHeader, body_len: usize) {
-		self.stats.received.count(header.message_type, header.service_id, body_len);
+		self.received_counts.count(header.message_type, header.service_id, body_len);
 		self.stats.stray_messages += 1;
 	}
 
@@ -852,7 +880,7 @@ impl<B: Body> Connection<B> {
 		// Counted once handed over: a message given back is offered again later.
 		let routed = self.route(message)?;
 		let header = routed.header;
-		self.stats.received.count(header.message_type, header.service_id, routed.body_len);
+		self.received_counts.count(header.message_type, header.service_id, routed.body_len);
 		if routed.stray {
 			self.stats.stray_messages += 1;
 		}
@@ -1015,7 +1043,7 @@ impl<B: Body> Connection<B> {
 		std::mem::swap(&mut self.outgoing, batch);
 		for outgoing in batch.iter() {
 			let header = &outgoing.message.header;
-			self.stats.sent.count(header.message_type, header.service_id, outgoing.message.body.len());
+			self.sent_counts.count(header.message_type, header.service_id, outgoing.message.body.len());
 			if !outgoing.metered {
 				self.stats.auto_replies += 1;
 			}
