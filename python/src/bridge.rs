@@ -1,53 +1,133 @@
-//! Rust futures as asyncio futures, without the runtime threads taking the GIL.
+//! Rust futures as asyncio futures, polled on the event loop's thread.
 //!
-//! A runtime thread that finishes a future does not call into Python (which would wait for the
-//! GIL, held by the thread running the event loop for up to the interpreter's switch interval):
-//! it queues the result and writes a byte to a socket pair that the event loop watches
-//! (`loop.add_reader`). The loop's thread then delivers every queued result in one go, which
-//! also batches the completions of many requests in flight. One bridge per event loop.
+//! A future is polled where it was made, on the loop's thread, with the GIL held: most finish at
+//! the first poll (queueing a send, taking a message that has already arrived). One that must wait
+//! becomes a task of the loop's bridge. Its waker, called by the peer task on a runtime thread
+//! when a message arrives, never calls into Python (which would wait for the GIL, held by the
+//! loop's thread while it is busy): it queues the task and, if the queue was empty, writes one
+//! byte to a socket pair that the loop watches (`loop.add_reader`). The loop's thread then polls
+//! every woken task in one callback and hands the finished ones' results to their asyncio futures:
+//! one byte and one callback for a batch of results, however many requests are in flight, and no
+//! runtime task (with its own cross-thread wake-up) per operation.
 //!
-//! Cancelling the asyncio future aborts the runtime task, which drops the Rust future (and the
-//! handles it holds) as a dropped future does in Rust.
+//! Cancelling the asyncio future drops the Rust future (and the handles it holds) at once, on the
+//! loop's thread, as a dropped future does in Rust.
 
 use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 
 use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
+/// The result of a finished future, made a Python object under the GIL.
 type Deliver = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+type BoxFuture = Pin<Box<dyn Future<Output = Deliver> + Send>>;
 
-struct Completion {
-	future: Py<PyAny>,
-	result: Deliver,
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+	// Nothing under these locks can panic half-way; a poisoned lock is safe to keep using.
+	mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a loop's bridge shares with the wakers of its tasks (on any thread).
 pub struct Shared {
-	queue: Mutex<Vec<Completion>>,
+	/// Tasks woken since the loop last drained the queue.
+	woken: Mutex<Vec<Arc<Task>>>,
 	wake: UnixStream,
 }
 
 impl Shared {
-	fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Completion>> {
-		self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-	}
-
-	fn push(&self, completion: Completion) {
+	fn push(&self, task: Arc<Task>) {
 		let was_empty = {
-			let mut queue = self.lock();
-			queue.push(completion);
-			queue.len() == 1
+			let mut woken = lock(&self.woken);
+			woken.push(task);
+			woken.len() == 1
 		};
 		if was_empty {
 			// Full socket buffer (WouldBlock): a wake-up is pending anyway. Other errors mean the
 			// loop's end is gone, and nobody waits for the result.
 			let _ = (&self.wake).write(&[1]);
 		}
+	}
+}
+
+/// A future that had to wait, and the asyncio future its result goes to.
+struct Task {
+	/// The bridge of the loop; weak, so that a task queued in it does not keep it alive.
+	shared: Weak<Shared>,
+	/// Queued in `shared.woken` and not yet polled: a second wake-up needs no second entry.
+	queued: AtomicBool,
+	slot: Mutex<Option<Slot>>,
+}
+
+/// A task until it finishes or is cancelled (then `None`).
+struct Slot {
+	future: BoxFuture,
+	/// The asyncio future.
+	target: Py<PyAny>,
+	/// Its done callback (a `Cancel`), removed before the result is set, so that a finished
+	/// request costs the loop no callback.
+	on_cancel: Py<PyAny>,
+}
+
+impl Wake for Task {
+	fn wake(self: Arc<Self>) {
+		self.wake_by_ref();
+	}
+
+	fn wake_by_ref(self: &Arc<Self>) {
+		if self.queued.swap(true, Ordering::AcqRel) {
+			return;
+		}
+		match self.shared.upgrade() {
+			Some(shared) => shared.push(self.clone()),
+			// The loop and its bridge are gone: nobody can take the result, so let go of the
+			// future and the handles it holds.
+			// (Not while the loop's thread polls it: that thread holds the bridge.)
+			None => {
+				if let Ok(mut slot) = self.slot.try_lock() {
+					drop(slot.take());
+				}
+			},
+		}
+	}
+}
+
+impl Task {
+	/// Poll the future on the loop's thread; hand its result over if it has finished.
+	fn poll(self: &Arc<Self>, py: Python<'_>) -> PyResult<()> {
+		self.queued.store(false, Ordering::Release);
+		let mut slot = lock(&self.slot);
+		let Some(current) = slot.as_mut() else { return Ok(()) };
+		let waker = Waker::from(self.clone());
+		let polled = {
+			let _context = crate::runtime().enter();
+			current.future.as_mut().poll(&mut Context::from_waker(&waker))
+		};
+		let Poll::Ready(result) = polled else { return Ok(()) };
+		let Some(done) = slot.take() else { return Ok(()) };
+		// Not under the task's lock: setting the result calls into Python.
+		drop(slot);
+		let future = done.target.bind(py);
+		future.call_method1("remove_done_callback", (done.on_cancel,))?;
+		if future.call_method0("done")?.is_truthy()? {
+			// Done some other way meanwhile (`set_result` by the application); the result is
+			// dropped here (a handle in it too).
+			drop(result(py));
+			return Ok(());
+		}
+		match result(py) {
+			Ok(value) => future.call_method1("set_result", (value,))?,
+			Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
+		};
+		Ok(())
 	}
 }
 
@@ -60,7 +140,7 @@ struct Bridge {
 
 #[pymethods]
 impl Bridge {
-	/// Deliver every queued result to its asyncio future.
+	/// Poll every woken task, handing the results of the finished ones to their asyncio futures.
 	fn drain(&self, py: Python<'_>) -> PyResult<()> {
 		let mut buffer = [0u8; 256];
 		while let Ok(n) = (&self.reader).read(&mut buffer) {
@@ -68,10 +148,10 @@ impl Bridge {
 				break;
 			}
 		}
-		let completions = std::mem::take(&mut *self.shared.lock());
-		for completion in completions {
-			// One failure (which would be a bug) must not strand the results after it.
-			if let Err(error) = deliver(py, completion) {
+		let woken = std::mem::take(&mut *lock(&self.shared.woken));
+		for task in woken {
+			// One failure (which would be a bug) must not strand the tasks after it.
+			if let Err(error) = task.poll(py) {
 				error.write_unraisable(py, None);
 			}
 		}
@@ -79,35 +159,32 @@ impl Bridge {
 	}
 }
 
-fn deliver(py: Python<'_>, completion: Completion) -> PyResult<()> {
-	let future = completion.future.bind(py);
-	if future.call_method0("done")?.is_truthy()? {
-		// Cancelled meanwhile; the result is dropped here (a handle in it too).
-		drop((completion.result)(py));
-		return Ok(());
+impl Drop for Bridge {
+	fn drop(&mut self) {
+		// Tasks woken but never polled: their loop is gone, so are their results' takers.
+		let woken = std::mem::take(&mut *lock(&self.shared.woken));
+		for task in woken {
+			drop(lock(&task.slot).take());
+		}
 	}
-	match (completion.result)(py) {
-		Ok(value) => future.call_method1("set_result", (value,))?,
-		Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
-	};
-	Ok(())
 }
 
-/// Aborts the runtime task when its asyncio future is cancelled (a done callback).
+/// Drops the Rust future of a task when its asyncio future is cancelled (a done callback).
 #[pyclass(module = "peerwire", frozen)]
-struct AbortOnCancel {
-	task: tokio::task::AbortHandle,
+struct Cancel {
+	task: Weak<Task>,
 }
 
 #[pymethods]
-impl AbortOnCancel {
-	#[pyo3(signature = (*args))]
-	fn __call__(&self, args: &Bound<'_, PyTuple>) -> PyResult<()> {
-		let future = args.get_item(0)?;
-		if future.call_method0("cancelled")?.is_truthy()? {
-			self.task.abort();
+impl Cancel {
+	#[pyo3(signature = (*_args))]
+	fn __call__(&self, _args: &Bound<'_, PyTuple>) {
+		// Called only when the asyncio future is done by someone else than its task (which
+		// removes this callback first): cancelled, typically.
+		if let Some(task) = self.task.upgrade() {
+			let slot = lock(&task.slot).take();
+			drop(slot);
 		}
-		Ok(())
 	}
 }
 
@@ -152,7 +229,7 @@ fn register(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Share
 	reader.set_nonblocking(true)?;
 	wake.set_nonblocking(true)?;
 	let fd = reader.as_raw_fd();
-	let bridge = Bound::new(py, Bridge { shared: Arc::new(Shared { queue: Mutex::new(Vec::new()), wake }), reader })?;
+	let bridge = Bound::new(py, Bridge { shared: Arc::new(Shared { woken: Mutex::new(Vec::new()), wake }), reader })?;
 	event_loop.call_method1("add_reader", (fd, bridge.getattr("drain")?))?;
 	bridges.set_item(event_loop, &bridge)?;
 	Ok(bridge.get().shared.clone())
@@ -171,20 +248,29 @@ where
 	Ok(future)
 }
 
-/// Run `fut` on the runtime; its result goes to the returned asyncio future of `event_loop`
-/// through the loop's bridge `shared`.
-pub fn spawn<'py, F, T>(event_loop: &Bound<'py, PyAny>, shared: Arc<Shared>, fut: F) -> PyResult<Bound<'py, PyAny>>
+/// Make `fut`, which has been polled and must wait, a task of the loop's bridge `shared`; its
+/// result goes to the returned asyncio future of `event_loop`. The task is polled again at once,
+/// with its own waker.
+pub fn spawn<'py, F, T>(
+	py: Python<'py>,
+	event_loop: &Bound<'py, PyAny>,
+	shared: &Arc<Shared>,
+	fut: F,
+) -> PyResult<Bound<'py, PyAny>>
 where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
 	let future = event_loop.call_method0("create_future")?;
-	let target = future.clone().unbind();
-	let task = crate::runtime().spawn(async move {
+	let task =
+		Arc::new(Task { shared: Arc::downgrade(shared), queued: AtomicBool::new(false), slot: Mutex::new(None) });
+	let on_cancel = Bound::new(py, Cancel { task: Arc::downgrade(&task) })?.into_any();
+	future.call_method1("add_done_callback", (&on_cancel,))?;
+	let boxed: BoxFuture = Box::pin(async move {
 		let result = fut.await;
-		let deliver: Deliver = Box::new(move |py| result.and_then(|value| value.into_py_any(py)));
-		shared.push(Completion { future: target, result: deliver });
+		Box::new(move |py: Python<'_>| result.and_then(|value| value.into_py_any(py))) as Deliver
 	});
-	future.call_method1("add_done_callback", (AbortOnCancel { task: task.abort_handle() },))?;
+	*lock(&task.slot) = Some(Slot { future: boxed, target: future.clone().unbind(), on_cancel: on_cancel.unbind() });
+	task.poll(py)?;
 	Ok(future)
 }

@@ -24,10 +24,10 @@ pub use listener::{Config, Listener};
 
 /// An awaitable for `fut`, run on the module's runtime.
 ///
-/// The future is polled once at once, on this thread inside the runtime's context: what can
-/// finish without waiting (queueing a send, taking a message that has already arrived) returns
-/// an asyncio future that is already done, without a hop to a runtime thread and back. Only a
-/// future that must wait is handed to the runtime.
+/// The future is polled at once, on this thread inside the runtime's context: what can finish
+/// without waiting (queueing a send, taking a message that has already arrived) returns an
+/// asyncio future that is already done. A future that must wait becomes a task of the loop's
+/// bridge, polled on this thread again when woken (see `bridge`).
 pub(crate) fn future<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
 	F: Future<Output = PyResult<T>> + Send + 'static,
@@ -42,7 +42,7 @@ where
 	};
 	match polled {
 		std::task::Poll::Ready(result) => bridge::done(py, &event_loop, result),
-		std::task::Poll::Pending => bridge::spawn(&event_loop, shared, fut),
+		std::task::Poll::Pending => bridge::spawn(py, &event_loop, &shared, fut),
 	}
 }
 
