@@ -131,11 +131,42 @@ impl Task {
 	}
 }
 
+/// A hold on the wake-up of a connection's peer task (a `peerwire::WakeupHold`).
+pub type Hold = Box<dyn std::any::Any + Send>;
+
 /// The bridge of one event loop; its `drain` is the loop's reader callback.
 #[pyclass(module = "peerwire", frozen)]
-struct Bridge {
+pub struct Bridge {
 	shared: Arc<Shared>,
 	reader: UnixStream,
+	/// Holds taken by sends in this iteration of the loop, released by `release` (scheduled
+	/// with `call_soon` by the first of them).
+	held: Mutex<Vec<Hold>>,
+}
+
+impl Bridge {
+	/// Keep `hold` (taken before a send) until the loop's next iteration: the sends of one
+	/// iteration (the coroutines resumed by one batch of results, typically) then cost the peer
+	/// task one wake-up, and it writes them together.
+	pub fn keep(slf: &Bound<'_, Self>, event_loop: &Bound<'_, PyAny>, hold: Hold) -> PyResult<()> {
+		let first = {
+			let mut held = lock(&slf.get().held);
+			held.push(hold);
+			held.len() == 1
+		};
+		if first {
+			if let Err(error) = event_loop.call_method1("call_soon", (slf.getattr("release")?,)) {
+				// Not scheduled (a closed loop): release now rather than never.
+				drop(std::mem::take(&mut *lock(&slf.get().held)));
+				return Err(error);
+			}
+		}
+		Ok(())
+	}
+
+	pub fn shared(&self) -> &Arc<Shared> {
+		&self.shared
+	}
 }
 
 #[pymethods]
@@ -157,10 +188,18 @@ impl Bridge {
 		}
 		Ok(())
 	}
+
+	/// Release the holds taken in the last iteration, waking each peer task that has messages
+	/// to write.
+	fn release(&self) {
+		let held = std::mem::take(&mut *lock(&self.held));
+		drop(held);
+	}
 }
 
 impl Drop for Bridge {
 	fn drop(&mut self) {
+		drop(std::mem::take(&mut *lock(&self.held)));
 		// Tasks woken but never polled: their loop is gone, so are their results' takers.
 		let woken = std::mem::take(&mut *lock(&self.shared.woken));
 		for task in woken {
@@ -195,57 +234,83 @@ thread_local! {
 	/// The last loop this thread used, and its bridge: most programs run one loop per thread, and
 	/// this spares a dictionary lookup per operation. Holding the loop keeps its address from
 	/// being reused by another object while cached.
-	static LAST: std::cell::RefCell<Option<(Py<PyAny>, Arc<Shared>)>> = const { std::cell::RefCell::new(None) };
+	static LAST: std::cell::RefCell<Option<(Py<PyAny>, Py<Bridge>)>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The running loop (a `RuntimeError` without one), and its bridge (made and registered on first
 /// use).
-pub fn current<'py>(py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Arc<Shared>)> {
+pub fn current<'py>(py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, Bridge>)> {
 	let get_running_loop = GET_RUNNING_LOOP
 		.get_or_try_init(py, || py.import("asyncio")?.getattr("get_running_loop").map(Bound::unbind))?;
 	let event_loop = get_running_loop.bind(py).call0()?;
 	let cached = LAST.with_borrow(|last| {
-		last.as_ref().filter(|(cached, _)| cached.as_ptr() == event_loop.as_ptr()).map(|(_, shared)| shared.clone())
+		last.as_ref()
+			.filter(|(cached, _)| cached.as_ptr() == event_loop.as_ptr())
+			.map(|(_, bridge)| bridge.bind(py).clone())
 	});
-	if let Some(shared) = cached {
-		return Ok((event_loop, shared));
+	if let Some(bridge) = cached {
+		return Ok((event_loop, bridge));
 	}
-	let shared = register(py, &event_loop)?;
-	let previous = LAST.with_borrow_mut(|last| last.replace((event_loop.clone().unbind(), shared.clone())));
+	let bridge = register(py, &event_loop)?;
+	let previous = LAST.with_borrow_mut(|last| last.replace((event_loop.clone().unbind(), bridge.clone().unbind())));
 	drop(previous);
-	Ok((event_loop, shared))
+	Ok((event_loop, bridge))
 }
 
 /// The bridge of `event_loop`, made and registered with it on first use.
-fn register(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Shared>> {
+fn register<'py>(py: Python<'py>, event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Bridge>> {
 	// Weak keys: a loop that is garbage collected takes its bridge (and socket pair) with it.
 	let bridges = BRIDGES
 		.get_or_try_init(py, || py.import("weakref")?.getattr("WeakKeyDictionary")?.call0().map(Bound::unbind))?
 		.bind(py);
-	if let Ok(bridge) = bridges.call_method1("get", (event_loop,))?.cast::<Bridge>() {
-		return Ok(bridge.get().shared.clone());
+	if let Ok(bridge) = bridges.call_method1("get", (event_loop,))?.cast_into::<Bridge>() {
+		return Ok(bridge);
 	}
 	let (reader, wake) = UnixStream::pair()?;
 	reader.set_nonblocking(true)?;
 	wake.set_nonblocking(true)?;
 	let fd = reader.as_raw_fd();
-	let bridge = Bound::new(py, Bridge { shared: Arc::new(Shared { woken: Mutex::new(Vec::new()), wake }), reader })?;
+	let shared = Arc::new(Shared { woken: Mutex::new(Vec::new()), wake });
+	let bridge = Bound::new(py, Bridge { shared, reader, held: Mutex::new(Vec::new()) })?;
 	event_loop.call_method1("add_reader", (fd, bridge.getattr("drain")?))?;
 	bridges.set_item(event_loop, &bridge)?;
-	Ok(bridge.get().shared.clone())
+	Ok(bridge)
 }
 
-/// An asyncio future of `event_loop`, already done with `result`.
-pub fn done<'py, T>(py: Python<'py>, event_loop: &Bound<'py, PyAny>, result: PyResult<T>) -> PyResult<Bound<'py, PyAny>>
+/// An awaitable already done with `result`.
+pub fn done<'py, T>(py: Python<'py>, result: PyResult<T>) -> PyResult<Bound<'py, PyAny>>
 where
 	T: for<'a> IntoPyObject<'a>,
 {
-	let future = event_loop.call_method0("create_future")?;
-	match result {
-		Ok(value) => future.call_method1("set_result", (value.into_bound_py_any(py)?,))?,
-		Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
-	};
-	Ok(future)
+	let result = result.and_then(|value| value.into_py_any(py));
+	Ok(Bound::new(py, Ready { result })?.into_any())
+}
+
+/// An awaitable whose result is known when it is made (a send that only queued, a message that
+/// had already arrived): awaiting it returns (or raises) at once, without suspending. Cheaper
+/// than an asyncio future made done: no call into the loop, no result to set.
+#[pyclass(module = "peerwire", frozen)]
+pub struct Ready {
+	result: PyResult<Py<PyAny>>,
+}
+
+#[pymethods]
+impl Ready {
+	fn __await__(slf: Py<Self>) -> Py<Self> {
+		slf
+	}
+
+	fn __iter__(slf: Py<Self>) -> Py<Self> {
+		slf
+	}
+
+	/// Finish at once with the result; each await gets it, as with a done future.
+	fn __next__(&self, py: Python<'_>) -> PyResult<()> {
+		match &self.result {
+			Ok(value) => Err(pyo3::exceptions::PyStopIteration::new_err((value.clone_ref(py),))),
+			Err(error) => Err(error.clone_ref(py)),
+		}
+	}
 }
 
 /// Make `fut`, which has been polled and must wait, a task of the loop's bridge `shared`; its

@@ -13,6 +13,8 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use bridge::Hold;
+
 mod bridge;
 mod error;
 mod fd;
@@ -34,15 +36,41 @@ where
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
 	// The loop first: without one (a `RuntimeError`), nothing may be sent.
-	let (event_loop, shared) = bridge::current(py)?;
+	let (event_loop, bridge) = bridge::current(py)?;
+	run(py, &event_loop, &bridge, fut)
+}
+
+/// An awaitable for `fut`, a send: like `future`, but the peer task's wake-up for what it queues
+/// is held (`hold` takes the hold) until the loop's next iteration, so that the sends of one
+/// iteration cost one wake-up and are written together.
+pub(crate) fn send<'py, F, T>(py: Python<'py>, hold: impl FnOnce() -> Hold, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+	F: Future<Output = PyResult<T>> + Send + 'static,
+	T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+	let (event_loop, bridge) = bridge::current(py)?;
+	bridge::Bridge::keep(&bridge, &event_loop, hold())?;
+	run(py, &event_loop, &bridge, fut)
+}
+
+fn run<'py, F, T>(
+	py: Python<'py>,
+	event_loop: &Bound<'py, PyAny>,
+	bridge: &Bound<'py, bridge::Bridge>,
+	fut: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+	F: Future<Output = PyResult<T>> + Send + 'static,
+	T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
 	let mut fut = Box::pin(fut);
 	let polled = {
 		let _context = runtime().enter();
 		fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 	};
 	match polled {
-		std::task::Poll::Ready(result) => bridge::done(py, &event_loop, result),
-		std::task::Poll::Pending => bridge::spawn(py, &event_loop, &shared, fut),
+		std::task::Poll::Ready(result) => bridge::done(py, result),
+		std::task::Poll::Pending => bridge::spawn(py, event_loop, bridge.get().shared(), fut),
 	}
 }
 
