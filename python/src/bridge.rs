@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 
 use pyo3::IntoPyObjectExt;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
@@ -38,22 +39,47 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What a loop's bridge shares with the wakers of its tasks (on any thread).
 pub struct Shared {
-	/// Tasks woken since the loop last drained the queue.
-	woken: Mutex<Vec<Arc<Task>>>,
+	woken: Mutex<Woken>,
 	wake: UnixStream,
+}
+
+#[derive(Default)]
+struct Woken {
+	/// Tasks woken since the loop last looked.
+	tasks: Vec<Arc<Task>>,
+	/// The loop will look at the start of its next iteration anyway (a `release` is scheduled,
+	/// so it does not sleep in between): a task woken meanwhile needs no byte on the socket pair.
+	looking: bool,
 }
 
 impl Shared {
 	fn push(&self, task: Arc<Task>) {
-		let was_empty = {
+		let signal = {
 			let mut woken = lock(&self.woken);
-			woken.push(task);
-			woken.len() == 1
+			woken.tasks.push(task);
+			woken.tasks.len() == 1 && !woken.looking
 		};
-		if was_empty {
+		if signal {
 			// Full socket buffer (WouldBlock): a wake-up is pending anyway. Other errors mean the
 			// loop's end is gone, and nobody waits for the result.
 			let _ = (&self.wake).write(&[1]);
+		}
+	}
+
+	/// The tasks woken so far; `looking` says whether the loop will look again without a byte.
+	fn take(&self, looking: bool) -> Vec<Arc<Task>> {
+		let mut woken = lock(&self.woken);
+		woken.looking = looking;
+		std::mem::take(&mut woken.tasks)
+	}
+}
+
+/// Poll `tasks` on the loop's thread.
+fn run(py: Python<'_>, tasks: Vec<Arc<Task>>) {
+	for task in tasks {
+		// One failure (which would be a bug) must not strand the tasks after it.
+		if let Err(error) = task.poll(py) {
+			error.write_unraisable(py, None);
 		}
 	}
 }
@@ -116,18 +142,18 @@ impl Task {
 		// Not under the task's lock: setting the result calls into Python.
 		drop(slot);
 		let future = done.target.bind(py);
-		future.call_method1("remove_done_callback", (done.on_cancel,))?;
-		if future.call_method0("done")?.is_truthy()? {
-			// Done some other way meanwhile (`set_result` by the application); the result is
-			// dropped here (a handle in it too).
-			drop(result(py));
-			return Ok(());
-		}
-		match result(py) {
-			Ok(value) => future.call_method1("set_result", (value,))?,
-			Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
+		future.call_method1(intern!(py, "remove_done_callback"), (done.on_cancel,))?;
+		let set = match result(py) {
+			Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)),
+			Err(error) => future.call_method1(intern!(py, "set_exception"), (error.into_value(py),)),
 		};
-		Ok(())
+		match set {
+			// Cancelled, its callback not run yet (or done by the application): the result, a
+			// handle in it too, is dropped with the error.
+			Err(_) if future.call_method0(intern!(py, "done"))?.is_truthy()? => Ok(()),
+			Err(error) => Err(error),
+			Ok(_) => Ok(()),
+		}
 	}
 }
 
@@ -139,28 +165,50 @@ pub type Hold = Box<dyn std::any::Any + Send>;
 pub struct Bridge {
 	shared: Arc<Shared>,
 	reader: UnixStream,
-	/// Holds taken by sends in this iteration of the loop, released by `release` (scheduled
-	/// with `call_soon` by the first of them).
-	held: Mutex<Vec<Hold>>,
+	/// Holds taken by sends in this iteration of the loop, released by `release`.
+	held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+	holds: Vec<Hold>,
+	/// A `release` is scheduled (`call_soon`) for the start of the next iteration.
+	scheduled: bool,
 }
 
 impl Bridge {
-	/// Keep `hold` (taken before a send) until the loop's next iteration: the sends of one
-	/// iteration (the coroutines resumed by one batch of results, typically) then cost the peer
-	/// task one wake-up, and it writes them together.
-	pub fn keep(slf: &Bound<'_, Self>, event_loop: &Bound<'_, PyAny>, hold: Hold) -> PyResult<()> {
+	/// Before a send: take a hold (`hold`) on the peer task's wake-up, kept until a `release`
+	/// scheduled (`call_soon`) by the first send of this iteration of the loop runs, at the start
+	/// of the next one. The sends of one iteration (the coroutines resumed by one batch of
+	/// results, typically) then cost each peer task one wake-up, not one each, and go out in one
+	/// write.
+	pub fn before_send(
+		slf: &Bound<'_, Self>,
+		event_loop: &Bound<'_, PyAny>,
+		hold: impl FnOnce() -> Hold,
+	) -> PyResult<()> {
+		let py = slf.py();
+		let this = slf.get();
+		let hold = hold();
 		let first = {
-			let mut held = lock(&slf.get().held);
-			held.push(hold);
-			held.len() == 1
+			let mut held = lock(&this.held);
+			held.holds.push(hold);
+			!std::mem::replace(&mut held.scheduled, true)
 		};
-		if first {
-			if let Err(error) = event_loop.call_method1("call_soon", (slf.getattr("release")?,)) {
-				// Not scheduled (a closed loop): release now rather than never.
-				drop(std::mem::take(&mut *lock(&slf.get().held)));
-				return Err(error);
-			}
+		if !first {
+			return Ok(());
 		}
+		let scheduled = slf
+			.getattr(intern!(py, "release"))
+			.and_then(|release| event_loop.call_method1(intern!(py, "call_soon"), (release,)));
+		if let Err(error) = scheduled {
+			// Not scheduled (a closed loop): release now rather than never.
+			drop(std::mem::take(&mut *lock(&this.held)));
+			return Err(error);
+		}
+		// The release also polls the tasks woken until then (the results of this iteration's
+		// requests, typically): no byte, no reader callback for them.
+		lock(&this.shared.woken).looking = true;
 		Ok(())
 	}
 
@@ -179,21 +227,18 @@ impl Bridge {
 				break;
 			}
 		}
-		let woken = std::mem::take(&mut *lock(&self.shared.woken));
-		for task in woken {
-			// One failure (which would be a bug) must not strand the tasks after it.
-			if let Err(error) = task.poll(py) {
-				error.write_unraisable(py, None);
-			}
-		}
+		// A release still scheduled will look again.
+		let looking = lock(&self.held).scheduled;
+		run(py, self.shared.take(looking));
 		Ok(())
 	}
 
 	/// Release the holds taken in the last iteration, waking each peer task that has messages
-	/// to write.
-	fn release(&self) {
+	/// to write; then poll the tasks woken meanwhile.
+	fn release(&self, py: Python<'_>) {
 		let held = std::mem::take(&mut *lock(&self.held));
 		drop(held);
+		run(py, self.shared.take(false));
 	}
 }
 
@@ -201,8 +246,7 @@ impl Drop for Bridge {
 	fn drop(&mut self) {
 		drop(std::mem::take(&mut *lock(&self.held)));
 		// Tasks woken but never polled: their loop is gone, so are their results' takers.
-		let woken = std::mem::take(&mut *lock(&self.shared.woken));
-		for task in woken {
+		for task in self.shared.take(false) {
 			drop(lock(&task.slot).take());
 		}
 	}
@@ -270,8 +314,8 @@ fn register<'py>(py: Python<'py>, event_loop: &Bound<'py, PyAny>) -> PyResult<Bo
 	reader.set_nonblocking(true)?;
 	wake.set_nonblocking(true)?;
 	let fd = reader.as_raw_fd();
-	let shared = Arc::new(Shared { woken: Mutex::new(Vec::new()), wake });
-	let bridge = Bound::new(py, Bridge { shared, reader, held: Mutex::new(Vec::new()) })?;
+	let shared = Arc::new(Shared { woken: Mutex::new(Woken::default()), wake });
+	let bridge = Bound::new(py, Bridge { shared, reader, held: Mutex::new(Held::default()) })?;
 	event_loop.call_method1("add_reader", (fd, bridge.getattr("drain")?))?;
 	bridges.set_item(event_loop, &bridge)?;
 	Ok(bridge)
@@ -326,11 +370,11 @@ where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-	let future = event_loop.call_method0("create_future")?;
+	let future = event_loop.call_method0(intern!(py, "create_future"))?;
 	let task =
 		Arc::new(Task { shared: Arc::downgrade(shared), queued: AtomicBool::new(false), slot: Mutex::new(None) });
 	let on_cancel = Bound::new(py, Cancel { task: Arc::downgrade(&task) })?.into_any();
-	future.call_method1("add_done_callback", (&on_cancel,))?;
+	future.call_method1(intern!(py, "add_done_callback"), (&on_cancel,))?;
 	let boxed: BoxFuture = Box::pin(async move {
 		let result = fut.await;
 		Box::new(move |py: Python<'_>| result.and_then(|value| value.into_py_any(py))) as Deliver

@@ -41,15 +41,15 @@ where
 }
 
 /// An awaitable for `fut`, a send: like `future`, but the peer task's wake-up for what it queues
-/// is held (`hold` takes the hold) until the loop's next iteration, so that the sends of one
-/// iteration cost one wake-up and are written together.
+/// may be held (`hold` takes the hold) until the loop's next iteration (see
+/// `Bridge::before_send`), so that the sends of one iteration are written together.
 pub(crate) fn send<'py, F, T>(py: Python<'py>, hold: impl FnOnce() -> Hold, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
 	let (event_loop, bridge) = bridge::current(py)?;
-	bridge::Bridge::keep(&bridge, &event_loop, hold())?;
+	bridge::Bridge::before_send(&bridge, &event_loop, hold)?;
 	run(py, &event_loop, &bridge, fut)
 }
 
