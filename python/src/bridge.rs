@@ -157,6 +157,12 @@ impl Task {
 	}
 }
 
+/// Sends held before their peer tasks are woken even though the loop's iteration goes on: the
+/// first ones go out while the loop still works on the rest (the remote starts on them, instead
+/// of the two sides taking turns), at a sixteenth of the wake-ups of one per send. 16 and 32
+/// measured alike at 64 in flight, and both above no bound, in same-run pairs.
+const SENDS_PER_WAKEUP: usize = 16;
+
 /// A hold on the wake-up of a connection's peer task (a `peerwire::WakeupHold`).
 pub type Hold = Box<dyn std::any::Any + Send>;
 
@@ -179,9 +185,9 @@ struct Held {
 impl Bridge {
 	/// Before a send: take a hold (`hold`) on the peer task's wake-up, kept until a `release`
 	/// scheduled (`call_soon`) by the first send of this iteration of the loop runs, at the start
-	/// of the next one. The sends of one iteration (the coroutines resumed by one batch of
-	/// results, typically) then cost each peer task one wake-up, not one each, and go out in one
-	/// write.
+	/// of the next one, or until `SENDS_PER_WAKEUP` sends are held. The sends of one iteration
+	/// (the coroutines resumed by one batch of results, typically) then cost a peer task one
+	/// wake-up per 16, not one each, and go out together.
 	pub fn before_send(
 		slf: &Bound<'_, Self>,
 		event_loop: &Bound<'_, PyAny>,
@@ -190,11 +196,14 @@ impl Bridge {
 		let py = slf.py();
 		let this = slf.get();
 		let hold = hold();
-		let first = {
+		let (first, full) = {
 			let mut held = lock(&this.held);
 			held.holds.push(hold);
-			!std::mem::replace(&mut held.scheduled, true)
+			let full = if held.holds.len() >= SENDS_PER_WAKEUP { std::mem::take(&mut held.holds) } else { Vec::new() };
+			(!std::mem::replace(&mut held.scheduled, true), full)
 		};
+		// Released outside the lock: each wakes its peer task.
+		drop(full);
 		if !first {
 			return Ok(());
 		}
