@@ -114,7 +114,7 @@ pub use config::Config;
 pub use error::{Error, ErrorKind, ProtocolViolation};
 pub use handle::{
 	BUSY_TEXT, DROPPED_REQUEST_TEXT, PeerHandle, PeerReadHandle, PeerWriteHandle, ReceivedMessage,
-	ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle,
+	ReceivedRequestHandle, ReceivedRequestWriteHandle, SentRequestHandle, SentRequestWriteHandle, WakeupHold,
 };
 pub use listener::{AcceptError, AcceptRetry, Acceptor, Listener};
 pub use message::{Body, CloneBody, IntoBody, Message, MessageHeader, MessageType};

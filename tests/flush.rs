@@ -74,3 +74,25 @@ async fn flush_covers_every_handle_and_fails_on_a_closed_connection() {
 	within(client.closed()).await;
 	assert!(client.flush().await.unwrap_err().is_connection_closed());
 }
+
+/// A message queued under a `WakeupHold` waits for the hold to go (nothing else wakes the peer
+/// task here), and dropping the hold sends it. Paused time: the 50 ms window is virtual, and runs
+/// out before any timer of the peer task could wake it.
+#[tokio::test(start_paused = true)]
+async fn a_message_queued_under_a_wakeup_hold_is_written_when_the_hold_is_dropped() {
+	let (a, mut b) = peerwire::transport::memory::pair::<peerwire::Bytes>(&Config::default());
+	// A first message, so that a's peer task has run and sleeps waiting for something to write.
+	a.send_stream(1, "first").await.unwrap();
+	let Ok(ReceivedMessage::Stream(first)) = within(b.recv_message()).await else { panic!("no stream message") };
+	assert_eq!(first.body, "first");
+
+	let hold = a.write_handle().hold_wakeups();
+	a.send_stream(2, "held").await.unwrap();
+	assert!(
+		tokio::time::timeout(Duration::from_millis(50), b.recv_message()).await.is_err(),
+		"written although the wake-up was held"
+	);
+	drop(hold);
+	let Ok(ReceivedMessage::Stream(held)) = within(b.recv_message()).await else { panic!("no stream message") };
+	assert_eq!((held.header.service_id, &held.body[..]), (2, &b"held"[..]));
+}

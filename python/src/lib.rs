@@ -13,6 +13,8 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use bridge::Hold;
+
 mod bridge;
 mod error;
 mod fd;
@@ -24,25 +26,51 @@ pub use listener::{Config, Listener};
 
 /// An awaitable for `fut`, run on the module's runtime.
 ///
-/// The future is polled once at once, on this thread inside the runtime's context: what can
-/// finish without waiting (queueing a send, taking a message that has already arrived) returns
-/// an asyncio future that is already done, without a hop to a runtime thread and back. Only a
-/// future that must wait is handed to the runtime.
+/// The future is polled at once, on this thread inside the runtime's context: what can finish
+/// without waiting (queueing a send, taking a message that has already arrived) returns an
+/// asyncio future that is already done. A future that must wait becomes a task of the loop's
+/// bridge, polled on this thread again when woken (see `bridge`).
 pub(crate) fn future<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
 	// The loop first: without one (a `RuntimeError`), nothing may be sent.
-	let (event_loop, shared) = bridge::current(py)?;
+	let (event_loop, bridge) = bridge::current(py)?;
+	run(py, &event_loop, &bridge, fut)
+}
+
+/// An awaitable for `fut`, a send: like `future`, but the peer task's wake-up for what it queues
+/// may be held (`hold` takes the hold) until the loop's next iteration (see
+/// `Bridge::before_send`), so that the sends of one iteration are written together.
+pub(crate) fn send<'py, F, T>(py: Python<'py>, hold: impl FnOnce() -> Hold, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+	F: Future<Output = PyResult<T>> + Send + 'static,
+	T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+	let (event_loop, bridge) = bridge::current(py)?;
+	bridge::Bridge::before_send(&bridge, &event_loop, hold)?;
+	run(py, &event_loop, &bridge, fut)
+}
+
+fn run<'py, F, T>(
+	py: Python<'py>,
+	event_loop: &Bound<'py, PyAny>,
+	bridge: &Bound<'py, bridge::Bridge>,
+	fut: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+	F: Future<Output = PyResult<T>> + Send + 'static,
+	T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
 	let mut fut = Box::pin(fut);
 	let polled = {
 		let _context = runtime().enter();
 		fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 	};
 	match polled {
-		std::task::Poll::Ready(result) => bridge::done(py, &event_loop, result),
-		std::task::Poll::Pending => bridge::spawn(&event_loop, shared, fut),
+		std::task::Poll::Ready(result) => bridge::done(py, result),
+		std::task::Poll::Pending => bridge::spawn(py, event_loop, bridge.get().shared(), fut),
 	}
 }
 

@@ -19,9 +19,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::sync::Mutex;
 
+use crate::bridge::Hold;
 use crate::error::{remote_error, to_py};
 use crate::message::{Info, RsMessage, body_from};
-use crate::{future, timeout_from};
+use crate::{future, send, timeout_from};
 
 /// Run `$body` with `$h` bound to the inner handle of either transport.
 macro_rules! either {
@@ -77,6 +78,12 @@ pub enum WriteH {
 	Seq(PeerWriteHandle<UnixBody>),
 }
 
+impl WriteH {
+	fn hold(&self) -> Hold {
+		either!(self, WriteH, h => Box::new(h.hold_wakeups()))
+	}
+}
+
 enum SentH {
 	Stream(SentRequestHandle<Bytes>),
 	Seq(SentRequestHandle<UnixBody>),
@@ -88,6 +95,12 @@ enum SentW {
 	Seq(SentRequestWriteHandle<UnixBody>),
 }
 
+impl SentW {
+	fn hold(&self) -> Hold {
+		either!(self, SentW, h => Box::new(h.hold_wakeups()))
+	}
+}
+
 enum RecvH {
 	Stream(ReceivedRequestHandle<Bytes>),
 	Seq(ReceivedRequestHandle<UnixBody>),
@@ -97,6 +110,12 @@ enum RecvH {
 enum RecvW {
 	Stream(ReceivedRequestWriteHandle<Bytes>),
 	Seq(ReceivedRequestWriteHandle<UnixBody>),
+}
+
+impl RecvW {
+	fn hold(&self) -> Hold {
+		either!(self, RecvW, h => Box::new(h.hold_wakeups()))
+	}
 }
 
 /// Send `$out` (an `OutBody`) through `$call` on a handle of either transport.
@@ -200,7 +219,7 @@ impl Peer {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, self.seqpacket())?;
 		let write = self.write.clone();
-		future(py, async move {
+		send(py, || self.write.hold(), async move {
 			Ok(match write {
 				WriteH::Stream(h) => {
 					let request = h.send_request(service_id, out.stream()).await.map_err(to_py)?;
@@ -228,10 +247,9 @@ impl Peer {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, self.seqpacket())?;
 		let write = self.write.clone();
-		future(
-			py,
-			async move { send_on!(write, WriteH, |h, b| h.send_stream(service_id, b).await.map_err(to_py), out) },
-		)
+		send(py, || self.write.hold(), async move {
+			send_on!(write, WriteH, |h, b| h.send_stream(service_id, b).await.map_err(to_py), out)
+		})
 	}
 
 	/// Receive the next request (a `ReceivedRequest`) or stream message (a `Message`) from the
@@ -446,7 +464,9 @@ impl SentRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, SentW::Seq(_)))?;
 		let write = self.write.clone();
-		future(py, async move { send_on!(write, SentW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out) })
+		send(py, || self.write.hold(), async move {
+			send_on!(write, SentW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out)
+		})
 	}
 
 	fn __repr__(&self) -> String {
@@ -572,7 +592,9 @@ impl ReceivedRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, RecvW::Seq(_)))?;
 		let write = self.write.clone();
-		future(py, async move { send_on!(write, RecvW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out) })
+		send(py, || self.write.hold(), async move {
+			send_on!(write, RecvW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out)
+		})
 	}
 
 	/// Send the response (service id 0 or positive for success), closing the request.
@@ -587,16 +609,17 @@ impl ReceivedRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, RecvW::Seq(_)))?;
 		let write = self.write.clone();
-		future(
-			py,
-			async move { send_on!(write, RecvW, |h, b| h.send_response(service_id, b).await.map_err(to_py), out) },
-		)
+		send(py, || self.write.hold(), async move {
+			send_on!(write, RecvW, |h, b| h.send_response(service_id, b).await.map_err(to_py), out)
+		})
 	}
 
 	/// Send an error response (service id -1) with `text`, closing the request.
 	fn send_error<'py>(&self, py: Python<'py>, text: String) -> PyResult<Bound<'py, PyAny>> {
 		let write = self.write.clone();
-		future(py, async move { either!(write, RecvW, h => h.send_error_response(&text).await.map_err(to_py)) })
+		send(py, || self.write.hold(), async move {
+			either!(write, RecvW, h => h.send_error_response(&text).await.map_err(to_py))
+		})
 	}
 
 	fn __repr__(&self) -> String {

@@ -115,6 +115,32 @@ impl<B: Body> Drop for SendWait<'_, B> {
 	}
 }
 
+/// Holds back the peer task's wake-up for queued messages while it lives; see
+/// [`PeerWriteHandle::hold_wakeups`]. It does not keep the connection open.
+#[must_use = "dropping the hold releases it at once"]
+pub struct WakeupHold<B: Body = bytes::Bytes> {
+	shared: Arc<Shared<B>>,
+}
+
+impl<B: Body> WakeupHold<B> {
+	pub(crate) fn new(shared: &Arc<Shared<B>>) -> Self {
+		shared.state().hold_wakeups();
+		Self { shared: shared.clone() }
+	}
+}
+
+impl<B: Body> Drop for WakeupHold<B> {
+	fn drop(&mut self) {
+		self.shared.state().release_wakeups();
+	}
+}
+
+impl<B: Body> std::fmt::Debug for WakeupHold<B> {
+	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+		f.debug_struct("WakeupHold").finish_non_exhaustive()
+	}
+}
+
 /// A message from the remote that is not part of a request this side sent.
 #[derive(Debug)]
 pub enum ReceivedMessage<B: Body = bytes::Bytes> {
@@ -346,6 +372,19 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// A snapshot of the connection's counters. See [`PeerHandle::stats`].
 	pub fn stats(&self) -> crate::ConnectionStats {
 		self.link.shared.state().stats()
+	}
+
+	/// Hold back the peer task's wake-up for messages queued on this connection (through any
+	/// handle) until the returned guard is dropped, which wakes it once if it sleeps while
+	/// messages wait.
+	///
+	/// For code that queues a burst of messages from outside the runtime, such as a binding to
+	/// another event loop: each message queued while the peer task sleeps otherwise wakes it,
+	/// which costs a cross-thread wake-up per message and lets it write them one by one. Nothing
+	/// queued under a hold is written before the guard is dropped, so drop it soon (at the end
+	/// of the burst); holds may overlap, and the last one dropped wakes.
+	pub fn hold_wakeups(&self) -> WakeupHold<B> {
+		WakeupHold::new(&self.link.shared)
 	}
 
 	/// Wait until the connection has ended and its peer task has stopped.

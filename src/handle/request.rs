@@ -4,6 +4,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::WakeupHold;
 use crate::error::Error;
 use crate::message::{Body, IntoBody, Message, MessageHeader, MessageType};
 use crate::peer::Shared;
@@ -228,6 +229,12 @@ impl<B: Body> SentRequestWriteHandle<B> {
 	pub async fn send_update(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
 		self.part.send(body.into_body(), |state, key, body| state.send_requester_update(key, service_id, body)).await
 	}
+
+	/// Hold back the peer task's wake-up for queued messages; see
+	/// [`PeerWriteHandle::hold_wakeups`](crate::PeerWriteHandle::hold_wakeups).
+	pub fn hold_wakeups(&self) -> WakeupHold<B> {
+		WakeupHold::new(&self.part.shared)
+	}
 }
 
 /// A request the remote opened: receive its requester updates, send responder updates and the
@@ -343,6 +350,12 @@ impl<B: Body> ReceivedRequestWriteHandle<B> {
 	/// The service the remote asked for.
 	pub fn service_id(&self) -> i32 {
 		self.part.service_id
+	}
+
+	/// Hold back the peer task's wake-up for queued messages; see
+	/// [`PeerWriteHandle::hold_wakeups`](crate::PeerWriteHandle::hold_wakeups).
+	pub fn hold_wakeups(&self) -> WakeupHold<B> {
+		WakeupHold::new(&self.part.shared)
 	}
 
 	/// Wait until the connection this request lives on has ended.

@@ -269,6 +269,9 @@ pub struct Connection<B> {
 	/// (else a queued message need not wake it: it is busy writing).
 	driver_waker: Option<Waker>,
 	driver_wants_outgoing: bool,
+	/// Holds on the wake-up for queued messages (`hold_wakeups`): while any is taken, queueing
+	/// does not wake the peer task; releasing the last one does, if something waits.
+	wakeups_held: usize,
 	/// The peer task holds a message it could not hand over (a queue or the budget is full):
 	/// wake it when a handle takes something.
 	driver_blocked: bool,
@@ -316,6 +319,7 @@ impl<B: Body> Connection<B> {
 			flush_wanted: false,
 			driver_waker: None,
 			driver_wants_outgoing: false,
+			wakeups_held: 0,
 			driver_blocked: false,
 			links: 0,
 			closing: false,
@@ -581,7 +585,23 @@ impl<B: Body> Connection<B> {
 		self.write_bytes += cost;
 		self.queued_total += 1;
 		self.outgoing.push_back(Outgoing { message, cost, metered });
-		if self.driver_wants_outgoing {
+		if self.driver_wants_outgoing && self.wakeups_held == 0 {
+			self.wake_driver();
+		}
+	}
+
+	/// Hold back the peer task's wake-up for messages queued from now on, until the matching
+	/// [`release_wakeups`](Self::release_wakeups): a burst of sends then costs one wake-up, not
+	/// one per message. Other wake-ups (close, the last handle gone, room) are not held.
+	pub fn hold_wakeups(&mut self) {
+		self.wakeups_held += 1;
+	}
+
+	/// Release a hold taken by [`hold_wakeups`](Self::hold_wakeups); the last one wakes the peer
+	/// task if it sleeps while messages are queued.
+	pub fn release_wakeups(&mut self) {
+		self.wakeups_held = self.wakeups_held.saturating_sub(1);
+		if self.wakeups_held == 0 && self.driver_wants_outgoing && !self.outgoing.is_empty() {
 			self.wake_driver();
 		}
 	}

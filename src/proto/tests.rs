@@ -344,3 +344,28 @@ fn ids_of_sent_requests_are_unique_while_open() {
 	let (_, new_id) = c.open_request(1, Bytes::new()).unwrap();
 	assert_ne!(new_id, id);
 }
+
+#[test]
+fn held_wakeups_wake_the_driver_once_when_released() {
+	let mut c = connection(&config());
+	let (driver, driver_waker) = waker();
+	c.park_driver(&driver_waker, true);
+	c.hold_wakeups();
+	c.hold_wakeups();
+	for _ in 0..3 {
+		c.send_stream(1, Bytes::new()).unwrap();
+	}
+	c.release_wakeups();
+	assert_eq!(woken(&driver), 0, "one hold is still taken");
+	c.release_wakeups();
+	assert_eq!(woken(&driver), 1);
+	assert_eq!(transmit(&mut c).len(), 3);
+	// Nothing queued while held: releasing wakes nobody.
+	c.park_driver(&driver_waker, true);
+	c.hold_wakeups();
+	c.release_wakeups();
+	assert_eq!(woken(&driver), 1);
+	// Without a hold, each message queued while the driver sleeps wakes it, as before.
+	c.send_stream(1, Bytes::new()).unwrap();
+	assert_eq!(woken(&driver), 2);
+}
