@@ -6,90 +6,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cli::{BIN, Background, WAIT};
 use common::socket_path;
 use peerwire::{Config, TcpListener};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
-/// Generous, but finite: a bug fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A long-running `peerwire` process (listen, tap), killed when dropped.
-struct Background {
-	child: Child,
-	lines: mpsc::Receiver<String>,
-}
-
-impl Background {
-	fn spawn(args: &[&str]) -> Self {
-		let mut child = Command::new(BIN)
-			.args(args)
-			.stdin(Stdio::null())
-			.stdout(Stdio::piped())
-			.stderr(Stdio::inherit())
-			.spawn()
-			.expect("the peerwire binary starts");
-		let stdout = child.stdout.take().unwrap();
-		let (sender, lines) = mpsc::channel();
-		thread::spawn(move || {
-			for line in BufReader::new(stdout).lines() {
-				let Ok(line) = line else { break };
-				if sender.send(line).is_err() {
-					break;
-				}
-			}
-		});
-		Self { child, lines }
-	}
-
-	/// The next line of standard output.
-	fn line(&self) -> String {
-		self.lines.recv_timeout(WAIT).expect("a line from peerwire within the deadline")
-	}
-
-	/// The next line, as JSON.
-	fn json(&self) -> Value {
-		let line = self.line();
-		serde_json::from_str(&line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"))
-	}
-
-	/// JSON lines up to and including the first for which `last` holds.
-	fn json_until(&self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
-		let mut values = Vec::new();
-		loop {
-			let value = self.json();
-			let done = last(&value);
-			values.push(value);
-			if done {
-				return values;
-			}
-		}
-	}
-
-	/// Start a listener or tap with `--json` and return it with the address it listens on.
-	fn listening(args: &[&str]) -> (Self, String) {
-		let process = Self::spawn(args);
-		let first = process.json();
-		assert_eq!(first["event"], "listening", "{first}");
-		let address = first["address"].as_str().unwrap().to_string();
-		(process, address)
-	}
-}
-
-impl Drop for Background {
-	fn drop(&mut self) {
-		let _ = self.child.kill();
-		let _ = self.child.wait();
-	}
-}
 
 /// Run `peerwire` to completion with `stdin` as input.
 fn run(args: &[&str], stdin: &[u8]) -> Output {

@@ -10,20 +10,22 @@
 //! capabilities). Without them the test says it is skipped and passes, unless
 //! `PEERWIRE_REQUIRE_TSHARK=1` (as in CI), which makes their absence a failure.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::cli::Background;
 use peerwire::{Bytes, Config, Endian, MessageType, TcpListener, TcpPeer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/wireshark/peerwire.lua");
 /// Generous, but finite: a bug fails the test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(10);
@@ -553,58 +555,26 @@ impl Drop for Capture {
 
 /// `peerwire tap` in front of a server, printing its lines for people.
 struct Tap {
-	child: Child,
+	process: Background,
 	port: u16,
-	lines: mpsc::Receiver<String>,
 }
 
 impl Tap {
 	fn start(upstream_port: u16) -> Self {
 		let upstream = format!("tcp://127.0.0.1:{upstream_port}");
-		let mut child = Command::new(BIN)
-			.args(["tap", "tcp://127.0.0.1:0", &upstream])
-			.stdin(Stdio::null())
-			.stdout(Stdio::piped())
-			.stderr(Stdio::inherit())
-			.spawn()
-			.expect("the peerwire binary starts");
-		let stdout = child.stdout.take().unwrap();
-		let (sender, lines) = mpsc::channel();
-		thread::spawn(move || {
-			for line in BufReader::new(stdout).lines() {
-				let Ok(line) = line else { break };
-				if sender.send(line).is_err() {
-					break;
-				}
-			}
-		});
-		let first = lines.recv_timeout(WAIT).expect("the tap's first line");
+		let process = Background::spawn(&["tap", "tcp://127.0.0.1:0", &upstream]);
+		let first = process.line();
 		// listening address=tcp://127.0.0.1:PORT upstream=...
 		let port = first
 			.split(' ')
 			.find_map(|word| word.strip_prefix("address=tcp://127.0.0.1:"))
 			.and_then(|port| port.parse().ok())
 			.unwrap_or_else(|| panic!("the tap's first line: {first}"));
-		Self { child, port, lines }
+		Self { process, port }
 	}
 
 	/// Stop the tap and return what it printed after its first line.
-	fn stop(mut self) -> Vec<String> {
-		let pid = rustix::process::Pid::from_child(&self.child);
-		rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-		let _ = self.child.wait();
-		let mut lines = Vec::new();
-		// Up to the end of its output, which the reader sees once the tap has exited.
-		while let Ok(line) = self.lines.recv_timeout(WAIT) {
-			lines.push(line);
-		}
-		lines
-	}
-}
-
-impl Drop for Tap {
-	fn drop(&mut self) {
-		let _ = self.child.kill();
-		let _ = self.child.wait();
+	fn stop(self) -> Vec<String> {
+		self.process.stop()
 	}
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod raw;
 pub mod script;
 #[cfg(feature = "unix-seqpacket")]
