@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use common::within;
 use peerwire::{Config, PeerHandle};
+use tokio::task::JoinHandle;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -147,19 +148,28 @@ fn assert_finished(capture: &Capture, span: &Span, service_id: i32, outcome: &st
 	assert_eq!(capture.name_of(span.parent), Some("peer"), "a child of the connection span: {span:?}");
 }
 
+/// A server task that answers the next requests in turn: `Ok(body)` with a response, `Err(text)`
+/// with an error response; it hands the handle back at the end.
+fn answer(mut server: PeerHandle, answers: &'static [Result<&'static str, &'static str>]) -> JoinHandle<PeerHandle> {
+	tokio::spawn(async move {
+		for answer in answers {
+			let (request, _) = server.recv_message().await.unwrap().into_request().unwrap();
+			match answer {
+				Ok(body) => request.send_response(0, *body).await.unwrap(),
+				Err(text) => request.send_error_response(text).await.unwrap(),
+			}
+		}
+		server
+	})
+}
+
 #[test]
 fn response_and_error_response_on_both_sides() {
 	let capture = Capture::new(Level::DEBUG);
 	let _guard = tracing::subscriber::set_default(capture.clone());
 	runtime().block_on(async {
-		let (client, mut server) = pair();
-		let server = tokio::spawn(async move {
-			let (request, _) = server.recv_message().await.unwrap().into_request().unwrap();
-			request.send_response(0, "ok").await.unwrap();
-			let (request, _) = server.recv_message().await.unwrap().into_request().unwrap();
-			request.send_error_response("no").await.unwrap();
-			server
-		});
+		let (client, server) = pair();
+		let server = answer(server, &[Ok("ok"), Err("no")]);
 		let mut first = client.send_request(5, "a").await.unwrap();
 		within(first.recv_response()).await.unwrap();
 		let mut second = client.send_request(6, "b").await.unwrap();
@@ -233,12 +243,8 @@ fn no_request_span_when_filtered_at_info() {
 	let capture = Capture::new(Level::INFO);
 	let _guard = tracing::subscriber::set_default(capture.clone());
 	runtime().block_on(async {
-		let (client, mut server) = pair();
-		let server = tokio::spawn(async move {
-			let (request, _) = server.recv_message().await.unwrap().into_request().unwrap();
-			request.send_response(0, "ok").await.unwrap();
-			server
-		});
+		let (client, server) = pair();
+		let server = answer(server, &[Ok("ok")]);
 		let mut request = client.send_request(1, "a").await.unwrap();
 		within(request.recv_response()).await.unwrap();
 		let _server = within(server).await.unwrap();
