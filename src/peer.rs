@@ -6,7 +6,7 @@
 //! lock. Timers (close, frame, idle, letting go of spare buffers) live here, not in the state.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
@@ -62,6 +62,73 @@ impl<B: Body> Shared<B> {
 	}
 }
 
+/// Small stream messages held back from the transport's flush while more keep coming.
+///
+/// A sender of many small stream messages (telemetry, a camera's metadata) queues them faster
+/// than one write each can carry: written as they come, every few messages cost a system call
+/// on each side and a wake-up of the receiver. So while everything given to the transport since
+/// its last flush is stream messages, few bytes of them
+/// ([`TransportWrite::may_coalesce`]), the peer does not flush at once: it lets every other task
+/// ready on its worker thread run first (a deferred wake-up, as `tokio::task::yield_now` makes),
+/// and flushes when it is polled again and nothing more has come, or enough has. A lone stream
+/// message waits for one turn of the worker's queue; requests, responses, updates and closing
+/// are never held.
+struct Coalesce {
+	/// Everything given to the transport since its last flush is a stream message.
+	stream_only: bool,
+	/// A flush has begun (the socket took part of it): finish it, hold nothing.
+	flushing: bool,
+	/// Messages given to the transport since its last flush.
+	given: u64,
+	/// `given` when the peer last held back: if nothing more came by the next look, flush.
+	held_at: Option<u64>,
+	/// Yields forever: each poll registers one deferred wake-up of this task. Made on first use,
+	/// so that a connection that never holds back allocates nothing for it.
+	defer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Coalesce {
+	fn new() -> Self {
+		Self { stream_only: true, flushing: false, given: 0, held_at: None, defer: None }
+	}
+
+	/// A message is given to the transport.
+	fn give(&mut self, message_type: MessageType) {
+		self.given += 1;
+		if message_type != MessageType::Stream {
+			self.stream_only = false;
+		}
+	}
+
+	/// Whether to hold back the flush once more: stream messages only, more given since the last
+	/// look, and (`ordinary`) nothing else that wants the flush now.
+	fn should_hold(&self, ordinary: bool) -> bool {
+		ordinary && self.stream_only && !self.flushing && self.given > 0 && self.held_at != Some(self.given)
+	}
+
+	/// Hold back: have this task polled again once the other tasks ready on its worker ran.
+	fn hold(&mut self, cx: &mut Context<'_>) {
+		self.held_at = Some(self.given);
+		let defer = self.defer.get_or_insert_with(|| {
+			Box::pin(async {
+				loop {
+					tokio::task::yield_now().await;
+				}
+			})
+		});
+		// Never ready: it only registers the wake-up.
+		let _ = defer.as_mut().poll(cx);
+	}
+
+	/// The transport flushed everything given to it.
+	fn flushed(&mut self) {
+		self.stream_only = true;
+		self.flushing = false;
+		self.given = 0;
+		self.held_at = None;
+	}
+}
+
 /// What the transport has flushed since the state last heard of it.
 #[derive(Default)]
 struct Flushed {
@@ -98,6 +165,10 @@ pub struct Peer<T: Transport> {
 	written_auto: usize,
 	/// Flushed since the state last heard of it.
 	flushed: Option<Flushed>,
+	/// Small stream messages held back from the flush while more keep coming.
+	coalesce: Coalesce,
+	/// A handle waits for the flush or for room (a copy of the state's flags): do not hold back.
+	flush_wanted: bool,
 	/// The transport has reported the remote's end of stream (the state hears of it once the
 	/// inbox is handed over).
 	eof: bool,
@@ -171,6 +242,8 @@ impl<T: Transport> Peer<T> {
 			written_cost: 0,
 			written_auto: 0,
 			flushed: None,
+			coalesce: Coalesce::new(),
+			flush_wanted: false,
 			eof: false,
 			read_error: None,
 			closing: false,
@@ -392,6 +465,8 @@ impl<T: Transport> Peer<T> {
 				}
 				let notify_room = (freed || self.closing) && std::mem::take(&mut state.room_wanted);
 				let notify_flushed = flushed.is_some() && std::mem::take(&mut state.flush_wanted);
+				// Someone waits for the flush (`flush`, or room in the budget): hold nothing back.
+				self.flush_wanted = state.flush_wanted || state.room_wanted;
 				(notify_room, notify_flushed)
 			};
 			if self.inbox.is_empty() {
@@ -416,6 +491,7 @@ impl<T: Transport> Peer<T> {
 					self.written_auto += 1;
 				}
 				self.written_cost += outgoing.cost;
+				self.coalesce.give(outgoing.message.header.message_type);
 				self.write(outgoing.message);
 				progress = true;
 				active = true;
@@ -425,11 +501,21 @@ impl<T: Transport> Peer<T> {
 				// another round, even if the flush below has to wait.
 				progress = true;
 			}
+			// Held back: polled again once the other tasks ready on this worker have run.
+			let mut held = false;
 			if self.writer.has_queued() {
-				if let Poll::Ready(result) = self.writer.poll_flush(cx) {
-					result?;
-					self.note_flushed();
-					progress = true;
+				let ordinary =
+					!self.closing && !self.remote_done && !self.flush_wanted && self.links > 0 && self.batch.is_empty();
+				if self.coalesce.should_hold(ordinary && self.writer.may_coalesce()) {
+					self.coalesce.hold(cx);
+					held = true;
+				} else {
+					self.coalesce.flushing = true;
+					if let Poll::Ready(result) = self.writer.poll_flush(cx) {
+						result?;
+						self.note_flushed();
+						progress = true;
+					}
 				}
 			} else if self.written_cost > 0 || self.written_auto > 0 || self.taken_metered > 0 {
 				self.note_flushed();
@@ -487,7 +573,7 @@ impl<T: Transport> Peer<T> {
 				self.poll_release_spare(cx);
 			}
 
-			if !progress {
+			if !progress || held {
 				return Poll::Pending;
 			}
 		}
@@ -518,6 +604,7 @@ impl<T: Transport> Peer<T> {
 
 	/// Everything given to the transport so far is written: tell the state in the next round.
 	fn note_flushed(&mut self) {
+		self.coalesce.flushed();
 		let flushed = self.flushed.get_or_insert_with(Flushed::default);
 		flushed.cost += std::mem::take(&mut self.written_cost);
 		flushed.auto_replies += std::mem::take(&mut self.written_auto);

@@ -115,6 +115,17 @@ pub trait TransportWrite: Send + Unpin + 'static {
 	/// Let go of memory grown for a large burst, if it is not in use.
 	fn release_spare_memory(&mut self) {}
 
+	/// Whether what is queued is still small enough to wait for more before it is written.
+	///
+	/// The peer asks this only while everything queued since the last flush is stream messages
+	/// and more keep coming (see [`Peer`](crate::Peer)): on a byte stream, one write of many
+	/// small messages costs the sender and the receiver far less than a write each. The default,
+	/// `false`, writes every batch at once (a datagram transport writes one message per datagram
+	/// anyway).
+	fn may_coalesce(&self) -> bool {
+		false
+	}
+
 	/// Write everything queued. An error is final.
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;
 

@@ -32,6 +32,10 @@ const RELEASE_ABOVE: usize = 2 * READ_CHUNK;
 const COPY_THRESHOLD: usize = 4 * 1024;
 /// Stop taking messages for a batch once this much is queued.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Bytes of small stream messages held back while more keep coming (see
+/// `TransportWrite::may_coalesce`): the size of a buffered writer's buffer, so that a steady
+/// flow of small messages costs a write per this many bytes, as it would behind a `BufWriter`.
+const COALESCE_BYTES: usize = 64 * 1024;
 /// The most slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -267,6 +271,10 @@ impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> 
 
 	fn has_queued(&self) -> bool {
 		self.queued > 0 || self.unflushed
+	}
+
+	fn may_coalesce(&self) -> bool {
+		self.queued < COALESCE_BYTES && !self.unflushed
 	}
 
 	fn holds_spare_memory(&self) -> bool {

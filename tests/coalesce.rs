@@ -1,0 +1,167 @@
+//! Small stream messages sent in a burst leave in few writes, and a lone one is not held back.
+//!
+//! The peer holds back the flush of stream messages while more keep coming (until the other
+//! tasks ready on its worker have run), so a burst costs a write per many messages instead of a
+//! write per turn of the sender. These tests count the writes that reach the byte stream.
+
+mod common;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::within;
+use peerwire::{Config, Peer, PeerHandle, ReceivedMessage, StreamTransport};
+use tokio::io::{AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
+
+/// A write half that counts the writes that moved bytes.
+struct Counting {
+	inner: WriteHalf<DuplexStream>,
+	writes: Arc<AtomicUsize>,
+}
+
+impl AsyncWrite for Counting {
+	fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+		let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+		if let Poll::Ready(Ok(n)) = polled
+			&& n > 0
+		{
+			self.writes.fetch_add(1, Ordering::Relaxed);
+		}
+		polled
+	}
+
+	fn poll_write_vectored(
+		mut self: Pin<&mut Self>,
+		cx: &mut Context<'_>,
+		bufs: &[std::io::IoSlice<'_>],
+	) -> Poll<std::io::Result<usize>> {
+		let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+		if let Poll::Ready(Ok(n)) = polled
+			&& n > 0
+		{
+			self.writes.fetch_add(1, Ordering::Relaxed);
+		}
+		polled
+	}
+
+	fn is_write_vectored(&self) -> bool {
+		self.inner.is_write_vectored()
+	}
+
+	fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+		Pin::new(&mut self.inner).poll_flush(cx)
+	}
+
+	fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+		Pin::new(&mut self.inner).poll_shutdown(cx)
+	}
+}
+
+type Sender = PeerHandle<Bytes>;
+
+/// A sender whose writes are counted, and its remote.
+fn connected() -> (Sender, PeerHandle<Bytes>, Arc<AtomicUsize>) {
+	let config = Config::default();
+	let (a, b) = tokio::io::duplex(1 << 20);
+	let (a_read, a_write): (ReadHalf<DuplexStream>, _) = tokio::io::split(a);
+	let (b_read, b_write) = tokio::io::split(b);
+	let writes = Arc::new(AtomicUsize::new(0));
+	let counting = Counting { inner: a_write, writes: writes.clone() };
+	let sender = Peer::spawn(StreamTransport::new(a_read, counting, &config), &config);
+	let receiver = Peer::spawn(StreamTransport::new(b_read, b_write, &config), &config);
+	(sender, receiver, writes)
+}
+
+async fn recv_stream(receiver: &mut PeerHandle<Bytes>) -> Bytes {
+	match receiver.recv_message().await.unwrap() {
+		ReceivedMessage::Stream(message) => message.body,
+		other => panic!("expected a stream message, got {other:?}"),
+	}
+}
+
+const MESSAGES: usize = 4096;
+const PER_TURN: usize = 16;
+
+/// The stream messages of a burst sent 16 at a time, the sender yielding in between (as the
+/// benchmark's stream scenario does), leave in far fewer writes than turns of the sender, and
+/// arrive whole and in order.
+#[test]
+fn a_burst_of_stream_messages_leaves_in_few_writes() {
+	for workers in [1, 2] {
+		let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
+		let writes = runtime.block_on(async {
+			let (sender, mut receiver, writes) = connected();
+			let sending = tokio::spawn(async move {
+				for turn in 0..MESSAGES / PER_TURN {
+					for i in 0..PER_TURN {
+						let n = (turn * PER_TURN + i) as u32;
+						sender.send_stream(7, Bytes::copy_from_slice(&n.to_le_bytes())).await.unwrap();
+					}
+					tokio::task::yield_now().await;
+				}
+				sender
+			});
+			for n in 0..MESSAGES as u32 {
+				assert_eq!(within(recv_stream(&mut receiver)).await, Bytes::copy_from_slice(&n.to_le_bytes()));
+			}
+			drop(within(sending).await.unwrap());
+			writes.load(Ordering::Relaxed)
+		});
+		// Written as they came, every turn of the sender cost a write (256); held back while
+		// more came, a write carries many turns.
+		let turns = MESSAGES / PER_TURN;
+		assert!(writes <= turns / 4, "{workers} worker(s): {writes} writes for {MESSAGES} messages in {turns} turns");
+		eprintln!("{workers} worker(s): {writes} writes for {MESSAGES} messages in {turns} turns");
+	}
+}
+
+/// A stream message sent by a task that then waits for something else entirely is written at
+/// once, not held until that task runs again: on both runtime flavours.
+#[test]
+fn a_lone_stream_message_is_not_held_back() {
+	let runtimes = [
+		tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+		tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
+	];
+	for runtime in runtimes {
+		runtime.block_on(async {
+			let (sender, mut receiver, writes) = connected();
+			let sending = tokio::spawn(async move {
+				sender.send_stream(1, Bytes::from_static(b"telemetry")).await.unwrap();
+				// The sender sleeps long after its message; the message must not wait for it.
+				tokio::time::sleep(Duration::from_secs(30)).await;
+				drop(sender);
+			});
+			let body = common::within_for(Duration::from_secs(5), recv_stream(&mut receiver)).await;
+			assert_eq!(&body[..], b"telemetry");
+			assert_eq!(writes.load(Ordering::Relaxed), 1);
+			sending.abort();
+		});
+	}
+}
+
+/// A request after a burst of stream messages is not held back with them: its response comes
+/// back while the stream messages are still being read, and everything arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_not_held_back_behind_stream_messages() {
+	let (sender, mut receiver, _) = connected();
+	for n in 0..100u32 {
+		sender.send_stream(7, Bytes::copy_from_slice(&n.to_le_bytes())).await.unwrap();
+	}
+	let mut request = sender.send_request(1, Bytes::from_static(b"ping")).await.unwrap();
+	let serving = tokio::spawn(async move {
+		for n in 0..100u32 {
+			assert_eq!(recv_stream(&mut receiver).await, Bytes::copy_from_slice(&n.to_le_bytes()));
+		}
+		let (request, body) = receiver.recv_message().await.unwrap().into_request().unwrap();
+		request.send_response(0, body).await.unwrap();
+		receiver
+	});
+	let response = within(request.recv_response()).await.unwrap();
+	assert_eq!(&response.body[..], b"ping");
+	drop(within(serving).await.unwrap());
+}
