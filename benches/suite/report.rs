@@ -144,6 +144,7 @@ impl Results {
 		let verdicts: Vec<String> = metric
 			.targets
 			.iter()
+			.filter(|target| target.on.covers(transport.is_datagram()))
 			.map(|target| {
 				let (sign, met) = match self.ratio(scenario, metric_index, transport, target.against) {
 					None => (if metric.unit.higher_is_better() { "≥" } else { "≤" }, "n/a"),

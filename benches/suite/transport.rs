@@ -43,6 +43,15 @@ impl Transport {
 		}
 	}
 
+	/// Whether it carries one message per datagram (seqpacket) rather than a byte stream.
+	pub fn is_datagram(self) -> bool {
+		match self {
+			#[cfg(feature = "unix-seqpacket")]
+			Transport::UnixSeqpacket => true,
+			_ => false,
+		}
+	}
+
 	/// Whether every contender can speak it: a bare socket, no security layer.
 	pub fn is_plain(self) -> bool {
 		match self {
