@@ -172,12 +172,15 @@ impl StreamCodec {
 		if buffer.len() < frame_len {
 			return Ok(None);
 		}
-		let mut frame = buffer.split_to(frame_len);
-		frame.advance(LENGTH_PREFIX_LEN);
-		let header = frame.first_chunk::<HEADER_LEN>().expect("frame holds at least a header");
+		let header = buffer[LENGTH_PREFIX_LEN..]
+			.first_chunk::<HEADER_LEN>()
+			.expect("check_frame counted a whole header");
 		let header = decode_header(header, self.endian)?;
-		frame.advance(HEADER_LEN);
-		Ok(Some(Message { header, body: frame.freeze() }))
+		// One step over prefix and header, one split for the body: each step on a shared
+		// buffer is bookkeeping per message.
+		buffer.advance(LENGTH_PREFIX_LEN + HEADER_LEN);
+		let body = buffer.split_to(frame_len - LENGTH_PREFIX_LEN - HEADER_LEN).freeze();
+		Ok(Some(Message { header, body }))
 	}
 
 	/// The 16 bytes in front of a body of `body_len` bytes: frame length and header.
