@@ -172,9 +172,8 @@ impl StreamCodec {
 		if buffer.len() < frame_len {
 			return Ok(None);
 		}
-		let header = buffer[LENGTH_PREFIX_LEN..]
-			.first_chunk::<HEADER_LEN>()
-			.expect("check_frame counted a whole header");
+		let header =
+			buffer[LENGTH_PREFIX_LEN..].first_chunk::<HEADER_LEN>().expect("check_frame counted a whole header");
 		let header = decode_header(header, self.endian)?;
 		// One step over prefix and header, one split for the body: each step on a shared
 		// buffer is bookkeeping per message.

@@ -77,7 +77,9 @@ pub struct Config {
 	/// The most bytes of received messages waiting in the handles' queues, all queues of the
 	/// connection together (the incoming queue and every request's). When it is spent, the peer
 	/// stops reading from the socket until a handle takes something, which pushes back on the
-	/// remote. A single message larger than this is let through alone.
+	/// remote. A single message larger than this is let through alone. The read handle takes
+	/// the stream messages queued behind the one it returns under the same lock, up to 64 KiB of
+	/// bodies and 64 messages; those count as taken.
 	///
 	/// As with any flow control over one connection, a handle that waits for a message queued
 	/// behind messages nobody takes waits until they are taken: receive on every open request

@@ -1,6 +1,7 @@
 //! The handles applications hold: the peer handle with its read and write halves, and a handle
 //! per open request (see [`request`]).
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
@@ -198,7 +199,7 @@ pub struct PeerHandle<B: Body = bytes::Bytes> {
 impl<B: Body> PeerHandle<B> {
 	pub(crate) fn new(shared: Arc<Shared<B>>) -> Self {
 		let link = Link::first(shared);
-		Self { read: PeerReadHandle { link: link.clone() }, write: PeerWriteHandle { link } }
+		Self { read: PeerReadHandle { link: link.clone(), ahead: Default::default() }, write: PeerWriteHandle { link } }
 	}
 
 	/// Split into a read half and a cloneable write half.
@@ -268,6 +269,11 @@ impl<B: Body> PeerHandle<B> {
 #[derive(Debug)]
 pub struct PeerReadHandle<B: Body = bytes::Bytes> {
 	link: Link<B>,
+	/// Stream messages taken from the connection ahead of the one returned, under the same
+	/// lock, returned next (see `Connection::poll_recv_incoming_ahead`). Only reached through
+	/// `&mut self` (`get_mut`, no locking): the mutex is there so that the handle stays `Sync`
+	/// for any body type, as it was without this queue.
+	ahead: std::sync::Mutex<VecDeque<Message<B>>>,
 }
 
 impl<B: Body> Drop for PeerReadHandle<B> {
@@ -282,8 +288,12 @@ impl<B: Body> PeerReadHandle<B> {
 	/// Cancel-safe. Fails with [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed)
 	/// once the connection has ended and everything received before has been taken.
 	pub async fn recv_message(&mut self) -> Result<ReceivedMessage<B>, Error> {
+		let ahead = self.ahead.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+		if let Some(message) = ahead.pop_front() {
+			return Ok(ReceivedMessage::Stream(message));
+		}
 		let shared = &self.link.shared;
-		let incoming = poll_fn(|cx| shared.state().poll_recv_incoming(cx.waker())).await?;
+		let incoming = poll_fn(|cx| shared.state().poll_recv_incoming_ahead(cx.waker(), ahead)).await?;
 		Ok(match incoming {
 			Incoming::Request { key, header, body } => {
 				ReceivedMessage::Request(ReceivedRequestHandle::new(shared.clone(), key, header), body)

@@ -56,6 +56,13 @@ pub const MESSAGE_OVERHEAD: usize = 64;
 /// flushed: a remote that floods bad requests and never reads cannot grow the write buffer.
 pub const MAX_AUTO_REPLIES: usize = 1024;
 
+/// Bodies of stream messages the read handle may take ahead under one lock
+/// ([`Connection::poll_recv_incoming_ahead`]): a steady flow of small messages costs a lock per
+/// batch, not one each, while what the handle holds outside the budget stays small.
+pub const READ_AHEAD_BYTES: usize = 64 * 1024;
+/// Stream messages the read handle may take ahead under one lock.
+pub const READ_AHEAD_MESSAGES: usize = 64;
+
 /// The key of an open request in the connection's slab.
 pub type Key = usize;
 
@@ -806,6 +813,38 @@ impl<B: Body> Connection<B> {
 		}
 		set_waker(&mut self.reader_waker, waker);
 		Poll::Pending
+	}
+
+	/// [`poll_recv_incoming`](Self::poll_recv_incoming), and if that gives a stream message, also
+	/// the stream messages queued right behind it, into `ahead`: up to [`READ_AHEAD_BYTES`] of
+	/// bodies and [`READ_AHEAD_MESSAGES`] messages, stopping at the first request. Their budget is
+	/// given back now, as if the application had taken them one by one: what the read handle
+	/// holds ahead is bounded by those two limits, outside the connection's budget.
+	pub fn poll_recv_incoming_ahead(
+		&mut self,
+		waker: &Waker,
+		ahead: &mut VecDeque<Message<B>>,
+	) -> Poll<Result<Incoming<B>, Error>> {
+		let first = self.poll_recv_incoming(waker);
+		if let Poll::Ready(Ok(Incoming::Stream(message))) = &first {
+			let mut bytes = message.body.len();
+			let mut freed = 0;
+			while ahead.len() < READ_AHEAD_MESSAGES && bytes < READ_AHEAD_BYTES {
+				let Some(Incoming::Stream(next)) = self.incoming.front() else { break };
+				let len = next.body.len();
+				if bytes + len > READ_AHEAD_BYTES {
+					break;
+				}
+				let Some(Incoming::Stream(next)) = self.incoming.pop_front() else { break };
+				bytes += len;
+				freed += cost(len, self.limits.incoming_bytes);
+				ahead.push_back(next);
+			}
+			if freed > 0 {
+				self.release_buffered(freed);
+			}
+		}
+		first
 	}
 
 	/// The read handle was dropped: refuse what the remote opens from now on, and answer what

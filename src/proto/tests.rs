@@ -369,3 +369,64 @@ fn held_wakeups_wake_the_driver_once_when_released() {
 	c.send_stream(1, Bytes::new()).unwrap();
 	assert_eq!(woken(&driver), 2);
 }
+
+#[test]
+fn reading_ahead_takes_the_stream_messages_before_the_next_request_and_frees_their_budget() {
+	let config = Config { max_buffered_incoming: 100_000, incoming_queue: 1000, request_queue: 10, ..config() };
+	let mut c = connection(&config);
+	let (_, waker) = waker();
+	for i in 0..3u8 {
+		c.recv(Message::stream(0, 1, Bytes::from(vec![i; 10]))).unwrap();
+	}
+	c.recv(Message::request(5, 2, body("ask"))).unwrap();
+	c.recv(Message::stream(0, 1, body("after"))).unwrap();
+	let before = c.buffered;
+	let mut ahead = VecDeque::new();
+	let Poll::Ready(Ok(Incoming::Stream(first))) = c.poll_recv_incoming_ahead(&waker, &mut ahead) else { panic!() };
+	assert_eq!(&first.body[..], &[0; 10]);
+	// The two behind it, not the request nor what follows it.
+	let bodies: Vec<_> = ahead.drain(..).map(|message| message.body).collect();
+	assert_eq!(bodies, [Bytes::from(vec![1; 10]), Bytes::from(vec![2; 10])]);
+	// Their budget is given back as if taken one by one.
+	assert_eq!(before - c.buffered, 3 * cost(10, config.max_buffered_incoming));
+	assert!(matches!(c.poll_recv_incoming_ahead(&waker, &mut ahead), Poll::Ready(Ok(Incoming::Request { .. }))));
+	assert!(ahead.is_empty(), "nothing read ahead behind a request");
+	let Poll::Ready(Ok(Incoming::Stream(last))) = c.poll_recv_incoming_ahead(&waker, &mut ahead) else { panic!() };
+	assert_eq!(&last.body[..], b"after");
+	c.check_invariants().unwrap();
+}
+
+#[test]
+fn reading_ahead_stops_at_its_byte_and_message_limits() {
+	let config = Config { max_buffered_incoming: 10 << 20, incoming_queue: 1000, ..config() };
+	let mut c = connection(&config);
+	let (_, waker) = waker();
+	let mut ahead = VecDeque::new();
+	// Small messages: the message limit.
+	for _ in 0..READ_AHEAD_MESSAGES + 10 {
+		c.recv(Message::stream(0, 1, body("x"))).unwrap();
+	}
+	assert!(matches!(c.poll_recv_incoming_ahead(&waker, &mut ahead), Poll::Ready(Ok(Incoming::Stream(_)))));
+	assert_eq!(ahead.len(), READ_AHEAD_MESSAGES);
+	ahead.clear();
+	while let Poll::Ready(Ok(_)) = c.poll_recv_incoming(&waker) {}
+	// Large messages: the byte limit, but the first always comes.
+	let large = READ_AHEAD_BYTES / 3;
+	for _ in 0..5 {
+		c.recv(Message::stream(0, 1, Bytes::from(vec![0; large]))).unwrap();
+	}
+	assert!(matches!(c.poll_recv_incoming_ahead(&waker, &mut ahead), Poll::Ready(Ok(Incoming::Stream(_)))));
+	// The first (returned) and two more make 3 × a third of the limit; a fourth would pass it.
+	assert_eq!(ahead.len(), 2);
+	ahead.clear();
+	// A message over the limit on its own still comes, with nothing ahead of it.
+	c.recv(Message::stream(0, 1, Bytes::from(vec![0; READ_AHEAD_BYTES + 1]))).unwrap();
+	while let Poll::Ready(Ok(Incoming::Stream(message))) = c.poll_recv_incoming_ahead(&waker, &mut ahead) {
+		if message.body.len() > READ_AHEAD_BYTES {
+			break;
+		}
+		ahead.clear();
+	}
+	assert!(ahead.is_empty());
+	c.check_invariants().unwrap();
+}
