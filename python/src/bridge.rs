@@ -155,6 +155,14 @@ impl Shared {
 		self.run_rounds(py, false);
 	}
 
+	/// `wake` (a socket's readiness waking its peer task), then `run_woken`: what `wake` wakes
+	/// is polled here, so it needs no byte on the socket pair.
+	pub fn wake_and_run(self: &Arc<Self>, py: Python<'_>, wake: impl FnOnce()) {
+		lock(&self.woken).draining = true;
+		wake();
+		self.run_rounds(py, false);
+	}
+
 	fn run_rounds(self: &Arc<Self>, py: Python<'_>, released: bool) {
 		bury_the_dead();
 		for round in 0..ROUNDS_PER_CALLBACK {

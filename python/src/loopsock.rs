@@ -20,6 +20,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -52,6 +53,11 @@ enum Way {
 struct Inner {
 	stream: Stream,
 	fd: RawFd,
+	/// The last read found the socket empty (it would block, or it returned less than asked),
+	/// and the loop has not reported it readable since: a read now would only fail, so the
+	/// reader waits for the loop without the system call (two failed reads per round trip
+	/// otherwise, one after the response and one after the request is written).
+	drained: AtomicBool,
 	watch: Mutex<Watch>,
 }
 
@@ -104,7 +110,7 @@ fn split(
 	bridge: &Arc<Shared>,
 ) -> PyResult<(LoopRead, LoopWrite)> {
 	let watch = Watch::new(py, event_loop, bridge)?;
-	let inner = Arc::new(Inner { stream, fd, watch: Mutex::new(watch) });
+	let inner = Arc::new(Inner { stream, fd, drained: AtomicBool::new(false), watch: Mutex::new(watch) });
 	Ok((LoopRead(inner.clone()), LoopWrite(inner)))
 }
 
@@ -149,6 +155,8 @@ impl Rehome {
 	pub fn rehome(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>, bridge: &Arc<Shared>) -> PyResult<()> {
 		if let Some(inner) = self.0.upgrade() {
 			let watch = Watch::new(py, event_loop, bridge)?;
+			// The new loop has reported nothing yet: read to find out.
+			inner.drained.store(false, Ordering::Release);
 			let old = std::mem::replace(&mut *lock(&inner.watch), watch);
 			drop(old);
 		}
@@ -237,6 +245,9 @@ impl Inner {
 
 	/// The loop reports the socket ready: wake the waiting task, or stop watching if none waits.
 	fn ready(&self, py: Python<'_>, way: Way) {
+		if way == Way::Read {
+			self.drained.store(false, Ordering::Release);
+		}
 		let waker = {
 			let mut watch = lock(&self.watch);
 			let waker = match way {
@@ -307,14 +318,12 @@ impl Readiness {
 	#[pyo3(signature = (*_args))]
 	fn __call__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) {
 		let Some(inner) = self.inner.upgrade() else { return };
-		let bridge = inner.home(py).1.upgrade();
-		inner.ready(py, self.way);
-		drop(inner);
 		// The woken peer task, and the tasks it wakes in turn (the requests whose responses it
 		// read), run now, in this callback: no byte on the bridge's socket pair, no second
 		// callback.
-		if let Some(bridge) = bridge {
-			Shared::run_woken(&bridge, py);
+		match inner.home(py).1.upgrade() {
+			Some(bridge) => bridge.wake_and_run(py, || inner.ready(py, self.way)),
+			None => inner.ready(py, self.way),
 		}
 	}
 }
@@ -327,16 +336,25 @@ pub struct LoopWrite(Arc<Inner>);
 
 impl AsyncRead for LoopRead {
 	fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+		if self.0.drained.load(Ordering::Acquire) {
+			self.0.park(Way::Read, cx.waker())?;
+			return Poll::Pending;
+		}
 		let want = buf.remaining().min(READ_INIT);
 		loop {
 			let target = buf.initialize_unfilled_to(want);
 			match self.0.read(target) {
 				Ok(n) => {
+					if n > 0 && n < want {
+						// Short: the kernel had no more. The loop says when it has.
+						self.0.drained.store(true, Ordering::Release);
+					}
 					buf.advance(n);
 					return Poll::Ready(Ok(()));
 				},
 				Err(error) if error.kind() == io::ErrorKind::Interrupted => {},
 				Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+					self.0.drained.store(true, Ordering::Release);
 					self.0.park(Way::Read, cx.waker())?;
 					return Poll::Pending;
 				},
