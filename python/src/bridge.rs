@@ -18,8 +18,11 @@
 //!   results to their asyncio futures. Waking a task while the bridge is polling, or while a
 //!   `release` is scheduled, costs nothing more than queueing it.
 //!
-//! Counts per request at 64 in flight: one state lock to queue the send, a share of one `writev`
-//! and of one `read`, one asyncio future for an awaited response, and no thread hand-off.
+//! Counts per round trip (strace, a client against an asyncio echo): three `epoll_wait`, one
+//! `sendto`, one `recvfrom`, as a hand-written asyncio client; no thread hand-off, no byte on the
+//! socket pair. Per request at 64 in flight: one state lock to queue the send, a share of one
+//! `writev` (about 45 requests each) and of one `read`, one asyncio future for an awaited
+//! response.
 //!
 //! A wake-up from another thread (a tokio timer of the peer task, polled inside the runtime's
 //! context: idle, frame and close timeouts, a response timeout; a handle dropped or a peer closed
@@ -31,10 +34,18 @@
 //! their sends take a hold on the peer task's wake-up (`WakeupHold`) until the `release`, so
 //! that one iteration's sends cost that runtime thread one wake-up, not one each.
 //!
-//! A loop-driven peer belongs to its loop. When the loop is closed (or garbage collected), the
-//! bridge learns it as the loop lets go of its socket-pair callback (`Watch`), and drops every
-//! peer task: the sockets close and every open request fails with `ConnectionClosed`. Using such
-//! a peer from another loop raises (`check_home`).
+//! A loop-driven connection belongs to its loop while that loop is open: using it from another
+//! raises (`check_home`). The bridge learns that its loop has closed (or been garbage collected)
+//! as the loop lets go of its socket-pair callback (`Watch`): every task still waiting is
+//! dropped, letting go of the handles it holds, and every peer task is parked in its connection
+//! (`Conn`). The next loop that uses the connection takes it over: its socket is registered with
+//! that loop, its peer task polled there (a peer made in one `asyncio.run` works in the next, as
+//! it did when every peer task ran on the runtime). A connection nobody uses again is closed, its
+//! descriptor too, when its last Python object goes.
+//!
+//! Wakers never drop a future: peerwire calls them under its connection's lock, which dropping a
+//! handle takes. A future a waker lets go of (its loop gone) waits in a graveyard, emptied at the
+//! start of the next operation or callback (`bury_the_dead`).
 //!
 //! Cancelling the asyncio future drops the Rust future (and the handles it holds) at once, on the
 //! loop's thread, as a dropped future does in Rust.
@@ -122,7 +133,6 @@ impl Waiting {
 	}
 }
 
-#[derive(Default)]
 struct Woken {
 	/// Tasks woken since the loop last looked.
 	tasks: Vec<Arc<Task>>,
@@ -132,6 +142,15 @@ struct Woken {
 	/// A `release` is scheduled (`call_soon`) for the start of the next iteration, so the loop
 	/// does not sleep before it looks: no byte either.
 	scheduled: bool,
+	/// The next send on a loop-driven connection may be written at once (`Bridge::send_now`);
+	/// the first since the loop last delivered results or ran a `release`.
+	send_now: bool,
+}
+
+impl Default for Woken {
+	fn default() -> Self {
+		Self { tasks: Vec::new(), draining: false, scheduled: false, send_now: true }
+	}
 }
 
 impl Shared {
@@ -152,7 +171,7 @@ impl Shared {
 	/// `ROUNDS_PER_CALLBACK` rounds have run (then a `release` is scheduled for the rest).
 	/// `released`: called by the scheduled `release`, which is no longer scheduled.
 	pub fn run_woken(self: &Arc<Self>, py: Python<'_>) {
-		self.run_rounds(py, false);
+		self.run_rounds(py, false, true);
 	}
 
 	/// `wake` (a socket's readiness waking its peer task), then `run_woken`: what `wake` wakes
@@ -160,10 +179,11 @@ impl Shared {
 	pub fn wake_and_run(self: &Arc<Self>, py: Python<'_>, wake: impl FnOnce()) {
 		lock(&self.woken).draining = true;
 		wake();
-		self.run_rounds(py, false);
+		self.run_rounds(py, false, true);
 	}
 
-	fn run_rounds(self: &Arc<Self>, py: Python<'_>, released: bool) {
+	/// `rearm`: the next send may be written at once again (not after a send written at once).
+	fn run_rounds(self: &Arc<Self>, py: Python<'_>, released: bool, rearm: bool) {
 		bury_the_dead();
 		for round in 0..ROUNDS_PER_CALLBACK {
 			let tasks = {
@@ -173,6 +193,7 @@ impl Shared {
 				}
 				if woken.tasks.is_empty() {
 					woken.draining = false;
+					woken.send_now |= rearm;
 					return;
 				}
 				woken.draining = true;
@@ -187,7 +208,11 @@ impl Shared {
 		}
 		// Still busy: the rest at the next iteration, after the loop's other callbacks.
 		let scheduled = self.schedule_release(py, None);
-		lock(&self.woken).draining = false;
+		{
+			let mut woken = lock(&self.woken);
+			woken.draining = false;
+			woken.send_now |= rearm;
+		}
 		if let Err(error) = scheduled {
 			// A loop that cannot schedule is closing; the byte is the last resort.
 			error.write_unraisable(py, None);
@@ -453,6 +478,28 @@ impl Bridge {
 		self.shared.schedule_release(py, Some(event_loop))
 	}
 
+	/// Whether a send on a loop-driven connection is to be written at once, in this call,
+	/// rather than by the `release` at the start of the loop's next iteration: the first send
+	/// since the loop last delivered results (or ran a release) is, so that a lone request costs
+	/// no extra iteration of the loop (`call_soon`, `epoll_wait`, the callback); the sends after
+	/// it in the same iteration (the other coroutines resumed by one batch of responses) wait for
+	/// the release and go out together. If so, the caller sends, then calls `sent_now`.
+	pub fn send_now(&self) -> bool {
+		let mut woken = lock(&self.shared.woken);
+		if !woken.send_now || woken.draining || woken.scheduled {
+			return false;
+		}
+		woken.send_now = false;
+		// The peer task the send wakes is polled by `sent_now`: no byte.
+		woken.draining = true;
+		true
+	}
+
+	/// After a send that `send_now` allowed: poll the peer task it woke, which writes it.
+	pub fn sent_now(&self, py: Python<'_>) {
+		self.shared.run_rounds(py, false, false);
+	}
+
 	pub fn shared(&self) -> &Arc<Shared> {
 		&self.shared
 	}
@@ -511,7 +558,7 @@ impl Release {
 	fn __call__(&self, py: Python<'_>) {
 		let Some(shared) = self.shared.get().and_then(Weak::upgrade) else { return };
 		drop(std::mem::take(&mut *lock(&shared.holds)));
-		shared.run_rounds(py, true);
+		shared.run_rounds(py, true, true);
 	}
 }
 

@@ -48,7 +48,8 @@ where
 
 /// An awaitable for `fut`, a send: like `future`, but the peer task it wakes is polled at the
 /// start of the loop's next iteration, with the other sends of this one (see
-/// `Bridge::before_send`); `hold` takes a hold on the wake-up of a peer task on the runtime.
+/// `Bridge::before_send`), or at once if it is the first since the loop delivered results (see
+/// `Bridge::send_now`); `hold` takes a hold on the wake-up of a peer task on the runtime.
 pub(crate) fn send<'py, F, T>(
 	py: Python<'py>,
 	home: Option<&Home>,
@@ -61,6 +62,12 @@ where
 {
 	let (event_loop, bridge) = bridge::current(py)?;
 	bridge::check_home(py, home, &event_loop, &bridge)?;
+	// A loop-driven peer task may write this send at once (see `Bridge::send_now`).
+	if home.is_some() && bridge.get().send_now() {
+		let sent = run(py, &event_loop, &bridge, fut);
+		bridge.get().sent_now(py);
+		return sent;
+	}
 	bridge.get().before_send(py, &event_loop, hold())?;
 	run(py, &event_loop, &bridge, fut)
 }

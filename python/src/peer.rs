@@ -152,7 +152,8 @@ macro_rules! send_on {
 /// A connection to a remote peer.
 ///
 /// Made by `peerwire.connect()` or accepted by a `Listener`. The connection stays up while this
-/// object or any request of it lives; `close()` ends it, and so does `async with`.
+/// object or any request of it lives; `close()` ends it, and so does `async with`. A tcp:// or
+/// unix:// connection runs on the event loop it was made or accepted on (see `bridge`).
 #[pyclass(module = "peerwire", frozen)]
 pub struct Peer {
 	read: Arc<Mutex<ReadH>>,
