@@ -169,7 +169,6 @@ impl Shared {
 
 	/// Poll the woken tasks on the loop's thread, and those they wake, until none is left or
 	/// `ROUNDS_PER_CALLBACK` rounds have run (then a `release` is scheduled for the rest).
-	/// `released`: called by the scheduled `release`, which is no longer scheduled.
 	pub fn run_woken(self: &Arc<Self>, py: Python<'_>) {
 		self.run_rounds(py, false, true);
 	}
@@ -182,6 +181,7 @@ impl Shared {
 		self.run_rounds(py, false, true);
 	}
 
+	/// `run_woken`. `released`: called by the scheduled `release`, which is no longer scheduled;
 	/// `rearm`: the next send may be written at once again (not after a send written at once).
 	fn run_rounds(self: &Arc<Self>, py: Python<'_>, released: bool, rearm: bool) {
 		bury_the_dead();
@@ -250,8 +250,9 @@ impl Shared {
 		Ok(event_loop)
 	}
 
-	/// The loop is closed or gone: drop every peer task (closing its socket and failing its
-	/// requests) and every woken task (nobody will take its result).
+	/// The loop is closed or gone: park every peer task in its connection (see `Task::park`),
+	/// and drop every task still waiting or woken (nobody will take its result), letting go of
+	/// the handles they hold.
 	fn shut(&self) {
 		if self.closed.swap(true, Ordering::AcqRel) {
 			return;
