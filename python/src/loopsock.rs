@@ -31,10 +31,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::bridge::Shared;
 
-/// The most bytes made ready (zeroed) for one read. The transport hands over spare capacity
-/// that is not initialised, and safe code must initialise it before a `read` may fill it: 16 KiB
-/// holds hundreds of small frames, and zeroing it costs far less than the system call.
-const READ_INIT: usize = 16 * 1024;
+/// The bytes made ready (zeroed) for one read, at first and after small reads. The transport
+/// hands over spare capacity that is not initialised, and safe code must initialise it before a
+/// `read` may fill it: 16 KiB holds hundreds of small frames, and zeroing it costs far less than
+/// the system call.
+const READ_MIN: usize = 16 * 1024;
+/// The most made ready for one read, reached by doubling while reads fill what was offered (a
+/// large body): zeroing 256 KiB costs a small part of copying it in, and a loopback socket
+/// rarely holds more.
+const READ_MAX: usize = 256 * 1024;
 
 /// The connected socket.
 enum Stream {
@@ -111,7 +116,7 @@ fn split(
 ) -> PyResult<(LoopRead, LoopWrite)> {
 	let watch = Watch::new(py, event_loop, bridge)?;
 	let inner = Arc::new(Inner { stream, fd, drained: AtomicBool::new(false), watch: Mutex::new(watch) });
-	Ok((LoopRead(inner.clone()), LoopWrite(inner)))
+	Ok((LoopRead { inner: inner.clone(), chunk: READ_MIN }, LoopWrite(inner)))
 }
 
 impl Watch {
@@ -133,7 +138,7 @@ pub struct Rehome(Weak<Inner>);
 
 impl Rehome {
 	pub fn of(read: &LoopRead) -> Self {
-		Self(Arc::downgrade(&read.0))
+		Self(Arc::downgrade(&read.inner))
 	}
 
 	/// The socket's loop has closed (its selector forgot every registration): forget them too,
@@ -329,33 +334,41 @@ impl Readiness {
 }
 
 /// The read half of a loop-driven socket.
-pub struct LoopRead(Arc<Inner>);
+pub struct LoopRead {
+	inner: Arc<Inner>,
+	/// How much to offer the next read (`READ_MIN` to `READ_MAX`).
+	chunk: usize,
+}
 
 /// The write half of a loop-driven socket.
 pub struct LoopWrite(Arc<Inner>);
 
 impl AsyncRead for LoopRead {
 	fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-		if self.0.drained.load(Ordering::Acquire) {
-			self.0.park(Way::Read, cx.waker())?;
+		let this = self.get_mut();
+		if this.inner.drained.load(Ordering::Acquire) {
+			this.inner.park(Way::Read, cx.waker())?;
 			return Poll::Pending;
 		}
-		let want = buf.remaining().min(READ_INIT);
+		let want = buf.remaining().min(this.chunk);
 		loop {
 			let target = buf.initialize_unfilled_to(want);
-			match self.0.read(target) {
+			match this.inner.read(target) {
 				Ok(n) => {
 					if n > 0 && n < want {
 						// Short: the kernel had no more. The loop says when it has.
-						self.0.drained.store(true, Ordering::Release);
+						this.inner.drained.store(true, Ordering::Release);
 					}
+					// Filled: a large body is coming, offer more next time; otherwise, back to
+					// the small offer that suits small messages.
+					this.chunk = if n == this.chunk { (n * 2).min(READ_MAX) } else { READ_MIN };
 					buf.advance(n);
 					return Poll::Ready(Ok(()));
 				},
 				Err(error) if error.kind() == io::ErrorKind::Interrupted => {},
 				Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-					self.0.drained.store(true, Ordering::Release);
-					self.0.park(Way::Read, cx.waker())?;
+					this.inner.drained.store(true, Ordering::Release);
+					this.inner.park(Way::Read, cx.waker())?;
 					return Poll::Pending;
 				},
 				Err(error) => return Poll::Ready(Err(error)),
