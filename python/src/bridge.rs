@@ -85,6 +85,13 @@ const ROUNDS_PER_CALLBACK: usize = 8;
 /// same-run pairs.
 const SENDS_PER_WAKEUP: usize = 16;
 
+/// Sends of one loop iteration that wait for the `release` before the one that is written at
+/// once, with them (on loop-driven connections): as with `SENDS_PER_WAKEUP`, the remote starts on
+/// the first ones while the loop still works on the rest. Without it, when the machine has CPU
+/// to spare, the two sides took turns on whole batches of 64 and the peerwire client reached 0.78×
+/// to 0.84× the asyncio client's rate against the asyncio echo in one full run.
+const SENDS_PER_WRITE: usize = 16;
+
 /// A hold on the wake-up of a connection's peer task on the runtime (a `peerwire::WakeupHold`).
 pub type Hold = Box<dyn std::any::Any + Send>;
 
@@ -145,11 +152,13 @@ struct Woken {
 	/// The next send on a loop-driven connection may be written at once (`Bridge::send_now`);
 	/// the first since the loop last delivered results or ran a `release`.
 	send_now: bool,
+	/// Sends on loop-driven connections waiting for the scheduled `release`.
+	waiting_sends: usize,
 }
 
 impl Default for Woken {
 	fn default() -> Self {
-		Self { tasks: Vec::new(), draining: false, scheduled: false, send_now: true }
+		Self { tasks: Vec::new(), draining: false, scheduled: false, send_now: true, waiting_sends: 0 }
 	}
 }
 
@@ -190,6 +199,7 @@ impl Shared {
 				let mut woken = lock(&self.woken);
 				if released && round == 0 {
 					woken.scheduled = false;
+					woken.waiting_sends = 0;
 				}
 				if woken.tasks.is_empty() {
 					woken.draining = false;
@@ -484,13 +494,21 @@ impl Bridge {
 	/// since the loop last delivered results (or ran a release) is, so that a lone request costs
 	/// no extra iteration of the loop (`call_soon`, `epoll_wait`, the callback); the sends after
 	/// it in the same iteration (the other coroutines resumed by one batch of responses) wait for
-	/// the release and go out together. If so, the caller sends, then calls `sent_now`.
+	/// the release and go out together, but every `SENDS_PER_WRITE`th of them is written at once
+	/// with those before it. If so, the caller sends, then calls `sent_now`.
 	pub fn send_now(&self) -> bool {
 		let mut woken = lock(&self.shared.woken);
-		if !woken.send_now || woken.draining || woken.scheduled {
+		if woken.draining {
 			return false;
 		}
-		woken.send_now = false;
+		if woken.send_now && !woken.scheduled {
+			woken.send_now = false;
+		} else if woken.waiting_sends + 1 >= SENDS_PER_WRITE {
+			woken.waiting_sends = 0;
+		} else {
+			woken.waiting_sends += 1;
+			return false;
+		}
 		// The peer task the send wakes is polled by `sent_now`: no byte.
 		woken.draining = true;
 		true
