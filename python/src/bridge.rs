@@ -9,9 +9,12 @@
 //! then all live on one thread, and a round trip crosses none:
 //!
 //! - A send queues its message and wakes the peer task, which only queues the task in the
-//!   bridge: a `release` scheduled (`call_soon`) by the first send of the loop's iteration polls
-//!   it at the start of the next one, so the sends of one iteration (the coroutines resumed by one
-//!   batch of responses, typically) go out in one write.
+//!   bridge. The first send since the loop last delivered results polls the peer task at once,
+//!   which writes it (`Bridge::send_now`: a lone request costs no extra loop iteration); the
+//!   sends after it in the same iteration (the other coroutines resumed by one batch of
+//!   responses, typically) wait for a `release` scheduled (`call_soon`) for the start of the next
+//!   one, except every 16th, which writes those before it at once, so that the remote starts on
+//!   them while the loop still works on the rest.
 //! - When the socket is readable, the loop calls the socket's callback, which wakes the peer task
 //!   and polls the woken tasks at once, in the same callback: the peer task reads every message
 //!   that arrived, which wakes the requests' tasks, which are polled in turn and hand their
@@ -21,7 +24,7 @@
 //! Counts per round trip (strace, a client against an asyncio echo): three `epoll_wait`, one
 //! `sendto`, one `recvfrom`, as a hand-written asyncio client; no thread hand-off, no byte on the
 //! socket pair. Per request at 64 in flight: one state lock to queue the send, a share of one
-//! `writev` (about 45 requests each) and of one `read`, one asyncio future for an awaited
+//! `writev` (up to 16 requests each) and of one `read`, one asyncio future for an awaited
 //! response.
 //!
 //! A wake-up from another thread (a tokio timer of the peer task, polled inside the runtime's
