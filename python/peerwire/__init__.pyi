@@ -202,7 +202,11 @@ class ReceivedRequest:
 
 @final
 class Peer:
-	"""A connection. It stays up while this object or any request of it lives."""
+	"""A connection. It stays up while this object or any request of it lives.
+
+	A tcp:// or unix:// connection runs on the event loop it was made or accepted on: another
+	loop that is still open gets RuntimeError; after that loop has closed, the next loop to use
+	it takes it over."""
 
 	def send_request(self, service_id: int, body: Optional[_Body] = None, *, fds: _Fds = None) -> Awaitable[SentRequest]:
 		"""Send a request; returns its SentRequest once queued."""

@@ -1,9 +1,12 @@
 //! The Python binding of peerwire: asyncio peers over TCP, Unix stream and Unix seqpacket
 //! sockets, wrapping the Rust library (the protocol is not reimplemented here).
 //!
-//! Every awaitable is a Rust future on one tokio runtime for the module, bridged to an asyncio
-//! future (see `bridge`): the GIL is not held while it waits, and cancelling the asyncio future
-//! drops the Rust future. The blocking `call` waits with the GIL released.
+//! Every awaitable is a Rust future bridged to an asyncio future and polled on the loop's thread
+//! (see `bridge`): the GIL is not held while it waits, and cancelling the asyncio future drops the
+//! Rust future. The peer task of a TCP or Unix stream connection runs on the loop's thread too,
+//! its socket watched by the loop's selector (see `loopsock`): a round trip crosses no thread.
+//! Seqpacket connections, the listeners' accept and `connect`'s connecting run on one tokio
+//! runtime for the module; the blocking `call` waits on it with the GIL released.
 
 #![deny(unsafe_code)]
 
@@ -13,43 +16,59 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use bridge::Hold;
+use bridge::{Hold, Home};
 
 mod bridge;
 mod error;
 mod fd;
 mod listener;
+mod loopsock;
 mod message;
 mod peer;
 
 pub use listener::{Config, Listener};
 
-/// An awaitable for `fut`, run on the module's runtime.
+/// An awaitable for `fut`; `home` is the loop of the peer it works on, if loop-driven (an
+/// operation from another loop raises).
 ///
 /// The future is polled at once, on this thread inside the runtime's context: what can finish
 /// without waiting (queueing a send, taking a message that has already arrived) returns an
-/// asyncio future that is already done. A future that must wait becomes a task of the loop's
-/// bridge, polled on this thread again when woken (see `bridge`).
-pub(crate) fn future<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+/// awaitable that is already done. A future that must wait becomes a task of the loop's bridge,
+/// polled on this thread again when woken (see `bridge`).
+pub(crate) fn future<'py, F, T>(py: Python<'py>, home: Option<&Home>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
 	// The loop first: without one (a `RuntimeError`), nothing may be sent.
 	let (event_loop, bridge) = bridge::current(py)?;
+	bridge::check_home(py, home, &event_loop, &bridge)?;
 	run(py, &event_loop, &bridge, fut)
 }
 
-/// An awaitable for `fut`, a send: like `future`, but the peer task's wake-up for what it queues
-/// may be held (`hold` takes the hold) until the loop's next iteration (see
-/// `Bridge::before_send`), so that the sends of one iteration are written together.
-pub(crate) fn send<'py, F, T>(py: Python<'py>, hold: impl FnOnce() -> Hold, fut: F) -> PyResult<Bound<'py, PyAny>>
+/// An awaitable for `fut`, a send: like `future`, but the peer task it wakes is polled at the
+/// start of the loop's next iteration, with the other sends of this one (see
+/// `Bridge::before_send`), or at once if it is the first since the loop delivered results (see
+/// `Bridge::send_now`); `hold` takes a hold on the wake-up of a peer task on the runtime.
+pub(crate) fn send<'py, F, T>(
+	py: Python<'py>,
+	home: Option<&Home>,
+	hold: impl FnOnce() -> Option<Hold>,
+	fut: F,
+) -> PyResult<Bound<'py, PyAny>>
 where
 	F: Future<Output = PyResult<T>> + Send + 'static,
 	T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
 	let (event_loop, bridge) = bridge::current(py)?;
-	bridge::Bridge::before_send(&bridge, &event_loop, hold)?;
+	bridge::check_home(py, home, &event_loop, &bridge)?;
+	// A loop-driven peer task may write this send at once (see `Bridge::send_now`).
+	if home.is_some() && bridge.get().send_now() {
+		let sent = run(py, &event_loop, &bridge, fut);
+		bridge.get().sent_now(py);
+		return sent;
+	}
+	bridge.get().before_send(py, &event_loop, hold())?;
 	run(py, &event_loop, &bridge, fut)
 }
 
@@ -74,9 +93,10 @@ where
 	}
 }
 
-/// The module's runtime, started on first use: one worker thread for the sockets, since the
-/// Python side of every operation runs on the event loop's thread anyway; a second worker made
-/// 64 requests in flight about a fifth slower on 2 cores (more threads contending for them).
+/// The module's runtime, started on first use: one worker thread for the seqpacket sockets, the
+/// listeners, connecting, and the timers of every peer task, since the Python side of every
+/// operation runs on the event loop's thread anyway; a second worker made 64 requests in flight
+/// about a fifth slower on 2 cores (more threads contending for them).
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
 	static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
 	RUNTIME.get_or_init(|| {

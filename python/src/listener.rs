@@ -1,20 +1,26 @@
 //! Addresses, `Config`, `connect`, `listen` and `Listener`, and the blocking `call`.
+//!
+//! Connecting and accepting run on the module's runtime; a TCP or Unix stream socket is then
+//! taken off the runtime's reactor and handed to the loop that awaited it, whose thread drives
+//! it from then on (see `loopsock`). Seqpacket peers, and the blocking `call`'s, stay on the
+//! runtime.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use peerwire::{
-	CancellationToken, ConnectionInfo, Endian, PeerHandle, TcpListener, TcpPeer, UnixBody, UnixSeqpacketListener,
-	UnixSeqpacketPeer, UnixStreamListener, UnixStreamPeer,
+	CancellationToken, ConnectionInfo, Endian, PeerHandle, StreamTransport, TcpListener, TcpPeer, TcpTransport,
+	UnixBody, UnixSeqpacketListener, UnixSeqpacketPeer, UnixStreamListener, UnixStreamPeer, UnixStreamTransport,
 };
 use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use tokio::sync::Mutex;
 
 use crate::error::{ConnectionClosed, Timeout, remote_error, to_py};
+use crate::loopsock;
 use crate::message::RsMessage;
-use crate::peer::{NewPeer, OutBody, ReadH, WriteH};
+use crate::peer::{NewPeer, OutBody, Peer, ReadH, WriteH};
 use crate::{future, timeout_from};
 
 /// Where to connect or listen.
@@ -135,15 +141,83 @@ fn config_from(config: Option<&Bound<'_, PyAny>>) -> PyResult<peerwire::Config> 
 
 fn stream_peer(handle: PeerHandle<Bytes>, info: ConnectionInfo) -> NewPeer {
 	let (read, write) = handle.split();
-	NewPeer { read: ReadH::Stream(read), write: WriteH::Stream(write), info }
+	NewPeer { read: ReadH::Stream(read), write: WriteH::Stream(write), info, home: None }
 }
 
 fn seq_peer(handle: PeerHandle<UnixBody>, info: ConnectionInfo) -> NewPeer {
 	let (read, write) = handle.split();
-	NewPeer { read: ReadH::Seq(read), write: WriteH::Seq(write), info }
+	NewPeer { read: ReadH::Seq(read), write: WriteH::Seq(write), info, home: None }
 }
 
-async fn connect_to(address: Address, config: peerwire::Config) -> Result<NewPeer, peerwire::Error> {
+/// A connection made or accepted on the runtime, on its way to Python: a TCP or Unix stream socket
+/// is handed to the loop that takes it (its peer task starts there), a seqpacket one keeps its
+/// peer task on the runtime.
+enum Connected {
+	Runtime(NewPeer),
+	Loop(LoopPeer),
+}
+
+/// A connected TCP or Unix stream socket, taken off the runtime's reactor, not yet on a loop.
+struct LoopPeer {
+	socket: Socket,
+	info: ConnectionInfo,
+	config: peerwire::Config,
+}
+
+enum Socket {
+	Tcp(std::net::TcpStream),
+	Unix(std::os::unix::net::UnixStream),
+}
+
+impl LoopPeer {
+	/// The socket of `transport` (which set it up: no delay on TCP, credentials on Unix), in
+	/// non-blocking mode, off the runtime.
+	fn tcp(transport: TcpTransport, config: peerwire::Config) -> std::io::Result<Self> {
+		let (read, write, info) = transport.into_parts();
+		let stream = read.reunite(write).map_err(std::io::Error::other)?.into_std()?;
+		Ok(Self { socket: Socket::Tcp(stream), info, config })
+	}
+
+	fn unix(transport: UnixStreamTransport, config: peerwire::Config) -> std::io::Result<Self> {
+		let (read, write, info) = transport.into_parts();
+		let stream = read.reunite(write).map_err(std::io::Error::other)?.into_std()?;
+		Ok(Self { socket: Socket::Unix(stream), info, config })
+	}
+
+	/// Start the peer task on the running loop, whose thread reads and writes the socket from
+	/// now on.
+	fn start<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, Peer>> {
+		let (event_loop, bridge) = crate::bridge::current(py)?;
+		let shared = bridge.get().shared();
+		let (read, write) = match self.socket {
+			Socket::Tcp(stream) => loopsock::split_tcp(py, stream, &event_loop, shared)?,
+			Socket::Unix(stream) => loopsock::split_unix(py, stream, &event_loop, shared)?,
+		};
+		let socket = loopsock::Rehome::of(&read);
+		let transport = StreamTransport::with_info(read, write, &self.config, self.info.clone());
+		let (peer, handle) = peerwire::Peer::new(transport, &self.config);
+		let (read, write) = handle.split();
+		// How it ended reaches every handle; nobody else asks.
+		let home = crate::bridge::spawn_peer(py, shared, socket, async move { drop(peer.run().await) })?;
+		Bound::new(py, Peer::new(py, ReadH::Stream(read), WriteH::Stream(write), &self.info, Some(home))?)
+	}
+}
+
+impl<'py> IntoPyObject<'py> for Connected {
+	type Target = Peer;
+	type Output = Bound<'py, Peer>;
+	type Error = PyErr;
+
+	fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, Peer>> {
+		match self {
+			Connected::Runtime(peer) => peer.into_pyobject(py),
+			Connected::Loop(peer) => peer.start(py),
+		}
+	}
+}
+
+/// Connect with the peer task on the runtime (for the blocking `call`).
+async fn connect_on_runtime(address: Address, config: peerwire::Config) -> Result<NewPeer, peerwire::Error> {
 	Ok(match address {
 		Address::Tcp(host_port) => {
 			let (handle, info) = TcpPeer::connect(host_port.as_str(), &config).await?;
@@ -160,13 +234,29 @@ async fn connect_to(address: Address, config: peerwire::Config) -> Result<NewPee
 	})
 }
 
+/// Connect for the running loop: a stream socket is connected on the runtime, then driven by the
+/// loop.
+async fn connect_to(address: Address, config: peerwire::Config) -> Result<Connected, peerwire::Error> {
+	Ok(match address {
+		Address::Tcp(host_port) => {
+			let stream = tokio::net::TcpStream::connect(host_port.as_str()).await?;
+			Connected::Loop(LoopPeer::tcp(TcpTransport::from_socket(stream, &config)?, config)?)
+		},
+		Address::Unix(path) => {
+			let stream = tokio::net::UnixStream::connect(path).await?;
+			Connected::Loop(LoopPeer::unix(UnixStreamTransport::from_socket(stream, &config)?, config)?)
+		},
+		address @ Address::Seqpacket(_) => Connected::Runtime(connect_on_runtime(address, config).await?),
+	})
+}
+
 /// Connect to `url` (`tcp://HOST:PORT`, `unix:///PATH` or `seqpacket:///PATH`); returns a `Peer`.
 #[pyfunction]
 #[pyo3(signature = (url, config = None))]
 pub fn connect<'py>(py: Python<'py>, url: &str, config: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
 	let address = Address::parse(url)?;
 	let config = config_from(config)?;
-	future(py, async move { connect_to(address, config).await.map_err(to_py) })
+	future(py, None, async move { connect_to(address, config).await.map_err(to_py) })
 }
 
 enum ListenerH {
@@ -230,11 +320,11 @@ async fn bind(address: Address, config: peerwire::Config) -> Result<NewListener,
 pub fn listen<'py>(py: Python<'py>, url: &str, config: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
 	let address = Address::parse(url)?;
 	let config = config_from(config)?;
-	future(py, async move { bind(address, config).await.map_err(to_py) })
+	future(py, None, async move { bind(address, config).await.map_err(to_py) })
 }
 
 /// `Ok(None)` once the listener is closed.
-async fn accept(inner: Arc<Mutex<Option<ListenerH>>>, stop: CancellationToken) -> PyResult<Option<NewPeer>> {
+async fn accept(inner: Arc<Mutex<Option<ListenerH>>>, stop: CancellationToken) -> PyResult<Option<Connected>> {
 	let mut guard = tokio::select! {
 		guard = inner.lock() => guard,
 		() = stop.cancelled() => return Ok(None),
@@ -244,16 +334,16 @@ async fn accept(inner: Arc<Mutex<Option<ListenerH>>>, stop: CancellationToken) -
 		accepted = async {
 			Ok::<_, peerwire::Error>(match listener {
 				ListenerH::Tcp(l) => {
-					let (handle, info) = l.accept().await?;
-					stream_peer(handle, info)
+					let config = l.config().clone();
+					Connected::Loop(LoopPeer::tcp(l.accept_transport().await?, config)?)
 				},
 				ListenerH::Unix(l) => {
-					let (handle, info) = l.accept().await?;
-					stream_peer(handle, info)
+					let config = l.config().clone();
+					Connected::Loop(LoopPeer::unix(l.accept_transport().await?, config)?)
 				},
 				ListenerH::Seq(l) => {
 					let (handle, info) = l.accept().await?;
-					seq_peer(handle, info)
+					Connected::Runtime(seq_peer(handle, info))
 				},
 			})
 		} => accepted,
@@ -271,7 +361,7 @@ impl Listener {
 	/// The next connection, as a `Peer`. `ConnectionClosed` once the listener is closed.
 	fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let (inner, stop) = (self.inner.clone(), self.stop.clone());
-		future(py, async move {
+		future(py, None, async move {
 			accept(inner, stop).await?.ok_or_else(|| ConnectionClosed::new_err("the listener is closed"))
 		})
 	}
@@ -283,7 +373,7 @@ impl Listener {
 	/// `async for peer in listener`: every connection until the listener is closed.
 	fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let (inner, stop) = (self.inner.clone(), self.stop.clone());
-		future(py, async move { accept(inner, stop).await?.ok_or_else(|| PyStopAsyncIteration::new_err(())) })
+		future(py, None, async move { accept(inner, stop).await?.ok_or_else(|| PyStopAsyncIteration::new_err(())) })
 	}
 
 	/// Stop listening: the socket closes (a Unix socket file is removed), a pending accept ends.
@@ -298,13 +388,13 @@ impl Listener {
 	fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
 		let py = slf.py();
 		let this = slf.unbind();
-		future(py, async move { Ok(this) })
+		future(py, None, async move { Ok(this) })
 	}
 
 	#[pyo3(signature = (*_args))]
 	fn __aexit__<'py>(&self, py: Python<'py>, _args: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
 		self.close();
-		future(py, async move { Ok(false) })
+		future(py, None, async move { Ok(false) })
 	}
 
 	fn __repr__(&self) -> String {
@@ -335,7 +425,7 @@ pub fn call<'py>(
 	let config = config_from(config)?;
 	let runtime = crate::runtime();
 	let work = async move {
-		let peer = connect_to(address, config).await?;
+		let peer = connect_on_runtime(address, config).await?;
 		let response = match peer.write {
 			WriteH::Stream(write) => {
 				let mut request = write.send_request(service_id, out.data).await?;

@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::sync::Mutex;
 
-use crate::bridge::Hold;
+use crate::bridge::{Hold, Home};
 use crate::error::{remote_error, to_py};
 use crate::message::{Info, RsMessage, body_from};
 use crate::{future, send, timeout_from};
@@ -79,8 +79,13 @@ pub enum WriteH {
 }
 
 impl WriteH {
-	fn hold(&self) -> Hold {
-		either!(self, WriteH, h => Box::new(h.hold_wakeups()))
+	/// A hold on the peer task's wake-up, for a peer task on the runtime (seqpacket); a
+	/// loop-driven peer task needs none (see `bridge`).
+	fn hold(&self) -> Option<Hold> {
+		match self {
+			WriteH::Stream(_) => None,
+			WriteH::Seq(h) => Some(Box::new(h.hold_wakeups())),
+		}
 	}
 }
 
@@ -96,8 +101,13 @@ enum SentW {
 }
 
 impl SentW {
-	fn hold(&self) -> Hold {
-		either!(self, SentW, h => Box::new(h.hold_wakeups()))
+	/// A hold on the peer task's wake-up, for a peer task on the runtime (seqpacket); a
+	/// loop-driven peer task needs none (see `bridge`).
+	fn hold(&self) -> Option<Hold> {
+		match self {
+			SentW::Stream(_) => None,
+			SentW::Seq(h) => Some(Box::new(h.hold_wakeups())),
+		}
 	}
 }
 
@@ -113,8 +123,13 @@ enum RecvW {
 }
 
 impl RecvW {
-	fn hold(&self) -> Hold {
-		either!(self, RecvW, h => Box::new(h.hold_wakeups()))
+	/// A hold on the peer task's wake-up, for a peer task on the runtime (seqpacket); a
+	/// loop-driven peer task needs none (see `bridge`).
+	fn hold(&self) -> Option<Hold> {
+		match self {
+			RecvW::Stream(_) => None,
+			RecvW::Seq(h) => Some(Box::new(h.hold_wakeups())),
+		}
 	}
 }
 
@@ -137,17 +152,27 @@ macro_rules! send_on {
 /// A connection to a remote peer.
 ///
 /// Made by `peerwire.connect()` or accepted by a `Listener`. The connection stays up while this
-/// object or any request of it lives; `close()` ends it, and so does `async with`.
+/// object or any request of it lives; `close()` ends it, and so does `async with`. A tcp:// or
+/// unix:// connection runs on the event loop it was made or accepted on (see `bridge`).
 #[pyclass(module = "peerwire", frozen)]
 pub struct Peer {
 	read: Arc<Mutex<ReadH>>,
 	write: WriteH,
 	info: Py<Info>,
+	/// The loop whose thread runs the connection (TCP and Unix stream), or `None` for a peer task
+	/// on the runtime (seqpacket).
+	home: Option<Home>,
 }
 
 impl Peer {
-	pub fn new(py: Python<'_>, read: ReadH, write: WriteH, info: &peerwire::ConnectionInfo) -> PyResult<Self> {
-		Ok(Self { read: Arc::new(Mutex::new(read)), write, info: Py::new(py, Info::new(info))? })
+	pub fn new(
+		py: Python<'_>,
+		read: ReadH,
+		write: WriteH,
+		info: &peerwire::ConnectionInfo,
+		home: Option<Home>,
+	) -> PyResult<Self> {
+		Ok(Self { read: Arc::new(Mutex::new(read)), write, info: Py::new(py, Info::new(info))?, home })
 	}
 
 	fn seqpacket(&self) -> bool {
@@ -160,6 +185,7 @@ pub struct NewPeer {
 	pub read: ReadH,
 	pub write: WriteH,
 	pub info: peerwire::ConnectionInfo,
+	pub home: Option<Home>,
 }
 
 impl<'py> IntoPyObject<'py> for NewPeer {
@@ -168,7 +194,7 @@ impl<'py> IntoPyObject<'py> for NewPeer {
 	type Error = PyErr;
 
 	fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, Peer>> {
-		Bound::new(py, Peer::new(py, self.read, self.write, &self.info)?)
+		Bound::new(py, Peer::new(py, self.read, self.write, &self.info, self.home)?)
 	}
 }
 
@@ -191,15 +217,15 @@ impl<'py> IntoPyObject<'py> for Received {
 	}
 }
 
-async fn recv_message(read: Arc<Mutex<ReadH>>) -> Result<Received, peerwire::Error> {
+async fn recv_message(read: Arc<Mutex<ReadH>>, home: Option<Home>) -> Result<Received, peerwire::Error> {
 	let mut read = read.lock().await;
 	Ok(match &mut *read {
 		ReadH::Stream(handle) => match handle.recv_message().await? {
-			ReceivedMessage::Request(request, body) => Received::Request(RsRequest::stream(request, body)),
+			ReceivedMessage::Request(request, body) => Received::Request(RsRequest::stream(request, body, home)),
 			ReceivedMessage::Stream(message) => Received::Stream(RsMessage::from_bytes(message)),
 		},
 		ReadH::Seq(handle) => match handle.recv_message().await? {
-			ReceivedMessage::Request(request, body) => Received::Request(RsRequest::seq(request, body)),
+			ReceivedMessage::Request(request, body) => Received::Request(RsRequest::seq(request, body, home)),
 			ReceivedMessage::Stream(message) => Received::Stream(RsMessage::from_unix(message)),
 		},
 	})
@@ -219,17 +245,18 @@ impl Peer {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, self.seqpacket())?;
 		let write = self.write.clone();
-		send(py, || self.write.hold(), async move {
+		let home = self.home.clone();
+		send(py, self.home.as_ref(), || self.write.hold(), async move {
 			Ok(match write {
 				WriteH::Stream(h) => {
 					let request = h.send_request(service_id, out.stream()).await.map_err(to_py)?;
 					let write = SentW::Stream(request.write_handle());
-					NewSent { handle: SentH::Stream(request), write }
+					NewSent { handle: SentH::Stream(request), write, home }
 				},
 				WriteH::Seq(h) => {
 					let request = h.send_request(service_id, out.unix()).await.map_err(to_py)?;
 					let write = SentW::Seq(request.write_handle());
-					NewSent { handle: SentH::Seq(request), write }
+					NewSent { handle: SentH::Seq(request), write, home }
 				},
 			})
 		})
@@ -247,7 +274,7 @@ impl Peer {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, self.seqpacket())?;
 		let write = self.write.clone();
-		send(py, || self.write.hold(), async move {
+		send(py, self.home.as_ref(), || self.write.hold(), async move {
 			send_on!(write, WriteH, |h, b| h.send_stream(service_id, b).await.map_err(to_py), out)
 		})
 	}
@@ -256,7 +283,8 @@ impl Peer {
 	/// remote. `ConnectionClosed` once the connection has ended and everything before was taken.
 	fn recv_message<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let read = self.read.clone();
-		future(py, async move { recv_message(read).await.map_err(to_py) })
+		let home = self.home.clone();
+		future(py, self.home.as_ref(), async move { recv_message(read, home).await.map_err(to_py) })
 	}
 
 	fn __aiter__(slf: Py<Self>) -> Py<Self> {
@@ -267,8 +295,9 @@ impl Peer {
 	/// connection is closed by either side in an orderly way.
 	fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let read = self.read.clone();
-		future(py, async move {
-			match recv_message(read).await {
+		let home = self.home.clone();
+		future(py, self.home.as_ref(), async move {
+			match recv_message(read, home).await {
 				Ok(received) => Ok(received),
 				Err(error) if error.is_closed_by_remote() || error.is_closed_locally() => {
 					Err(PyStopAsyncIteration::new_err(()))
@@ -281,7 +310,7 @@ impl Peer {
 	/// Wait until everything queued so far is written to the socket.
 	fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let write = self.write.clone();
-		future(py, async move { either!(write, WriteH, h => h.flush().await.map_err(to_py)) })
+		future(py, self.home.as_ref(), async move { either!(write, WriteH, h => h.flush().await.map_err(to_py)) })
 	}
 
 	/// Flush what is queued, then close the connection. Open requests fail with `ConnectionClosed`.
@@ -292,7 +321,7 @@ impl Peer {
 	/// Wait until the connection has ended.
 	fn wait_closed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let write = self.write.clone();
-		future(py, async move {
+		future(py, self.home.as_ref(), async move {
 			either!(write, WriteH, h => h.closed().await);
 			Ok(())
 		})
@@ -318,15 +347,16 @@ impl Peer {
 
 	fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
 		let py = slf.py();
+		let home = slf.get().home.clone();
 		let this = slf.unbind();
-		future(py, async move { Ok(this) })
+		future(py, home.as_ref(), async move { Ok(this) })
 	}
 
 	#[pyo3(signature = (*_args))]
 	fn __aexit__<'py>(&self, py: Python<'py>, _args: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
 		self.close();
 		let write = self.write.clone();
-		future(py, async move {
+		future(py, self.home.as_ref(), async move {
 			either!(write, WriteH, h => h.closed().await);
 			Ok(false)
 		})
@@ -352,6 +382,7 @@ fn out_body(
 struct NewSent {
 	handle: SentH,
 	write: SentW,
+	home: Option<Home>,
 }
 
 impl<'py> IntoPyObject<'py> for NewSent {
@@ -363,7 +394,13 @@ impl<'py> IntoPyObject<'py> for NewSent {
 		let (request_id, service_id) = either!(&self.handle, SentH, h => (h.request_id(), h.service_id()));
 		Bound::new(
 			py,
-			SentRequest { handle: Arc::new(Mutex::new(self.handle)), write: self.write, request_id, service_id },
+			SentRequest {
+				handle: Arc::new(Mutex::new(self.handle)),
+				write: self.write,
+				request_id,
+				service_id,
+				home: self.home,
+			},
 		)
 	}
 }
@@ -382,6 +419,8 @@ pub struct SentRequest {
 	/// The service this request was sent for.
 	#[pyo3(get)]
 	service_id: i32,
+	/// Its connection's loop (see `Peer::home`).
+	home: Option<Home>,
 }
 
 async fn sent_recv_update(handle: Arc<Mutex<SentH>>) -> Result<Option<RsMessage>, peerwire::Error> {
@@ -410,7 +449,7 @@ impl SentRequest {
 	/// The next responder update, or `None` once the response has arrived.
 	fn recv_update<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let handle = self.handle.clone();
-		future(py, async move { sent_recv_update(handle).await.map_err(to_py) })
+		future(py, self.home.as_ref(), async move { sent_recv_update(handle).await.map_err(to_py) })
 	}
 
 	fn __aiter__(slf: Py<Self>) -> Py<Self> {
@@ -420,7 +459,7 @@ impl SentRequest {
 	/// `async for update in request`: the responder updates until the response.
 	fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let handle = self.handle.clone();
-		future(py, async move {
+		future(py, self.home.as_ref(), async move {
 			match sent_recv_update(handle).await.map_err(to_py)? {
 				Some(update) => Ok(update),
 				None => Err(PyStopAsyncIteration::new_err(())),
@@ -435,7 +474,7 @@ impl SentRequest {
 	fn recv_response<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
 		let timeout = timeout_from(timeout)?;
 		let handle = self.handle.clone();
-		future(py, async move { sent_recv_response(handle, timeout).await.map_err(to_py) })
+		future(py, self.home.as_ref(), async move { sent_recv_response(handle, timeout).await.map_err(to_py) })
 	}
 
 	/// The response, or `RemoteError` (with the remote's `text`) for an error response.
@@ -443,7 +482,7 @@ impl SentRequest {
 	fn recv_response_ok<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
 		let timeout = timeout_from(timeout)?;
 		let handle = self.handle.clone();
-		future(py, async move {
+		future(py, self.home.as_ref(), async move {
 			let response = sent_recv_response(handle, timeout).await.map_err(to_py)?;
 			if response.is_error() {
 				return Err(remote_error(response.service_id, &response.error_text()));
@@ -464,7 +503,7 @@ impl SentRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, SentW::Seq(_)))?;
 		let write = self.write.clone();
-		send(py, || self.write.hold(), async move {
+		send(py, self.home.as_ref(), || self.write.hold(), async move {
 			send_on!(write, SentW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out)
 		})
 	}
@@ -479,19 +518,20 @@ pub struct RsRequest {
 	handle: RecvH,
 	write: RecvW,
 	body: RsMessage,
+	home: Option<Home>,
 }
 
 impl RsRequest {
-	fn stream(handle: ReceivedRequestHandle<Bytes>, body: Bytes) -> Self {
+	fn stream(handle: ReceivedRequestHandle<Bytes>, body: Bytes, home: Option<Home>) -> Self {
 		let message = peerwire::Message::request(handle.request_id(), handle.service_id(), body);
 		let write = RecvW::Stream(handle.write_handle());
-		Self { handle: RecvH::Stream(handle), write, body: RsMessage::from_bytes(message) }
+		Self { handle: RecvH::Stream(handle), write, body: RsMessage::from_bytes(message), home }
 	}
 
-	fn seq(handle: ReceivedRequestHandle<UnixBody>, body: UnixBody) -> Self {
+	fn seq(handle: ReceivedRequestHandle<UnixBody>, body: UnixBody, home: Option<Home>) -> Self {
 		let message = peerwire::Message::request(handle.request_id(), handle.service_id(), body);
 		let write = RecvW::Seq(handle.write_handle());
-		Self { handle: RecvH::Seq(handle), write, body: RsMessage::from_unix(message) }
+		Self { handle: RecvH::Seq(handle), write, body: RsMessage::from_unix(message), home }
 	}
 }
 
@@ -514,6 +554,7 @@ impl<'py> IntoPyObject<'py> for RsRequest {
 				service_id,
 				body,
 				fds,
+				home: self.home,
 			},
 		)
 	}
@@ -541,6 +582,8 @@ pub struct ReceivedRequest {
 	/// The descriptors that came with the request (seqpacket only), owned by this list.
 	#[pyo3(get)]
 	fds: Py<PyList>,
+	/// Its connection's loop (see `Peer::home`).
+	home: Option<Home>,
 }
 
 async fn recv_recv_update(handle: Arc<Mutex<RecvH>>) -> Result<Option<RsMessage>, peerwire::Error> {
@@ -562,7 +605,7 @@ impl ReceivedRequest {
 	/// The next requester update, or `None` once this side has sent the response.
 	fn recv_update<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let handle = self.handle.clone();
-		future(py, async move { recv_recv_update(handle).await.map_err(to_py) })
+		future(py, self.home.as_ref(), async move { recv_recv_update(handle).await.map_err(to_py) })
 	}
 
 	fn __aiter__(slf: Py<Self>) -> Py<Self> {
@@ -572,7 +615,7 @@ impl ReceivedRequest {
 	/// `async for update in request`: the requester updates until this side responds.
 	fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 		let handle = self.handle.clone();
-		future(py, async move {
+		future(py, self.home.as_ref(), async move {
 			match recv_recv_update(handle).await.map_err(to_py)? {
 				Some(update) => Ok(update),
 				None => Err(PyStopAsyncIteration::new_err(())),
@@ -592,7 +635,7 @@ impl ReceivedRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, RecvW::Seq(_)))?;
 		let write = self.write.clone();
-		send(py, || self.write.hold(), async move {
+		send(py, self.home.as_ref(), || self.write.hold(), async move {
 			send_on!(write, RecvW, |h, b| h.send_update(service_id, b).await.map_err(to_py), out)
 		})
 	}
@@ -609,7 +652,7 @@ impl ReceivedRequest {
 		let service_id = crate::service_id_from(service_id)?;
 		let out = out_body(py, body, fds, matches!(self.write, RecvW::Seq(_)))?;
 		let write = self.write.clone();
-		send(py, || self.write.hold(), async move {
+		send(py, self.home.as_ref(), || self.write.hold(), async move {
 			send_on!(write, RecvW, |h, b| h.send_response(service_id, b).await.map_err(to_py), out)
 		})
 	}
@@ -617,7 +660,7 @@ impl ReceivedRequest {
 	/// Send an error response (service id -1) with `text`, closing the request.
 	fn send_error<'py>(&self, py: Python<'py>, text: String) -> PyResult<Bound<'py, PyAny>> {
 		let write = self.write.clone();
-		send(py, || self.write.hold(), async move {
+		send(py, self.home.as_ref(), || self.write.hold(), async move {
 			either!(write, RecvW, h => h.send_error_response(&text).await.map_err(to_py))
 		})
 	}

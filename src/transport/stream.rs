@@ -84,6 +84,15 @@ where
 		let codec = StreamCodec::new(config.endian, config.max_body_len_read, config.max_body_len_write);
 		Self { reader: StreamReader::new(read, codec), writer: StreamWriter::new(write, codec), info }
 	}
+
+	/// The two halves and the connection info back, to drive the byte stream some other way
+	/// (the Python binding moves an accepted socket onto its event loop's thread).
+	///
+	/// Nothing is lost: a transport is read and written only by the [`Peer`](crate::Peer) it
+	/// is handed to, so until then its buffers are empty.
+	pub fn into_parts(self) -> (R, W, ConnectionInfo) {
+		(self.reader.inner, self.writer.inner, self.info)
+	}
 }
 
 impl<R, W> Transport for StreamTransport<R, W>
@@ -328,6 +337,26 @@ mod tests {
 		fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
 			Poll::Ready(Ok(()))
 		}
+	}
+
+	#[tokio::test]
+	async fn into_parts_gives_back_the_stream_and_the_info() {
+		let (a, mut b) = tokio::io::duplex(1024);
+		let (read, write) = tokio::io::split(a);
+		let info = ConnectionInfo::default().with_remote_address(Some(super::super::RemoteAddress::Unix(None)));
+		let transport = StreamTransport::with_info(read, write, &Config::default(), info.clone());
+		let (read, mut write, back) = transport.into_parts();
+		assert_eq!(back, info);
+		// The halves still carry the stream, both ways.
+		tokio::io::AsyncWriteExt::write_all(&mut write, b"out").await.unwrap();
+		let mut out = [0u8; 3];
+		tokio::io::AsyncReadExt::read_exact(&mut b, &mut out).await.unwrap();
+		assert_eq!(&out, b"out");
+		tokio::io::AsyncWriteExt::write_all(&mut b, b"in").await.unwrap();
+		let mut stream = read.unsplit(write);
+		let mut back_in = [0u8; 2];
+		tokio::io::AsyncReadExt::read_exact(&mut stream, &mut back_in).await.unwrap();
+		assert_eq!(&back_in, b"in");
 	}
 
 	#[tokio::test]
