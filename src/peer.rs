@@ -44,6 +44,9 @@ pub(crate) struct Shared<B> {
 	/// Notified when more of the queued messages are flushed (or the connection ended).
 	pub(crate) flushed: Notify,
 	pub(crate) info: ConnectionInfo,
+	/// Stream messages the read handle has taken ahead and not yet returned (its own queue,
+	/// outside the state): the connection is not idle while the application has them to read.
+	pub(crate) read_ahead: std::sync::atomic::AtomicUsize,
 }
 
 impl<B> Shared<B> {
@@ -70,9 +73,10 @@ impl<B: Body> Shared<B> {
 /// its last flush is stream messages, few bytes of them
 /// ([`TransportWrite::may_coalesce`]), the peer does not flush at once: it lets every other task
 /// ready on its worker thread run first (a deferred wake-up, as `tokio::task::yield_now` makes),
-/// and flushes when it is polled again and nothing more has come, or enough has. A lone stream
-/// message waits for one turn of the worker's queue; requests, responses, updates and closing
-/// are never held.
+/// and flushes when it is polled again and nothing more has come, or enough has, or it has held
+/// them [`HOLDS_AT_MOST`] times or for [`HOLD_AT_MOST`]. A lone stream message waits for one turn
+/// of the worker's queue; a sender that sends on every turn, at most 16 of its turns or about
+/// 1 ms; requests, responses, updates and closing are never held.
 struct Coalesce {
 	/// Everything given to the transport since its last flush is a stream message.
 	stream_only: bool,
@@ -82,14 +86,20 @@ struct Coalesce {
 	given: u64,
 	/// `given` when the peer last held back: if nothing more came by the next look, flush.
 	held_at: Option<u64>,
-	/// Yields forever: each poll registers one deferred wake-up of this task. Made on first use,
-	/// so that a connection that never holds back allocates nothing for it.
-	defer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+	/// When the peer first held back what it holds now, and how many times since.
+	since: Option<std::time::Instant>,
+	holds: u32,
 }
+
+/// The most looks a hold lasts while more keeps coming: enough for a busy sender's turns to fill
+/// a write, and a bound on the wait of a sender that brings one more message every turn.
+const HOLDS_AT_MOST: u32 = 16;
+/// The longest a hold lasts, for a sender whose turns are slow.
+const HOLD_AT_MOST: Duration = Duration::from_millis(1);
 
 impl Coalesce {
 	fn new() -> Self {
-		Self { stream_only: true, flushing: false, given: 0, held_at: None, defer: None }
+		Self { stream_only: true, flushing: false, given: 0, held_at: None, since: None, holds: 0 }
 	}
 
 	/// A message is given to the transport.
@@ -101,23 +111,31 @@ impl Coalesce {
 	}
 
 	/// Whether to hold back the flush once more: stream messages only, more given since the last
-	/// look, and (`ordinary`) nothing else that wants the flush now.
+	/// look, not held [`HOLDS_AT_MOST`] times or for [`HOLD_AT_MOST`] already, and (`ordinary`)
+	/// nothing else that wants the flush now.
 	fn should_hold(&self, ordinary: bool) -> bool {
-		ordinary && self.stream_only && !self.flushing && self.given > 0 && self.held_at != Some(self.given)
+		ordinary
+			&& self.stream_only
+			&& !self.flushing
+			&& self.given > 0
+			&& self.held_at != Some(self.given)
+			&& self.holds < HOLDS_AT_MOST
+			&& self.since.is_none_or(|since| since.elapsed() < HOLD_AT_MOST)
 	}
 
 	/// Hold back: have this task polled again once the other tasks ready on its worker ran.
+	///
+	/// `yield_now` registers the wake-up on its first poll and dropping it does not take that
+	/// back. Inside a tokio worker the wake-up is deferred until the worker has run what else is
+	/// ready (or at its periodic maintenance); outside one (a runtime merely entered, another
+	/// executor, `block_in_place`) the task is woken at once and looks again right away, which
+	/// ends the hold unless more came meanwhile.
 	fn hold(&mut self, cx: &mut Context<'_>) {
 		self.held_at = Some(self.given);
-		let defer = self.defer.get_or_insert_with(|| {
-			Box::pin(async {
-				loop {
-					tokio::task::yield_now().await;
-				}
-			})
-		});
-		// Never ready: it only registers the wake-up.
-		let _ = defer.as_mut().poll(cx);
+		self.holds += 1;
+		self.since.get_or_insert_with(std::time::Instant::now);
+		// Never ready on its first poll: it only registers the wake-up.
+		let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
 	}
 
 	/// The transport flushed everything given to it.
@@ -126,6 +144,8 @@ impl Coalesce {
 		self.flushing = false;
 		self.given = 0;
 		self.held_at = None;
+		self.since = None;
+		self.holds = 0;
 	}
 }
 
@@ -229,6 +249,7 @@ impl<T: Transport> Peer<T> {
 			room: Notify::new(),
 			flushed: Notify::new(),
 			info,
+			read_ahead: Default::default(),
 		});
 		let handle = PeerHandle::new(shared.clone());
 		let peer = Self {
@@ -461,7 +482,8 @@ impl<T: Transport> Peer<T> {
 				// Reading waits for the application (or for automatic replies to be written).
 				state.set_read_paused(!self.closing && (!self.inbox.is_empty() || auto_replies_full));
 				if self.idle_timeout.is_some() {
-					self.state_idle = state.is_idle();
+					self.state_idle =
+						state.is_idle() && self.shared.read_ahead.load(std::sync::atomic::Ordering::Relaxed) == 0;
 				}
 				let notify_room = (freed || self.closing) && std::mem::take(&mut state.room_wanted);
 				let notify_flushed = flushed.is_some() && std::mem::take(&mut state.flush_wanted);
@@ -744,6 +766,22 @@ mod tests {
 			self.polls.fetch_add(1, Ordering::Relaxed);
 			self.inner.poll_read_message(cx)
 		}
+	}
+
+	/// A `Peer` (and so its `run` future) can be held across threads, as before the flush
+	/// consolidation: it holds no boxed future.
+	#[test]
+	fn a_peer_is_send_and_sync() {
+		fn check<T: Send + Sync>() {}
+		check::<Peer<MemoryTransport<Bytes>>>();
+		check::<
+			Peer<
+				crate::StreamTransport<
+					tokio::io::ReadHalf<tokio::io::DuplexStream>,
+					tokio::io::WriteHalf<tokio::io::DuplexStream>,
+				>,
+			>,
+		>();
 	}
 
 	#[tokio::test]

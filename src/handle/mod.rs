@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::error::Error;
 use crate::message::{Body, IntoBody, Message};
@@ -278,6 +279,8 @@ pub struct PeerReadHandle<B: Body = bytes::Bytes> {
 
 impl<B: Body> Drop for PeerReadHandle<B> {
 	fn drop(&mut self) {
+		// What it took ahead is dropped with it.
+		self.link.shared.read_ahead.store(0, Ordering::Relaxed);
 		self.link.shared.state().drop_reader();
 	}
 }
@@ -288,12 +291,16 @@ impl<B: Body> PeerReadHandle<B> {
 	/// Cancel-safe. Fails with [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed)
 	/// once the connection has ended and everything received before has been taken.
 	pub async fn recv_message(&mut self) -> Result<ReceivedMessage<B>, Error> {
+		let shared = &self.link.shared;
 		let ahead = self.ahead.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
 		if let Some(message) = ahead.pop_front() {
+			shared.read_ahead.store(ahead.len(), Ordering::Relaxed);
 			return Ok(ReceivedMessage::Stream(message));
 		}
-		let shared = &self.link.shared;
 		let incoming = poll_fn(|cx| shared.state().poll_recv_incoming_ahead(cx.waker(), ahead)).await?;
+		if !ahead.is_empty() {
+			shared.read_ahead.store(ahead.len(), Ordering::Relaxed);
+		}
 		Ok(match incoming {
 			Incoming::Request { key, header, body } => {
 				ReceivedMessage::Request(ReceivedRequestHandle::new(shared.clone(), key, header), body)
