@@ -8,8 +8,9 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -31,6 +32,9 @@ const INBOX_BYTES: usize = 64 * 1024;
 /// How long a connection must be quiet before the transport lets go of buffers grown for a large
 /// message: long enough that a steady flow of large messages keeps them.
 const RELEASE_SPARE_AFTER: Duration = Duration::from_millis(100);
+/// How long the peer task leaves reading to a read handle that has stream messages to take
+/// before it looks whether the handle took any (see `Peer::poll_leave_reading`).
+const LEAVE_READING_FOR: Duration = Duration::from_millis(2);
 /// Rounds of work before the peer yields to the runtime even if more is ready.
 const ROUNDS_BEFORE_YIELD: usize = 32;
 
@@ -47,7 +51,46 @@ pub(crate) struct Shared<B> {
 	/// Stream messages the read handle has taken ahead and not yet returned (its own queue,
 	/// outside the state): the connection is not idle while the application has them to read.
 	pub(crate) read_ahead: std::sync::atomic::AtomicUsize,
+	/// The transport's read half, shared with the read handle, which reads through it for the
+	/// peer task while that task sleeps ([`read_for_driver`](Self::read_for_driver)). Never
+	/// waited for: both sides only `try_lock` it, and hold it for one batch of reads without
+	/// awaiting. Lock order: this, then `state`.
+	reading: Mutex<ReadSide<B>>,
+	/// The peer task found `reading` taken: whoever holds it wakes the task when done.
+	read_missed: AtomicBool,
+	/// Messages read by the read handle for the peer task, ever (activity, for the idle timeout).
+	read_by_handles: AtomicU64,
+	/// The connection's span, for what the read handle logs while it reads.
+	span: tracing::Span,
 }
+
+/// The read half of a transport that was dropped with its peer task: closes the socket even
+/// while handles keep the shared state.
+struct ReaderGone<B>(std::marker::PhantomData<fn() -> B>);
+
+impl<B: Body> TransportRead for ReaderGone<B> {
+	type Body = B;
+
+	fn poll_read_message(&mut self, _: &mut Context<'_>) -> Poll<Result<Option<Message<B>>, Error>> {
+		Poll::Ready(Ok(None))
+	}
+}
+
+/// The read half of the transport and what was read from it and not yet handed to the state.
+pub(crate) struct ReadSide<B> {
+	reader: Box<dyn TransportRead<Body = B>>,
+	/// Read and not yet handed to the state: the first may be waiting for room.
+	inbox: VecDeque<Message<B>>,
+	/// Whether handles may read through `reader` ([`TransportRead::shares_reads`]).
+	shares_reads: bool,
+	/// The transport has reported the remote's end of stream (the state hears of it once the
+	/// inbox is handed over).
+	eof: bool,
+	/// The transport failed (a protocol violation, a cut frame, an I/O error): the connection ends
+	/// with it once what was read before it is handed over.
+	error: Option<Error>,
+}
+
 
 impl<B> Shared<B> {
 	pub(crate) fn state(&self) -> MutexGuard<'_, Connection<B>> {
@@ -62,6 +105,107 @@ impl<B: Body> Shared<B> {
 	/// The error for an operation on a connection that has ended.
 	pub(crate) fn closed_error(&self) -> Error {
 		self.state().closed_error()
+	}
+
+	/// The read side, for the peer task, unless the read handle is reading through it: then
+	/// `None`, and the handle wakes the task when it is done.
+	fn try_read_side(&self) -> Option<MutexGuard<'_, ReadSide<B>>> {
+		let attempt = || match self.reading.try_lock() {
+			Ok(side) => Some(side),
+			Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+			Err(TryLockError::WouldBlock) => None,
+		};
+		if let Some(side) = attempt() {
+			return Some(side);
+		}
+		// Said before looking again, so that a holder that lets go in between either is seen
+		// letting go or sees the flag.
+		self.read_missed.store(true, AtomicOrdering::SeqCst);
+		let side = attempt()?;
+		self.read_missed.store(false, AtomicOrdering::Relaxed);
+		Some(side)
+	}
+
+	/// Read from the transport for the peer task while it sleeps, and hand what was read to the
+	/// state, on the caller's thread: the read handle does this when it has nothing to return,
+	/// so that in a steady flow the messages it returns were read by its own task, not by the
+	/// peer task on another thread and handed over (which costs a wake-up and moves every
+	/// message between processor caches). `driver` is the peer task's waker: the transport
+	/// registers it when it has nothing more, so the peer task, not the handle, hears of the
+	/// remote's next bytes, as if it had read all along.
+	///
+	/// Reads only in the plain case (the transport allows it, nothing read is waiting for room,
+	/// no end of stream or error noted); wakes the peer task for anything else it meets (the
+	/// end of stream, an error, a message without room, a frame begun and not finished, a look
+	/// of the task's own that found the read side taken). Returns whether it handed anything
+	/// over.
+	pub(crate) fn read_for_driver(&self, driver: &Waker) -> bool {
+		let mut guard = match self.reading.try_lock() {
+			Ok(side) => side,
+			Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+			Err(TryLockError::WouldBlock) => return false,
+		};
+		let side = &mut *guard;
+		if !side.shares_reads || side.eof || side.error.is_some() || !side.inbox.is_empty() {
+			return false;
+		}
+		let mut cx = Context::from_waker(driver);
+		let mut wake = false;
+		let mut bytes = 0;
+		for _ in 0..READ_BATCH {
+			match side.reader.poll_read_message(&mut cx) {
+				Poll::Ready(Ok(Some(message))) => {
+					bytes += message.body.len();
+					side.inbox.push_back(message);
+					if bytes >= INBOX_BYTES {
+						break;
+					}
+				},
+				Poll::Ready(Ok(None)) => {
+					side.eof = true;
+					wake = true;
+					break;
+				},
+				Poll::Ready(Err(error)) => {
+					if let Some(violation) = error.protocol_violation() {
+						tracing::warn!(parent: &self.span, "protocol violation by the remote: {violation}");
+						self.state().note_protocol_error();
+					}
+					side.error = Some(error);
+					wake = true;
+					break;
+				},
+				Poll::Pending => {
+					// The peer task times a frame begun (`Config::frame_timeout`).
+					wake |= side.reader.mid_frame();
+					break;
+				},
+			}
+		}
+		let read = side.inbox.len();
+		if read > 0 {
+			let mut state = self.state();
+			// The caller is the read handle, and looks at its queue again next.
+			state.forget_reader_waker();
+			while let Some(message) = side.inbox.pop_front() {
+				if let Err(message) = state.recv(message) {
+					side.inbox.push_front(message);
+					// The peer task takes it from here, and pauses reading.
+					wake = true;
+					break;
+				}
+			}
+			drop(state);
+			self.read_by_handles.fetch_add(read as u64, AtomicOrdering::Relaxed);
+		}
+		drop(guard);
+		if self.read_missed.swap(false, AtomicOrdering::SeqCst) {
+			wake = true;
+		}
+		if wake {
+			driver.wake_by_ref();
+		}
+		read > 0
 	}
 }
 
@@ -168,11 +312,22 @@ struct Flushed {
 /// Whatever the reason, every open request handle and every pending receive then fails with
 /// [`ErrorKind::ConnectionClosed`](crate::ErrorKind::ConnectionClosed).
 pub struct Peer<T: Transport> {
-	reader: T::Reader,
 	writer: T::Writer,
 	shared: Arc<Shared<T::Body>>,
-	/// Read and not yet handed to the state: the first may be waiting for room.
-	inbox: VecDeque<Message<T::Body>>,
+	/// `Shared::read_by_handles` when this task last looked.
+	seen_read_by_handles: u64,
+	/// Stream messages wait for the read handle and no request is open: reading is left to
+	/// the read handle (as of the last round; see `Connection::may_leave_reading`).
+	leave_reading: bool,
+	/// `Connection::reader_takes` as of the last round, and when reading was left to the read
+	/// handle (or last found it taking).
+	reader_takes: u64,
+	leave_seen_takes: u64,
+	/// While reading is left to the read handle: when to look whether it still takes messages.
+	leave_deadline: Option<Pin<Box<Sleep>>>,
+	/// What was read waits for room, a frame has begun, or the read handle holds the read side
+	/// (as of the last round): not idle.
+	read_busy: bool,
 	/// Taken from the state and not yet given to the transport.
 	batch: VecDeque<Outgoing<T::Body>>,
 	/// Metered messages given to the transport since the state last heard of it.
@@ -189,12 +344,6 @@ pub struct Peer<T: Transport> {
 	coalesce: Coalesce,
 	/// A handle waits for the flush or for room (a copy of the state's flags): do not hold back.
 	flush_wanted: bool,
-	/// The transport has reported the remote's end of stream (the state hears of it once the
-	/// inbox is handed over).
-	eof: bool,
-	/// The transport failed (a protocol violation, a cut frame, an I/O error): the connection ends
-	/// with it once what was read before it is handed over.
-	read_error: Option<Error>,
 	// Copies of the state's flags from the last round.
 	closing: bool,
 	remote_done: bool,
@@ -250,13 +399,27 @@ impl<T: Transport> Peer<T> {
 			flushed: Notify::new(),
 			info,
 			read_ahead: Default::default(),
+			reading: Mutex::new(ReadSide {
+				shares_reads: reader.shares_reads(),
+				reader: Box::new(reader),
+				inbox: VecDeque::new(),
+				eof: false,
+				error: None,
+			}),
+			read_missed: AtomicBool::new(false),
+			read_by_handles: AtomicU64::new(0),
+			span: span.clone(),
 		});
 		let handle = PeerHandle::new(shared.clone());
 		let peer = Self {
-			reader,
 			writer,
 			shared,
-			inbox: VecDeque::new(),
+			seen_read_by_handles: 0,
+			leave_reading: false,
+			reader_takes: 0,
+			leave_seen_takes: 0,
+			leave_deadline: None,
+			read_busy: false,
 			batch: VecDeque::new(),
 			taken_metered: 0,
 			taken_total: 0,
@@ -265,8 +428,6 @@ impl<T: Transport> Peer<T> {
 			flushed: None,
 			coalesce: Coalesce::new(),
 			flush_wanted: false,
-			eof: false,
-			read_error: None,
 			closing: false,
 			remote_done: false,
 			links: 1,
@@ -375,19 +536,32 @@ impl<T: Transport> Peer<T> {
 			// A message went either way this round (for the idle timeout).
 			let mut active = false;
 
-			// Read a batch, outside the lock. Nothing more while the inbox waits for room or
-			// replies of our own making wait to be written (reading could make more).
-			let may_read = !self.eof
-				&& self.read_error.is_none()
-				&& (self.closing || (self.inbox.is_empty() && !self.auto_replies_full));
+			// Messages the read handle read for this task since its last look.
+			let by_handles = self.shared.read_by_handles.load(AtomicOrdering::Relaxed);
+			if by_handles != self.seen_read_by_handles {
+				self.seen_read_by_handles = by_handles;
+				active = true;
+			}
+			// The read side, unless the read handle is reading through it: then this round
+			// neither reads nor hands over, and the handle wakes this task when it is done.
+			let leaving = self.leave_reading && self.poll_leave_reading(cx);
+			let mut side = self.shared.try_read_side();
+			// Read a batch, outside the state's lock. Nothing more while the inbox waits for room
+			// or replies of our own making wait to be written (reading could make more).
+			let may_read = side.as_ref().is_some_and(|side| {
+				!leaving
+					&& !side.eof
+					&& side.error.is_none()
+					&& (self.closing || (side.inbox.is_empty() && !self.auto_replies_full))
+			});
 			let mut waiting_for_remote = may_read && reader_parked;
 			let mut inbox_bytes = 0;
 			// Messages were read this round: another round reads on, unless the reader is
 			// registered for the remote's next bytes already.
 			let mut read_any = false;
-			if may_read && !reader_parked {
+			if let Some(side) = side.as_deref_mut().filter(|_| may_read && !reader_parked) {
 				for _ in 0..READ_BATCH {
-					match self.reader.poll_read_message(cx) {
+					match side.reader.poll_read_message(cx) {
 						Poll::Ready(Ok(Some(message))) => {
 							read_any = true;
 							if self.closing {
@@ -399,7 +573,7 @@ impl<T: Transport> Peer<T> {
 							}
 							self.frame_deadline = None;
 							inbox_bytes += message.body.len();
-							self.inbox.push_back(message);
+							side.inbox.push_back(message);
 							active = true;
 							if inbox_bytes >= INBOX_BYTES {
 								// Handed over before reading more: what the state refuses is
@@ -408,7 +582,7 @@ impl<T: Transport> Peer<T> {
 							}
 						},
 						Poll::Ready(Ok(None)) => {
-							self.eof = true;
+							side.eof = true;
 							progress = true;
 							break;
 						},
@@ -418,7 +592,7 @@ impl<T: Transport> Peer<T> {
 								self.shared.state().note_protocol_error();
 							}
 							// Reported once what came before it is handed over (below).
-							self.read_error = Some(error);
+							side.error = Some(error);
 							break;
 						},
 						Poll::Pending => {
@@ -439,25 +613,27 @@ impl<T: Transport> Peer<T> {
 				if let Some(flushed) = &flushed {
 					state.on_flushed(flushed.cost, flushed.auto_replies, flushed.total);
 				}
-				let waiting = self.inbox.len();
-				while let Some(message) = self.inbox.pop_front() {
-					if let Err(message) = state.recv(message) {
-						self.inbox.push_front(message);
-						break;
+				if let Some(side) = side.as_deref_mut() {
+					let waiting = side.inbox.len();
+					while let Some(message) = side.inbox.pop_front() {
+						if let Err(message) = state.recv(message) {
+							side.inbox.push_front(message);
+							break;
+						}
 					}
-				}
-				if (read_any || self.inbox.len() < waiting) && !reader_parked {
-					// Handed over: read again (which also registers for the remote's bytes),
-					// unless the reader is registered already.
-					progress = true;
-				}
-				if self.eof && !self.remote_done && self.inbox.is_empty() {
-					tracing::debug!(
-						unanswered = state.unanswered(),
-						"the remote closed its side; answering what it asked, then closing"
-					);
-					state.remote_done();
-					progress = true;
+					if (read_any || side.inbox.len() < waiting) && !reader_parked {
+						// Handed over: read again (which also registers for the remote's bytes),
+						// unless the reader is registered already.
+						progress = true;
+					}
+					if side.eof && !self.remote_done && side.inbox.is_empty() {
+						tracing::debug!(
+							unanswered = state.unanswered(),
+							"the remote closed its side; answering what it asked, then closing"
+						);
+						state.remote_done();
+						progress = true;
+					}
 				}
 				if self.batch.is_empty() {
 					self.state_drained = !state.take_outgoing(&mut self.batch);
@@ -479,8 +655,20 @@ impl<T: Transport> Peer<T> {
 					progress = true;
 				}
 				self.auto_replies_full = auto_replies_full;
-				// Reading waits for the application (or for automatic replies to be written).
-				state.set_read_paused(!self.closing && (!self.inbox.is_empty() || auto_replies_full));
+				self.reader_takes = state.reader_takes();
+				let leave_reading = state.may_leave_reading();
+				if self.leave_reading && !leave_reading {
+					// Reading is this task's again: another round, which polls the reader.
+					progress = true;
+				}
+				self.leave_reading = leave_reading;
+				if !leave_reading {
+					self.leave_deadline = None;
+				}
+				if let Some(side) = side.as_deref() {
+					// Reading waits for the application (or for automatic replies to be written).
+					state.set_read_paused(!self.closing && (!side.inbox.is_empty() || auto_replies_full));
+				}
 				if self.idle_timeout.is_some() {
 					self.state_idle =
 						state.is_idle() && self.shared.read_ahead.load(std::sync::atomic::Ordering::Relaxed) == 0;
@@ -491,11 +679,19 @@ impl<T: Transport> Peer<T> {
 				self.flush_wanted = state.flush_wanted || state.room_wanted;
 				(notify_room, notify_flushed)
 			};
-			if self.inbox.is_empty() {
-				if let Some(error) = self.read_error.take() {
-					return Poll::Ready(Err(error));
+			// What the idle timeout and the frame timeout need to know of the read side; while
+			// the read handle holds it, it is busy.
+			let mid_frame = side.as_ref().is_none_or(|side| side.reader.mid_frame());
+			self.read_busy = side.as_ref().is_none_or(|side| !side.inbox.is_empty()) || mid_frame;
+			if let Some(side) = side.as_deref_mut() {
+				if side.inbox.is_empty() {
+					if let Some(error) = side.error.take() {
+						return Poll::Ready(Err(error));
+					}
 				}
 			}
+			let side_held = side.is_some();
+			drop(side);
 			if notify_room {
 				self.shared.room.notify_waiters();
 			}
@@ -570,13 +766,13 @@ impl<T: Transport> Peer<T> {
 			}
 
 			if let Some(timeout) = self.frame_timeout {
-				if waiting_for_remote && self.reader.mid_frame() {
+				if waiting_for_remote && mid_frame {
 					let deadline = self.frame_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
 					if deadline.as_mut().poll(cx).is_ready() {
 						tracing::warn!("the remote began a frame and did not finish it within {timeout:?}");
 						return Poll::Ready(Err(Error::timeout(timeout)));
 					}
-				} else {
+				} else if side_held {
 					// Between frames, or not reading because of our own backpressure: the next
 					// frame gets the whole timeout.
 					self.frame_deadline = None;
@@ -624,6 +820,34 @@ impl<T: Transport> Peer<T> {
 		self.metrics.publish(&stats);
 	}
 
+	/// Whether to leave reading to the read handle this round (`leave_reading` holds): while it
+	/// keeps taking messages, checked every [`LEAVE_READING_FOR`]. Once it took nothing for that
+	/// long (an application that does not read now), this task reads again, so that what the
+	/// remote sends behind (an error, the end of the stream) is not left unread.
+	fn poll_leave_reading(&mut self, cx: &mut Context<'_>) -> bool {
+		let takes = self.reader_takes;
+		let deadline = match &mut self.leave_deadline {
+			Some(deadline) => deadline,
+			None => {
+				self.leave_seen_takes = takes;
+				self.leave_deadline.insert(Box::pin(tokio::time::sleep(LEAVE_READING_FOR)))
+			},
+		};
+		if deadline.as_mut().poll(cx).is_pending() {
+			return true;
+		}
+		if takes != self.leave_seen_takes {
+			// Still taking: leave it for another while.
+			self.leave_seen_takes = takes;
+			deadline.as_mut().reset(Instant::now() + LEAVE_READING_FOR);
+			if deadline.as_mut().poll(cx).is_pending() {
+				return true;
+			}
+		}
+		self.leave_deadline = None;
+		false
+	}
+
 	/// Everything given to the transport so far is written: tell the state in the next round.
 	fn note_flushed(&mut self) {
 		self.coalesce.flushed();
@@ -636,7 +860,10 @@ impl<T: Transport> Peer<T> {
 	/// Let the transport give back buffers grown for a large message once the connection has been
 	/// quiet for [`RELEASE_SPARE_AFTER`]. Costs nothing (no timer) while it holds none.
 	fn poll_release_spare(&mut self, cx: &mut Context<'_>) {
-		if !self.reader.holds_spare_memory() && !self.writer.holds_spare_memory() {
+		// The read side is busy while the read handle holds it: looked at again next time.
+		let reader_holds =
+			self.shared.reading.try_lock().map(|side| side.reader.holds_spare_memory()).unwrap_or(false);
+		if !reader_holds && !self.writer.holds_spare_memory() {
 			self.release_deadline = None;
 			return;
 		}
@@ -647,7 +874,9 @@ impl<T: Transport> Peer<T> {
 		let deadline = self.release_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(RELEASE_SPARE_AFTER)));
 		while deadline.as_mut().poll(cx).is_ready() {
 			if self.quiet_since_look {
-				self.reader.release_spare_memory();
+				if let Ok(mut side) = self.shared.reading.try_lock() {
+					side.reader.release_spare_memory();
+				}
 				self.writer.release_spare_memory();
 				self.release_deadline = None;
 				return;
@@ -677,9 +906,8 @@ impl<T: Transport> Peer<T> {
 		let idle = now.duration_since(self.last_activity) >= timeout
 			&& self.state_idle
 			&& self.batch.is_empty()
-			&& self.inbox.is_empty()
 			&& !self.writer.has_queued()
-			&& !self.reader.mid_frame();
+			&& !self.read_busy;
 		if idle {
 			tracing::info!("idle for {timeout:?}: closing the connection");
 			self.shared.state().request_close();
@@ -693,7 +921,6 @@ impl<T: Transport> Peer<T> {
 		// then the next round looks again).
 		deadline.as_mut().poll(cx).is_ready()
 	}
-
 	/// Give a message to the transport; one it refuses is dropped with an error log (handles
 	/// check the limits before queuing, so this is a configuration mismatch).
 	fn write(&mut self, message: Message<T::Body>) {
@@ -705,12 +932,22 @@ impl<T: Transport> Peer<T> {
 			}
 		}
 	}
+
+
 }
 
 impl<T: Transport> Drop for Peer<T> {
 	fn drop(&mut self) {
 		// Reached at the end of `run`, or when a peer is dropped without running. Every handle
 		// is woken and reports the reason set first.
+		// The transport goes with the peer task, also its read half, which the handles share
+		// (what was read and not handed over, descriptors included, goes with it).
+		{
+			let mut side = self.shared.reading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+			side.reader = Box::new(ReaderGone(std::marker::PhantomData));
+			side.shares_reads = false;
+			side.inbox.clear();
+		}
 		let mut state = self.shared.state();
 		state.end(Error::closed_locally());
 		#[cfg(feature = "metrics")]

@@ -6,6 +6,7 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use crate::error::Error;
 use crate::message::{Body, IntoBody, Message};
@@ -262,6 +263,9 @@ impl<B: Body> PeerHandle<B> {
 	}
 }
 
+/// Batches the read handle reads for the peer task in one poll of `recv_message`.
+const READS_PER_POLL: usize = 4;
+
 /// The receiving half of a [`PeerHandle`].
 ///
 /// Holds the queue of incoming requests and stream messages. If it is dropped while the
@@ -297,7 +301,26 @@ impl<B: Body> PeerReadHandle<B> {
 			shared.read_ahead.store(ahead.len(), Ordering::Relaxed);
 			return Ok(ReceivedMessage::Stream(message));
 		}
-		let incoming = poll_fn(|cx| shared.state().poll_recv_incoming_ahead(cx.waker(), ahead)).await?;
+		let incoming = poll_fn(|cx| {
+			// A few reads for the peer task per poll, so that a flow of messages for other
+			// handles cannot keep this task polling.
+			for _ in 0..READS_PER_POLL {
+				let mut state = shared.state();
+				if let Poll::Ready(incoming) = state.poll_recv_incoming_ahead(cx.waker(), ahead) {
+					return Poll::Ready(incoming);
+				}
+				// Nothing here: read for the peer task if it sleeps (the messages then stay on
+				// this thread), and look again if that brought anything.
+				let Some(driver) = state.driver_waker_for_reading() else { return Poll::Pending };
+				drop(state);
+				if !shared.read_for_driver(&driver) {
+					return Poll::Pending;
+				}
+			}
+			cx.waker().wake_by_ref();
+			Poll::Pending
+		})
+		.await?;
 		if !ahead.is_empty() {
 			shared.read_ahead.store(ahead.len(), Ordering::Relaxed);
 		}

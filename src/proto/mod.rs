@@ -31,6 +31,17 @@
 //! task; the requester's peer task reads the response and wakes the requester. No channel is
 //! made per request and nothing is allocated for one beyond amortised growth of the slabs and
 //! queues.
+//!
+//! # Who reads
+//!
+//! The peer task reads the transport, except when the read handle has nothing to return and the
+//! peer task sleeps: then the read handle reads for it, on its own thread, with the peer task's
+//! waker, and hands what it read to this state as the peer task would (`Shared::read_for_driver`
+//! in `peer`). While stream messages wait for the read handle and no request is open
+//! ([`Connection::may_leave_reading`]), the peer task leaves the reading to it, looking every
+//! 2 ms whether it still takes messages. So a steady flow of stream messages is read, routed and
+//! returned by one task on one thread, with no hand-off, as a hand-written read loop would; a
+//! request, a response or an update still takes the hand-offs above.
 
 pub(crate) mod store;
 pub(crate) mod tables;
@@ -255,6 +266,8 @@ pub struct Connection<B> {
 	incoming: VecDeque<Incoming<B>>,
 	reader_waker: Option<Waker>,
 	reader_gone: bool,
+	/// How many times the read handle took something, ever (whether it is busy reading).
+	reader_takes: u64,
 	/// Bytes received and not yet taken by a handle, all queues together.
 	buffered: usize,
 	/// Bytes of received requests not yet answered.
@@ -314,6 +327,7 @@ impl<B: Body> Connection<B> {
 			incoming: VecDeque::new(),
 			reader_waker: None,
 			reader_gone: false,
+			reader_takes: 0,
 			buffered: 0,
 			unanswered_bytes: 0,
 			outgoing: VecDeque::new(),
@@ -805,6 +819,7 @@ impl<B: Body> Connection<B> {
 			if let Incoming::Request { .. } = incoming {
 				self.links += 1;
 			}
+			self.reader_takes += 1;
 			self.release_buffered(cost(len, self.limits.incoming_bytes));
 			return Poll::Ready(Ok(incoming));
 		}
@@ -845,6 +860,45 @@ impl<B: Body> Connection<B> {
 			}
 		}
 		first
+	}
+
+	/// The peer task's waker, if the read handle may read from the transport for it now
+	/// (`Shared::read_for_driver`): the task sleeps, and the connection is open and reading,
+	/// with nothing waiting for room.
+	pub fn driver_waker_for_reading(&self) -> Option<Waker> {
+		if self.closing
+			|| self.remote_done
+			|| self.ended
+			|| self.driver_blocked
+			|| self.read_paused_since.is_some()
+			|| self.too_many_auto_replies()
+		{
+			return None;
+		}
+		self.driver_waker.clone()
+	}
+
+	/// Whether the peer task may leave reading to the read handle for now: stream messages wait
+	/// for it (so it will be back, and reads for the peer task once it has taken them all, see
+	/// `Shared::read_for_driver`), and no request is open, so no other handle waits for what
+	/// the remote sends. Opening a request ends it (the peer task is woken for the request).
+	pub fn may_leave_reading(&self) -> bool {
+		!self.incoming.is_empty()
+			&& self.requests.is_empty()
+			&& !self.reader_gone
+			&& !self.closing
+			&& !self.remote_done
+			&& !self.ended
+	}
+
+	/// How many times the read handle took something, ever.
+	pub fn reader_takes(&self) -> u64 {
+		self.reader_takes
+	}
+
+	/// Forget the read handle's waker: it looks at its queue again without being woken.
+	pub fn forget_reader_waker(&mut self) {
+		self.reader_waker = None;
 	}
 
 	/// The read handle was dropped: refuse what the remote opens from now on, and answer what

@@ -109,6 +109,10 @@ pub struct MemoryReader<B: Body> {
 impl<B: Body> TransportRead for MemoryReader<B> {
 	type Body = B;
 
+	fn shares_reads(&self) -> bool {
+		true
+	}
+
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<B>>, Error>> {
 		let Some(message) = ready!(self.incoming.poll_recv(cx)) else {
 			return Poll::Ready(Ok(None));

@@ -65,6 +65,18 @@ pub trait TransportRead: Send + Unpin + 'static {
 		false
 	}
 
+	/// Whether a task other than the peer task may read through this reader: the read handle,
+	/// when it has nothing to return and the peer task sleeps, reads for the peer task on its
+	/// own thread, passing the peer task's waker (so the peer task hears of the remote's next
+	/// bytes as if it had read all along). In a steady flow the messages it returns then never
+	/// cross threads. Only one task reads at a time, and never while awaiting.
+	///
+	/// The default, `false`, keeps every read on the peer task, for a reader bound to the
+	/// thread or context that task runs on. The crate's own readers say `true`.
+	fn shares_reads(&self) -> bool {
+		false
+	}
+
 	/// Whether the reader holds memory grown for a large message that it could let go of. The
 	/// peer calls [`release_spare_memory`](Self::release_spare_memory) once the connection has
 	/// been quiet for a moment, so that a steady flow of large messages keeps its buffers and

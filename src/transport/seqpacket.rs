@@ -627,6 +627,10 @@ impl UnixSeqpacketReader {
 impl TransportRead for UnixSeqpacketReader {
 	type Body = UnixBody;
 
+	fn shares_reads(&self) -> bool {
+		true
+	}
+
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<UnixBody>>, Error>> {
 		loop {
 			if let Some(message) = self.ready.pop_front() {

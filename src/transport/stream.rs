@@ -149,6 +149,10 @@ impl<R: AsyncRead + Send + Unpin + 'static> StreamReader<R> {
 impl<R: AsyncRead + Send + Unpin + 'static> TransportRead for StreamReader<R> {
 	type Body = Bytes;
 
+	fn shares_reads(&self) -> bool {
+		true
+	}
+
 	fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<Bytes>>, Error>> {
 		loop {
 			if let Some(message) = self.codec.decode(&mut self.buffer)? {
