@@ -132,7 +132,8 @@ async fn send(side: Side, socket: Either) {
 			peerwire_sender(peerwire::transport::tcp::TcpTransport::from_socket(socket, &config).unwrap(), body).await
 		},
 		(Side::Peerwire, Either::Unix(socket)) => {
-			let transport = peerwire::transport::unix_stream::UnixStreamTransport::from_socket(socket, &config).unwrap();
+			let transport =
+				peerwire::transport::unix_stream::UnixStreamTransport::from_socket(socket, &config).unwrap();
 			peerwire_sender(transport, body).await
 		},
 	}
@@ -144,10 +145,12 @@ async fn receive(side: Side, socket: Either, count: Arc<AtomicU64>) {
 		(Side::Raw, Either::Tcp(socket)) => raw_receiver(socket, count).await,
 		(Side::Raw, Either::Unix(socket)) => raw_receiver(socket, count).await,
 		(Side::Peerwire, Either::Tcp(socket)) => {
-			peerwire_receiver(peerwire::transport::tcp::TcpTransport::from_socket(socket, &config).unwrap(), count).await
+			peerwire_receiver(peerwire::transport::tcp::TcpTransport::from_socket(socket, &config).unwrap(), count)
+				.await
 		},
 		(Side::Peerwire, Either::Unix(socket)) => {
-			let transport = peerwire::transport::unix_stream::UnixStreamTransport::from_socket(socket, &config).unwrap();
+			let transport =
+				peerwire::transport::unix_stream::UnixStreamTransport::from_socket(socket, &config).unwrap();
 			peerwire_receiver(transport, count).await
 		},
 	}
@@ -195,7 +198,12 @@ fn main() {
 			other => panic!("unknown argument {other:?}: use --reps N or --quick"),
 		}
 	}
-	let pairings = [(Side::Raw, Side::Raw), (Side::Raw, Side::Peerwire), (Side::Peerwire, Side::Raw), (Side::Peerwire, Side::Peerwire)];
+	let pairings = [
+		(Side::Raw, Side::Raw),
+		(Side::Raw, Side::Peerwire),
+		(Side::Peerwire, Side::Raw),
+		(Side::Peerwire, Side::Peerwire),
+	];
 	println!("## Which half sets the pace: 64-byte stream messages, {reps} repetitions\n");
 	println!("| socket | sender → receiver | rate (median) | / raw → raw of the same repetition (median, range) |");
 	println!("|---|---|---|---|");

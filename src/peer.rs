@@ -91,7 +91,6 @@ pub(crate) struct ReadSide<B> {
 	error: Option<Error>,
 }
 
-
 impl<B> Shared<B> {
 	pub(crate) fn state(&self) -> MutexGuard<'_, Connection<B>> {
 		// Every change of the state is made by one method call that cannot panic half-way on
@@ -550,8 +549,7 @@ impl<T: Transport> Peer<T> {
 			// or replies of our own making wait to be written (reading could make more).
 			let may_read = side.as_ref().is_some_and(|side| {
 				!leaving
-					&& !side.eof
-					&& side.error.is_none()
+					&& !side.eof && side.error.is_none()
 					&& (self.closing || (side.inbox.is_empty() && !self.auto_replies_full))
 			});
 			let mut waiting_for_remote = may_read && reader_parked;
@@ -861,8 +859,7 @@ impl<T: Transport> Peer<T> {
 	/// quiet for [`RELEASE_SPARE_AFTER`]. Costs nothing (no timer) while it holds none.
 	fn poll_release_spare(&mut self, cx: &mut Context<'_>) {
 		// The read side is busy while the read handle holds it: looked at again next time.
-		let reader_holds =
-			self.shared.reading.try_lock().map(|side| side.reader.holds_spare_memory()).unwrap_or(false);
+		let reader_holds = self.shared.reading.try_lock().map(|side| side.reader.holds_spare_memory()).unwrap_or(false);
 		if !reader_holds && !self.writer.holds_spare_memory() {
 			self.release_deadline = None;
 			return;
@@ -932,8 +929,6 @@ impl<T: Transport> Peer<T> {
 			}
 		}
 	}
-
-
 }
 
 impl<T: Transport> Drop for Peer<T> {
