@@ -18,7 +18,8 @@
 //! Each run warms up for 300 ms, then counts the messages received in 5 windows of 400 ms; its
 //! figure is the median window. Pairings alternate within each repetition, and every ratio is
 //! against raw → raw of the same repetition (a shared machine drifts). Results go to stdout as a
-//! Markdown table.
+//! Markdown table. The exit status is non-zero if a pairing received nothing at all (broken, not
+//! slow); a slow pairing never fails the run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,8 +157,9 @@ async fn receive(side: Side, socket: Either, count: Arc<AtomicU64>) {
 	}
 }
 
-/// Messages per second received in one run: the median of the windows.
-fn run(socket: Socket, sender: Side, receiver: Side, warm: Duration, window: Duration, windows: usize) -> f64 {
+/// Messages per second received in one run (the median of the windows), and how many were
+/// received in all, warm-up included.
+fn run(socket: Socket, sender: Side, receiver: Side, warm: Duration, window: Duration, windows: usize) -> (f64, u64) {
 	let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 	let rate = runtime.block_on(async {
 		let (ours, theirs) = pair(socket).await;
@@ -171,7 +173,7 @@ fn run(socket: Socket, sender: Side, receiver: Side, warm: Duration, window: Dur
 			tokio::time::sleep(window).await;
 			rates.push((count.load(Ordering::Relaxed) - before) as f64 / start.elapsed().as_secs_f64());
 		}
-		median(&mut rates)
+		(median(&mut rates), count.load(Ordering::Relaxed))
 	});
 	runtime.shutdown_timeout(Duration::from_millis(100));
 	rate
@@ -213,7 +215,12 @@ fn main() {
 		for rep in 0..reps {
 			let mut baseline = 0.0;
 			for (i, &(sender, receiver)) in pairings.iter().enumerate() {
-				let rate = run(socket, sender, receiver, warm, window, windows);
+				let (rate, received) = run(socket, sender, receiver, warm, window, windows);
+				if received == 0 {
+					// Broken, not slow: nothing at all arrived, warm-up included.
+					eprintln!("{socket:?} {sender:?} -> {receiver:?}: no message arrived");
+					std::process::exit(1);
+				}
 				eprintln!("[{}/{reps}] {socket:?} {sender:?} -> {receiver:?}: {:.2} M/s", rep + 1, rate / 1e6);
 				if i == 0 {
 					baseline = rate;
