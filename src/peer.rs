@@ -4,6 +4,13 @@
 //! Each round it reads a batch of messages (decoding outside the lock), takes the lock once to
 //! hand them to the state and take what the handles queued, then writes and flushes outside the
 //! lock. Timers (close, frame, idle, letting go of spare buffers) live here, not in the state.
+//!
+//! The transport's read half is shared with the read handle (`Shared::reading`): while this
+//! task sleeps, a read handle with nothing to return reads for it, on its own thread and with
+//! this task's waker ([`Shared::read_for_driver`]), and while stream messages wait for the read
+//! handle and no request is open this task leaves the reading to it
+//! ([`Peer::poll_leave_reading`]). Both sides only `try_lock` the read half; the lock order is
+//! the read half, then the state.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
