@@ -67,8 +67,6 @@ pub(crate) struct Shared<B> {
 	read_missed: AtomicBool,
 	/// Messages read by the read handle for the peer task, ever (activity, for the idle timeout).
 	read_by_handles: AtomicU64,
-	/// The connection's span, for what the read handle logs while it reads.
-	span: tracing::Span,
 }
 
 /// The read half of a transport that was dropped with its peer task: closes the socket even
@@ -81,6 +79,18 @@ impl<B: Body> TransportRead for ReaderGone<B> {
 	fn poll_read_message(&mut self, _: &mut Context<'_>) -> Poll<Result<Option<Message<B>>, Error>> {
 		Poll::Ready(Ok(None))
 	}
+}
+
+/// Why a batch of reads ([`Shared::read_batch`]) stopped.
+enum Stopped {
+	/// A whole batch, or enough bytes, was read.
+	Enough,
+	/// Nothing more has arrived: the reader holds the waker it was given.
+	Pending,
+	/// The remote closed its side.
+	Eof,
+	/// The transport failed.
+	Error,
 }
 
 /// The read half of the transport and what was read from it and not yet handed to the state.
@@ -132,6 +142,41 @@ impl<B: Body> Shared<B> {
 		Some(side)
 	}
 
+	/// Read up to [`READ_BATCH`] messages through `side` into its inbox, stopping once
+	/// [`INBOX_BYTES`] of bodies are read (handed over before reading more: what the state
+	/// refuses is let go at once, so reading ahead holds little), at the end of the stream or an
+	/// error (noted in `side`; a protocol violation is logged and counted), or when nothing more
+	/// has arrived. For the peer task and for the read handle reading for it alike.
+	fn read_batch(&self, side: &mut ReadSide<B>, cx: &mut Context<'_>) -> Stopped {
+		let mut bytes = 0;
+		for _ in 0..READ_BATCH {
+			match side.reader.poll_read_message(cx) {
+				Poll::Ready(Ok(Some(message))) => {
+					bytes += message.body.len();
+					side.inbox.push_back(message);
+					if bytes >= INBOX_BYTES {
+						return Stopped::Enough;
+					}
+				},
+				Poll::Ready(Ok(None)) => {
+					side.eof = true;
+					return Stopped::Eof;
+				},
+				Poll::Ready(Err(error)) => {
+					if let Some(violation) = error.protocol_violation() {
+						let mut state = self.state();
+						tracing::warn!(parent: state.span(), "protocol violation by the remote: {violation}");
+						state.note_protocol_error();
+					}
+					side.error = Some(error);
+					return Stopped::Error;
+				},
+				Poll::Pending => return Stopped::Pending,
+			}
+		}
+		Stopped::Enough
+	}
+
 	/// Read from the transport for the peer task while it sleeps, and hand what was read to the
 	/// state, on the caller's thread: the read handle does this when it has nothing to return,
 	/// so that in a steady flow the messages it returns were read by its own task, not by the
@@ -155,39 +200,12 @@ impl<B: Body> Shared<B> {
 		if !side.shares_reads || side.eof || side.error.is_some() || !side.inbox.is_empty() {
 			return false;
 		}
-		let mut cx = Context::from_waker(driver);
-		let mut wake = false;
-		let mut bytes = 0;
-		for _ in 0..READ_BATCH {
-			match side.reader.poll_read_message(&mut cx) {
-				Poll::Ready(Ok(Some(message))) => {
-					bytes += message.body.len();
-					side.inbox.push_back(message);
-					if bytes >= INBOX_BYTES {
-						break;
-					}
-				},
-				Poll::Ready(Ok(None)) => {
-					side.eof = true;
-					wake = true;
-					break;
-				},
-				Poll::Ready(Err(error)) => {
-					if let Some(violation) = error.protocol_violation() {
-						tracing::warn!(parent: &self.span, "protocol violation by the remote: {violation}");
-						self.state().note_protocol_error();
-					}
-					side.error = Some(error);
-					wake = true;
-					break;
-				},
-				Poll::Pending => {
-					// The peer task times a frame begun (`Config::frame_timeout`).
-					wake |= side.reader.mid_frame();
-					break;
-				},
-			}
-		}
+		let mut wake = match self.read_batch(side, &mut Context::from_waker(driver)) {
+			Stopped::Eof | Stopped::Error => true,
+			// The peer task times a frame begun (`Config::frame_timeout`).
+			Stopped::Pending => side.reader.mid_frame(),
+			Stopped::Enough => false,
+		};
 		let read = side.inbox.len();
 		if read > 0 {
 			let mut state = self.state();
@@ -414,7 +432,6 @@ impl<T: Transport> Peer<T> {
 			}),
 			read_missed: AtomicBool::new(false),
 			read_by_handles: AtomicU64::new(0),
-			span: span.clone(),
 		});
 		let handle = PeerHandle::new(shared.clone());
 		let peer = Self {
@@ -560,52 +577,35 @@ impl<T: Transport> Peer<T> {
 					&& (self.closing || (side.inbox.is_empty() && !self.auto_replies_full))
 			});
 			let mut waiting_for_remote = may_read && reader_parked;
-			let mut inbox_bytes = 0;
 			// Messages were read this round: another round reads on, unless the reader is
 			// registered for the remote's next bytes already.
 			let mut read_any = false;
 			if let Some(side) = side.as_deref_mut().filter(|_| may_read && !reader_parked) {
-				for _ in 0..READ_BATCH {
-					match side.reader.poll_read_message(cx) {
-						Poll::Ready(Ok(Some(message))) => {
-							read_any = true;
-							if self.closing {
-								// Kept reading only so that a remote that hangs up ends the wait
-								// for the flush.
-								tracing::debug!(header = ?message.header, "closing: dropped an incoming message");
-								self.shared.state().note_dropped_while_closing(&message.header, message.body.len());
-								continue;
-							}
-							self.frame_deadline = None;
-							inbox_bytes += message.body.len();
-							side.inbox.push_back(message);
-							active = true;
-							if inbox_bytes >= INBOX_BYTES {
-								// Handed over before reading more: what the state refuses is
-								// let go at once, so reading ahead holds little.
-								break;
-							}
-						},
-						Poll::Ready(Ok(None)) => {
-							side.eof = true;
-							progress = true;
-							break;
-						},
-						Poll::Ready(Err(error)) => {
-							if let Some(violation) = error.protocol_violation() {
-								tracing::warn!("protocol violation by the remote: {violation}");
-								self.shared.state().note_protocol_error();
-							}
-							// Reported once what came before it is handed over (below).
-							side.error = Some(error);
-							break;
-						},
-						Poll::Pending => {
-							waiting_for_remote = true;
-							reader_parked = true;
-							break;
-						},
+				let before = side.inbox.len();
+				let stopped = self.shared.read_batch(side, cx);
+				if side.inbox.len() > before {
+					read_any = true;
+					if self.closing {
+						// Kept reading only so that a remote that hangs up ends the wait for the
+						// flush.
+						let mut state = self.shared.state();
+						for message in side.inbox.drain(before..) {
+							tracing::debug!(header = ?message.header, "closing: dropped an incoming message");
+							state.note_dropped_while_closing(&message.header, message.body.len());
+						}
+					} else {
+						self.frame_deadline = None;
+						active = true;
 					}
+				}
+				match stopped {
+					Stopped::Eof => progress = true,
+					Stopped::Pending => {
+						waiting_for_remote = true;
+						reader_parked = true;
+					},
+					// An error is reported once what came before it is handed over (below).
+					Stopped::Error | Stopped::Enough => {},
 				}
 			}
 

@@ -360,6 +360,11 @@ impl<B: Body> Connection<B> {
 		self.span = span;
 	}
 
+	/// The connection's span.
+	pub fn span(&self) -> &tracing::Span {
+		&self.span
+	}
+
 	/// The span of a new request, at `debug`, if a subscriber wants it.
 	#[inline]
 	fn request_span(&self, direction: &'static str, request_id: u32, service_id: i32) -> Option<Box<RequestSpan>> {
