@@ -106,6 +106,9 @@ pub(crate) struct ReadSide<B> {
 	/// The transport failed (a protocol violation, a cut frame, an I/O error): the connection ends
 	/// with it once what was read before it is handed over.
 	error: Option<Error>,
+	/// The read handle found the reader holding spare memory after reading for the peer task,
+	/// and woke the task, which times its release (told again once it is released).
+	spare_told: bool,
 }
 
 impl<B> Shared<B> {
@@ -206,6 +209,10 @@ impl<B: Body> Shared<B> {
 			Stopped::Pending => side.reader.mid_frame(),
 			Stopped::Enough => false,
 		};
+		// The reader grew its buffers for a large message: the peer task times their release.
+		if side.reader.holds_spare_memory() && !std::mem::replace(&mut side.spare_told, true) {
+			wake = true;
+		}
 		let read = side.inbox.len();
 		if read > 0 {
 			let mut state = self.state();
@@ -429,6 +436,7 @@ impl<T: Transport> Peer<T> {
 				inbox: VecDeque::new(),
 				eof: false,
 				error: None,
+				spare_told: false,
 			}),
 			read_missed: AtomicBool::new(false),
 			read_by_handles: AtomicU64::new(0),
@@ -561,7 +569,8 @@ impl<T: Transport> Peer<T> {
 
 			// Messages the read handle read for this task since its last look.
 			let by_handles = self.shared.read_by_handles.load(AtomicOrdering::Relaxed);
-			if by_handles != self.seen_read_by_handles {
+			let read_by_handles = by_handles != self.seen_read_by_handles;
+			if read_by_handles {
 				self.seen_read_by_handles = by_handles;
 				active = true;
 			}
@@ -792,8 +801,13 @@ impl<T: Transport> Peer<T> {
 			}
 			if active {
 				self.quiet_since_look = false;
-			} else if !progress {
-				self.poll_release_spare(cx);
+			}
+			if !progress && !active {
+				self.poll_release_spare(cx, false);
+			} else if read_by_handles {
+				// The read handle read for this task, perhaps a large message: the release is
+				// timed from here, as it is after a round of this task's own reading.
+				self.poll_release_spare(cx, true);
 			}
 
 			if !progress || held {
@@ -864,22 +878,25 @@ impl<T: Transport> Peer<T> {
 
 	/// Let the transport give back buffers grown for a large message once the connection has been
 	/// quiet for [`RELEASE_SPARE_AFTER`]. Costs nothing (no timer) while it holds none.
-	fn poll_release_spare(&mut self, cx: &mut Context<'_>) {
-		// The read side is busy while the read handle holds it: looked at again next time.
-		let reader_holds = self.shared.reading.try_lock().map(|side| side.reader.holds_spare_memory()).unwrap_or(false);
+	/// `active`: this round moved messages.
+	fn poll_release_spare(&mut self, cx: &mut Context<'_>, active: bool) {
+		// The read side is busy while the read handle reads through it: it may hold spare memory
+		// (the timer stays armed, and the release looks again).
+		let reader_holds = self.shared.reading.try_lock().map(|side| side.reader.holds_spare_memory()).unwrap_or(true);
 		if !reader_holds && !self.writer.holds_spare_memory() {
 			self.release_deadline = None;
 			return;
 		}
 		if self.release_deadline.is_none() {
-			// Armed at a quiet moment: this round moved nothing.
-			self.quiet_since_look = true;
+			// Armed at a quiet moment (this round moved nothing), or after the read handle read.
+			self.quiet_since_look = !active;
 		}
 		let deadline = self.release_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(RELEASE_SPARE_AFTER)));
 		while deadline.as_mut().poll(cx).is_ready() {
 			if self.quiet_since_look {
 				if let Ok(mut side) = self.shared.reading.try_lock() {
 					side.reader.release_spare_memory();
+					side.spare_told = false;
 				}
 				self.writer.release_spare_memory();
 				self.release_deadline = None;
@@ -1021,6 +1038,40 @@ mod tests {
 				>,
 			>,
 		>();
+	}
+
+	/// A large message that the read handle reads for the peer task grows the reader's buffer
+	/// like one the peer task reads: the buffer is let go once the connection is quiet.
+	#[tokio::test]
+	async fn a_large_message_read_by_the_read_handle_lets_its_buffer_go() {
+		use tokio::io::AsyncWriteExt;
+
+		const LEN: usize = 4 << 20;
+		let config = Config::default().with_max_body_len_read(2 * LEN);
+		let (ours, mut theirs) = tokio::io::duplex(2 * LEN);
+		let (read, write) = tokio::io::split(ours);
+		let (peer, mut handle) = Peer::new(crate::StreamTransport::new(read, write, &config), &config);
+		let shared = peer.shared.clone();
+		tokio::spawn(peer.run());
+		// The peer task looks at the reader once and sleeps.
+		tokio::task::yield_now().await;
+		let mut frame = bytes::BytesMut::new();
+		crate::codec::StreamCodec::new(config.endian, LEN, LEN)
+			.encode(&Message::stream(0, 1, Bytes::from(vec![7; LEN])), &mut frame)
+			.unwrap();
+		theirs.write_all(&frame).await.unwrap();
+		// On this one thread the peer task has not run since: the read handle reads for it.
+		let message = handle.recv_message().await.unwrap().into_stream().unwrap();
+		assert_eq!(message.body.len(), LEN);
+		drop(message);
+		assert!(shared.read_by_handles.load(Ordering::Relaxed) > 0, "the read handle did not read the message");
+		tokio::time::sleep(RELEASE_SPARE_AFTER * 4).await;
+		let holds = shared.reading.lock().unwrap().reader.holds_spare_memory();
+		assert!(
+			!holds,
+			"the reader still holds the buffer grown for the message, {:?} after it",
+			RELEASE_SPARE_AFTER * 4
+		);
 	}
 
 	#[tokio::test]
