@@ -6,6 +6,7 @@
 //! cargo bench --bench halves                 # 3 repetitions
 //! cargo bench --bench halves -- --reps 5
 //! cargo bench --bench halves -- --quick      # a smoke run: one short repetition
+//! cargo bench --bench halves -- --only "unix peerwire->raw"   # one pairing, for a profiler
 //! ```
 //!
 //! The suite's stream scenario (`benches/suite`) pairs a peerwire sender with a peerwire receiver
@@ -186,10 +187,15 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn main() {
 	let mut reps = 3;
+	// Words that a pairing's label ("unix peerwire->raw") must all contain.
+	let mut only: Vec<String> = Vec::new();
 	let (mut warm, mut window, mut windows) = (Duration::from_millis(300), Duration::from_millis(400), 5);
 	let mut args = std::env::args().skip(1);
 	while let Some(arg) = args.next() {
 		match arg.as_str() {
+			"--only" => {
+				only = args.next().expect("--only needs words").split_whitespace().map(str::to_lowercase).collect();
+			},
 			"--reps" => reps = args.next().and_then(|n| n.parse().ok()).expect("--reps needs a number"),
 			"--quick" => {
 				reps = 1;
@@ -197,7 +203,7 @@ fn main() {
 			},
 			// What cargo passes to every bench target.
 			"--bench" => {},
-			other => panic!("unknown argument {other:?}: use --reps N or --quick"),
+			other => panic!("unknown argument {other:?}: use --reps N, --quick or --only WORDS"),
 		}
 	}
 	let pairings = [
@@ -215,6 +221,10 @@ fn main() {
 		for rep in 0..reps {
 			let mut baseline = 0.0;
 			for (i, &(sender, receiver)) in pairings.iter().enumerate() {
+				let label = format!("{socket:?} {sender:?}->{receiver:?}").to_lowercase();
+				if !only.iter().all(|word| label.contains(word.as_str())) {
+					continue;
+				}
 				let (rate, received) = run(socket, sender, receiver, warm, window, windows);
 				if received == 0 {
 					// Broken, not slow: nothing at all arrived, warm-up included.
@@ -226,10 +236,20 @@ fn main() {
 					baseline = rate;
 				}
 				rates[i].push(rate);
-				ratios[i].push(rate / baseline);
+				// Without raw -> raw in this repetition (left out by --only) there is no ratio.
+				if baseline > 0.0 {
+					ratios[i].push(rate / baseline);
+				}
 			}
 		}
 		for (i, &(sender, receiver)) in pairings.iter().enumerate() {
+			if rates[i].is_empty() {
+				continue;
+			}
+			if ratios[i].is_empty() {
+				println!("| {socket:?} | {sender:?} → {receiver:?} | {:.2} M/s | — |", median(&mut rates[i]) / 1e6);
+				continue;
+			}
 			let (low, high) = ratios[i].iter().fold((f64::MAX, f64::MIN), |(low, high), &r| (low.min(r), high.max(r)));
 			println!(
 				"| {socket:?} | {sender:?} → {receiver:?} | {:.2} M/s | {:.2} ({low:.2}–{high:.2}) |",
