@@ -67,6 +67,9 @@ pub(crate) struct Shared<B> {
 	read_missed: AtomicBool,
 	/// Messages read by the read handle for the peer task, ever (activity, for the idle timeout).
 	read_by_handles: AtomicU64,
+	/// The connection's span, which the read handle enters when it reads for the peer task, so
+	/// that what the transport logs then is the connection's, as when the peer task reads.
+	span: tracing::Span,
 }
 
 /// The read half of a transport that was dropped with its peer task: closes the socket even
@@ -203,6 +206,7 @@ impl<B: Body> Shared<B> {
 		if !side.shares_reads || side.eof || side.error.is_some() || !side.inbox.is_empty() {
 			return false;
 		}
+		let _entered = self.span.enter();
 		let mut wake = match self.read_batch(side, &mut Context::from_waker(driver)) {
 			Stopped::Eof | Stopped::Error => true,
 			// The peer task times a frame begun (`Config::frame_timeout`).
@@ -440,6 +444,7 @@ impl<T: Transport> Peer<T> {
 			}),
 			read_missed: AtomicBool::new(false),
 			read_by_handles: AtomicU64::new(0),
+			span: span.clone(),
 		});
 		let handle = PeerHandle::new(shared.clone());
 		let peer = Self {

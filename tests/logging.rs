@@ -229,3 +229,62 @@ async fn a_refused_connection_is_logged_at_warn_with_its_credentials() {
 	assert!(capture.logged("accepted a connection").is_empty(), "a refused connection was accepted");
 	accepting.abort();
 }
+
+/// A stream frame (little endian) of message type `message_type`, request id `request_id`.
+fn frame(message_type: u32, request_id: u32, body: &[u8]) -> Vec<u8> {
+	let mut frame = Vec::new();
+	frame.extend_from_slice(&(12 + body.len() as u32).to_le_bytes());
+	frame.extend_from_slice(&message_type.to_le_bytes());
+	frame.extend_from_slice(&request_id.to_le_bytes());
+	frame.extend_from_slice(&7u32.to_le_bytes());
+	frame.extend_from_slice(body);
+	frame
+}
+
+/// What the connection logs about the remote's messages carries the connection's span, also
+/// when the read handle read them for the peer task (on the application's task, outside the
+/// peer task's span), and when a handle's drop makes the log.
+#[tokio::test(flavor = "current_thread")]
+async fn what_the_read_handle_reads_is_logged_in_the_connection_span() {
+	const REQUESTS: u32 = 300;
+	let capture = Capture::default();
+	let _guard = tracing::subscriber::set_default(capture.clone());
+	let config = Config::default().with_max_open_requests(1);
+	let (remote, ours) = tokio::io::duplex(4 << 20);
+	let (read, write) = tokio::io::split(ours);
+	let peer = peerwire::Peer::spawn(peerwire::StreamTransport::new(read, write, &config), &config);
+	let (_remote_read, mut remote_write) = tokio::io::split(remote);
+	let (mut read_handle, _write_handle) = peer.split();
+	// Stream messages and requests, every request past the first refused (one may be open).
+	// Written in turns while the read handle waits, so that it reads most of them itself.
+	let mut streams = 0;
+	let mut held = Vec::new();
+	for id in 1..=REQUESTS {
+		let mut bytes = frame(4, 0, b"stream");
+		bytes.extend_from_slice(&frame(0, id, b"request"));
+		tokio::io::AsyncWriteExt::write_all(&mut remote_write, &bytes).await.unwrap();
+		// The stream message at least; the request may come with it, or be refused.
+		match within(read_handle.recv_message()).await.unwrap() {
+			peerwire::ReceivedMessage::Stream(_) => streams += 1,
+			peerwire::ReceivedMessage::Request(request, _) => held.push(request),
+		}
+	}
+	let refused: Vec<_> = capture
+		.events()
+		.into_iter()
+		.filter(|event| event.message.starts_with("refused a request: too many open requests"))
+		.collect();
+	assert!(refused.len() >= REQUESTS as usize / 2, "{} refusals logged ({streams} streams)", refused.len());
+	let outside: Vec<_> = refused.iter().filter(|event| !event.spans.contains("conn=")).collect();
+	assert!(outside.is_empty(), "{} of {} refusals logged outside the connection's span", outside.len(), refused.len());
+	// The open request, dropped unanswered by the application's task.
+	assert_eq!(held.len(), 1);
+	drop(held);
+	let dropped: Vec<_> = capture
+		.events()
+		.into_iter()
+		.filter(|event| event.message.starts_with("received request dropped without a response"))
+		.collect();
+	assert_eq!(dropped.len(), 1, "{dropped:?}");
+	assert!(dropped[0].spans.contains("conn="), "logged outside the connection's span: {:?}", dropped[0]);
+}
