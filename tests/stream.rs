@@ -194,6 +194,24 @@ async fn sending_over_the_write_limit_fails_that_message_only(kind: Kind) {
 	assert_eq!(within(server.recv_message()).await.unwrap().into_stream().unwrap().body.len(), 100);
 }
 
+/// `send_stream` queues its message when first polled, not when called: a send that loses a
+/// `select!` before its turn, or is dropped unpolled, sends nothing.
+async fn a_send_dropped_before_it_is_polled_sends_nothing(kind: Kind) {
+	let (client, mut server) = connected(kind).await;
+	let unpolled = client.send_stream(1, "never");
+	drop(unpolled);
+	tokio::select! {
+		biased;
+		() = std::future::ready(()) => {},
+		_ = client.send_stream(2, "lost the race") => panic!("the second branch ran"),
+	}
+	client.send_stream(3, "sent").await.unwrap();
+	client.flush().await.unwrap();
+	let message = within(server.recv_message()).await.unwrap().into_stream().unwrap();
+	assert_eq!((message.header.service_id, &message.body[..]), (3, &b"sent"[..]));
+	assert_eq!(client.stats().sent.messages.stream, 1);
+}
+
 async fn connection_info_names_the_remote(kind: Kind) {
 	let (_client, _server, client_info, server_info) = connected_with(kind, Config::default()).await;
 	match kind {
@@ -303,6 +321,7 @@ on_every_transport!(
 	dropping_every_handle_closes_the_connection,
 	close_flushes_what_was_queued,
 	a_slow_reader_pushes_back_instead_of_queuing_without_bound,
+	a_send_dropped_before_it_is_polled_sends_nothing,
 );
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! per open request (see [`request`]).
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -50,20 +50,31 @@ impl<B: Body> Link<B> {
 impl<B: Body> Shared<B> {
 	/// Queue a message through `send`, which gives the body back while the write queue is full:
 	/// then wait for room and try again. Cancel-safe: nothing is queued until it returns `Ok`.
-	pub(crate) async fn send_with<R>(
-		&self,
+	pub(crate) fn send_with<'a, R: 'a>(
+		&'a self,
 		body: B,
-		mut send: impl FnMut(&mut Connection<B>, B) -> Result<R, Refused<B>>,
-	) -> Result<R, Error> {
-		// The lock is let go before any wait.
-		let result = send(&mut self.state(), body);
-		match result {
-			Ok(done) => Ok(done),
-			Err(Refused::Failed(error)) => Err(error),
-			// The wait is boxed: it holds a `Notified` and a clock reading, and would otherwise
-			// make every send's future that much larger to create and move, full queue or not.
-			Err(Refused::Full(body)) => Box::pin(self.wait_and_send(body, send)).await,
-		}
+		send: impl FnMut(&mut Connection<B>, B) -> Result<R, Refused<B>> + 'a,
+	) -> impl Future<Output = Result<R, Error>> + 'a {
+		// Written out rather than an `async fn`: the first poll queues the message under the
+		// lock and returns, as most sends do, and a future this small (the body, the closure,
+		// `self`) costs less to build and poll on every send than nested async state machines.
+		// The wait is boxed: it holds a `Notified` and a clock reading, and only a send that
+		// finds the write queue full makes it.
+		let mut first = Some((body, send));
+		let mut waiting = None;
+		poll_fn(move |cx| {
+			if waiting.is_none() {
+				let (body, mut send) = first.take().expect("a send polled after it completed");
+				// The lock is let go before any wait.
+				let result = send(&mut self.state(), body);
+				match result {
+					Ok(done) => return Poll::Ready(Ok(done)),
+					Err(Refused::Failed(error)) => return Poll::Ready(Err(error)),
+					Err(Refused::Full(body)) => waiting = Some(Box::pin(self.wait_and_send(body, send))),
+				}
+			}
+			waiting.as_mut().expect("set above").as_mut().poll(cx)
+		})
 	}
 
 	/// [`send_with`](Self::send_with) once the write queue was full: wait for room, try again.
@@ -228,8 +239,12 @@ impl<B: Body> PeerHandle<B> {
 	}
 
 	/// Send a stream message. See [`PeerWriteHandle::send_stream`].
-	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
-		self.write.send_stream(service_id, body).await
+	pub fn send_stream(
+		&self,
+		service_id: i32,
+		body: impl IntoBody<B>,
+	) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+		self.write.send_stream(service_id, body)
 	}
 
 	/// Wait until everything queued so far is written. See [`PeerWriteHandle::flush`].
@@ -374,8 +389,15 @@ impl<B: Body> PeerWriteHandle<B> {
 	/// full; the peer task writes it soon after. It is not on the wire yet: a process that exits
 	/// (or a runtime that shuts down) right after may lose it. Await [`flush`](Self::flush) first
 	/// when that matters, for example for a last command before exit.
-	pub async fn send_stream(&self, service_id: i32, body: impl IntoBody<B>) -> Result<(), Error> {
-		self.link.shared.send_with(body.into_body(), |state, body| state.send_stream(service_id, body)).await
+	pub fn send_stream(
+		&self,
+		service_id: i32,
+		body: impl IntoBody<B>,
+	) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+		// Not an `async fn`: the send's own future is returned as it is, one state machine
+		// fewer on every message. The body is converted now; nothing is queued before the
+		// first poll.
+		self.link.shared.send_with(body.into_body(), move |state, body| state.send_stream(service_id, body))
 	}
 
 	/// Wait until everything queued before this call, through any handle of this connection,
