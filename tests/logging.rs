@@ -16,6 +16,7 @@ use common::{socket_path, within};
 use peerwire::{Config, TcpListener, TcpPeer, UnixStreamListener, UnixStreamPeer};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 
 /// One event: its level, its message and other fields, and the fields of the spans it is in.
@@ -32,6 +33,9 @@ struct State {
 	/// Fields of every span, and its parent.
 	spans: HashMap<u64, (String, Option<u64>)>,
 	events: Vec<Captured>,
+	/// A span name this subscriber turns off (as a filter like `peerwire=warn` turns off the
+	/// `info` connection span).
+	off: Option<&'static str>,
 }
 
 #[derive(Clone, Default)]
@@ -79,8 +83,14 @@ impl Capture {
 }
 
 impl Subscriber for Capture {
+	fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+		// Asked every time: what one test turns off, another (in the same process) wants.
+		Interest::sometimes()
+	}
+
 	fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-		metadata.target().starts_with("peerwire")
+		let off = self.0.lock().unwrap().off;
+		metadata.target().starts_with("peerwire") && !(metadata.is_span() && off == Some(metadata.name()))
 	}
 
 	fn new_span(&self, attributes: &Attributes<'_>) -> Id {
@@ -287,4 +297,30 @@ async fn what_the_read_handle_reads_is_logged_in_the_connection_span() {
 		.collect();
 	assert_eq!(dropped.len(), 1, "{dropped:?}");
 	assert!(dropped[0].spans.contains("conn="), "logged outside the connection's span: {:?}", dropped[0]);
+}
+
+/// With the connection's span turned off by the application's filter, what the connection logs
+/// on an application's task stays in the application's own span (it is not made a root event).
+#[tokio::test(flavor = "current_thread")]
+async fn with_the_connection_span_off_events_stay_in_the_callers_span() {
+	let capture = Capture::default();
+	capture.0.lock().unwrap().off = Some("peer");
+	let _guard = tracing::subscriber::set_default(capture.clone());
+	let app = tracing::info_span!(target: "peerwire::test", "app", task = "camera");
+	let _entered = app.enter();
+	let config = Config::default();
+	let (remote, ours) = tokio::io::duplex(1 << 16);
+	let (read, write) = tokio::io::split(ours);
+	let mut peer = peerwire::Peer::spawn(peerwire::StreamTransport::new(read, write, &config), &config);
+	let (_remote_read, mut remote_write) = tokio::io::split(remote);
+	tokio::io::AsyncWriteExt::write_all(&mut remote_write, &frame(0, 1, b"request")).await.unwrap();
+	let (request, _) = within(peer.recv_message()).await.unwrap().into_request().unwrap();
+	drop(request);
+	let dropped: Vec<_> = capture
+		.events()
+		.into_iter()
+		.filter(|event| event.message.starts_with("received request dropped without a response"))
+		.collect();
+	assert_eq!(dropped.len(), 1, "{dropped:?}");
+	assert!(dropped[0].spans.contains("task=\"camera\""), "not in the application's span: {:?}", dropped[0]);
 }

@@ -961,12 +961,18 @@ impl<B: Body> Connection<B> {
 		match request.direction {
 			Direction::Sent => {
 				if request.open && self.sent.remove_if(request.request_id, request.serial).is_some() {
-					tracing::debug!(parent: &self.span, request_id = request.request_id, "sent request dropped before its response");
+					// On the dropping handle's task: logged in the connection's span, entered (an
+					// explicit parent would drop the caller's span when the connection's is off).
+					self.span.in_scope(|| {
+						tracing::debug!(request_id = request.request_id, "sent request dropped before its response");
+					});
 				}
 				request.finish(outcome::DROPPED);
 			},
 			Direction::Received if request.open => {
-				tracing::debug!(parent: &self.span, request_id = request.request_id, "received request dropped without a response");
+				self.span.in_scope(|| {
+					tracing::debug!(request_id = request.request_id, "received request dropped without a response");
+				});
 				self.unanswered_bytes -= request.charge;
 				self.received.remove_if(request.request_id, request.serial);
 				if !self.closing && !self.ended {
@@ -1013,7 +1019,7 @@ impl<B: Body> Connection<B> {
 			MessageType::Request => return self.recv_request(message).map(|()| routed),
 			MessageType::Stream => {
 				if self.reader_gone || self.links == 0 {
-					tracing::debug!(parent: &self.span, "no read handle: dropped a stream message");
+					tracing::debug!("no read handle: dropped a stream message");
 					return Ok(stray);
 				}
 				let cost = self.incoming_room(message.body.len(), self.incoming.len() < self.limits.incoming_queue);
@@ -1026,7 +1032,7 @@ impl<B: Body> Connection<B> {
 			},
 			MessageType::Response | MessageType::ResponderUpdate => {
 				let Some(&key) = self.sent.get(id) else {
-					tracing::debug!(parent: &self.span, request_id = id, "dropped a message for a request that is not open");
+					tracing::debug!(request_id = id, "dropped a message for a request that is not open");
 					return Ok(stray);
 				};
 				if self.requests[key].reader_gone {
@@ -1037,7 +1043,7 @@ impl<B: Body> Connection<B> {
 						request.open = false;
 						request.finish(response_outcome(message.header.service_id));
 					}
-					tracing::debug!(parent: &self.span, request_id = id, "request handle dropped: dropped its message");
+					tracing::debug!(request_id = id, "request handle dropped: dropped its message");
 					return Ok(stray);
 				}
 				let fits = self.requests[key].queue.len() < self.limits.request_queue;
@@ -1052,12 +1058,12 @@ impl<B: Body> Connection<B> {
 			},
 			MessageType::RequesterUpdate => {
 				let Some(&key) = self.received.get(id) else {
-					tracing::debug!(parent: &self.span, request_id = id, "dropped an update for a request that is not open");
+					tracing::debug!(request_id = id, "dropped an update for a request that is not open");
 					return Ok(stray);
 				};
 				let request = &self.requests[key];
 				if request.reader_gone || request.updates_ended {
-					tracing::debug!(parent: &self.span, request_id = id, "request handle dropped: dropped its update");
+					tracing::debug!(request_id = id, "request handle dropped: dropped its update");
 					return Ok(stray);
 				}
 				let fits = request.queue.len() < self.limits.request_queue;
@@ -1105,7 +1111,7 @@ impl<B: Body> Connection<B> {
 		// arrives must not stop those from being read).
 		let charge = cost(message.body.len(), self.limits.unanswered_bytes);
 		if self.unanswered_bytes + charge > self.limits.unanswered_bytes {
-			tracing::warn!(parent: &self.span, request_id = id, "refused a request: too many bytes of requests unanswered");
+			tracing::warn!(request_id = id, "refused a request: too many bytes of requests unanswered");
 			self.auto_reply(id, crate::handle::BUSY_TEXT);
 			return Ok(());
 		}
@@ -1114,12 +1120,12 @@ impl<B: Body> Connection<B> {
 			Err(OpenError::Duplicate) => {
 				self.stats.protocol_errors += 1;
 				let violation = ProtocolViolation::DuplicateRequestId { request_id: id };
-				tracing::warn!(parent: &self.span, "protocol violation by the remote: {violation}");
+				tracing::warn!("protocol violation by the remote: {violation}");
 				self.auto_reply(id, &violation.to_string());
 				return Ok(());
 			},
 			Err(OpenError::Full) => {
-				tracing::warn!(parent: &self.span, request_id = id, "refused a request: too many open requests");
+				tracing::warn!(request_id = id, "refused a request: too many open requests");
 				self.auto_reply(id, "too many open requests");
 				return Ok(());
 			},
