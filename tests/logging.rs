@@ -76,6 +76,11 @@ impl Capture {
 		self.0.lock().unwrap().events.clone()
 	}
 
+	/// The events, of any level, whose message (with its fields) begins with `start`.
+	fn starting_with(&self, start: &str) -> Vec<Captured> {
+		self.events().into_iter().filter(|event| event.message.starts_with(start)).collect()
+	}
+
 	/// The info (and above) events whose message is `message`.
 	fn logged(&self, message: &str) -> Vec<Captured> {
 		self.events().into_iter().filter(|event| event.message == message && event.level <= Level::INFO).collect()
@@ -279,22 +284,14 @@ async fn what_the_read_handle_reads_is_logged_in_the_connection_span() {
 			peerwire::ReceivedMessage::Request(request, _) => held.push(request),
 		}
 	}
-	let refused: Vec<_> = capture
-		.events()
-		.into_iter()
-		.filter(|event| event.message.starts_with("refused a request: too many open requests"))
-		.collect();
+	let refused = capture.starting_with("refused a request: too many open requests");
 	assert!(refused.len() >= REQUESTS as usize / 2, "{} refusals logged ({streams} streams)", refused.len());
 	let outside: Vec<_> = refused.iter().filter(|event| !event.spans.contains("conn=")).collect();
 	assert!(outside.is_empty(), "{} of {} refusals logged outside the connection's span", outside.len(), refused.len());
 	// The open request, dropped unanswered by the application's task.
 	assert_eq!(held.len(), 1);
 	drop(held);
-	let dropped: Vec<_> = capture
-		.events()
-		.into_iter()
-		.filter(|event| event.message.starts_with("received request dropped without a response"))
-		.collect();
+	let dropped = capture.starting_with("received request dropped without a response");
 	assert_eq!(dropped.len(), 1, "{dropped:?}");
 	assert!(dropped[0].spans.contains("conn="), "logged outside the connection's span: {:?}", dropped[0]);
 }
@@ -316,11 +313,7 @@ async fn with_the_connection_span_off_events_stay_in_the_callers_span() {
 	tokio::io::AsyncWriteExt::write_all(&mut remote_write, &frame(0, 1, b"request")).await.unwrap();
 	let (request, _) = within(peer.recv_message()).await.unwrap().into_request().unwrap();
 	drop(request);
-	let dropped: Vec<_> = capture
-		.events()
-		.into_iter()
-		.filter(|event| event.message.starts_with("received request dropped without a response"))
-		.collect();
+	let dropped = capture.starting_with("received request dropped without a response");
 	assert_eq!(dropped.len(), 1, "{dropped:?}");
 	assert!(dropped[0].spans.contains("task=\"camera\""), "not in the application's span: {:?}", dropped[0]);
 }
