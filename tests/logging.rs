@@ -12,6 +12,7 @@ use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::raw::stream_frame;
 use common::{socket_path, within};
 use peerwire::{Config, TcpListener, TcpPeer, UnixStreamListener, UnixStreamPeer};
 use tracing::field::{Field, Visit};
@@ -245,17 +246,6 @@ async fn a_refused_connection_is_logged_at_warn_with_its_credentials() {
 	accepting.abort();
 }
 
-/// A stream frame (little endian) of message type `message_type`, request id `request_id`.
-fn frame(message_type: u32, request_id: u32, body: &[u8]) -> Vec<u8> {
-	let mut frame = Vec::new();
-	frame.extend_from_slice(&(12 + body.len() as u32).to_le_bytes());
-	frame.extend_from_slice(&message_type.to_le_bytes());
-	frame.extend_from_slice(&request_id.to_le_bytes());
-	frame.extend_from_slice(&7u32.to_le_bytes());
-	frame.extend_from_slice(body);
-	frame
-}
-
 /// What the connection logs about the remote's messages carries the connection's span, also
 /// when the read handle read them for the peer task (on the application's task, outside the
 /// peer task's span), and when a handle's drop makes the log.
@@ -275,8 +265,8 @@ async fn what_the_read_handle_reads_is_logged_in_the_connection_span() {
 	let mut streams = 0;
 	let mut held = Vec::new();
 	for id in 1..=REQUESTS {
-		let mut bytes = frame(4, 0, b"stream");
-		bytes.extend_from_slice(&frame(0, id, b"request"));
+		let mut bytes = stream_frame(4, 0, 7, b"stream");
+		bytes.extend_from_slice(&stream_frame(0, id, 7, b"request"));
 		tokio::io::AsyncWriteExt::write_all(&mut remote_write, &bytes).await.unwrap();
 		// The stream message at least; the request may come with it, or be refused.
 		match within(read_handle.recv_message()).await.unwrap() {
@@ -310,7 +300,7 @@ async fn with_the_connection_span_off_events_stay_in_the_callers_span() {
 	let (read, write) = tokio::io::split(ours);
 	let mut peer = peerwire::Peer::spawn(peerwire::StreamTransport::new(read, write, &config), &config);
 	let (_remote_read, mut remote_write) = tokio::io::split(remote);
-	tokio::io::AsyncWriteExt::write_all(&mut remote_write, &frame(0, 1, b"request")).await.unwrap();
+	tokio::io::AsyncWriteExt::write_all(&mut remote_write, &stream_frame(0, 1, 7, b"request")).await.unwrap();
 	let (request, _) = within(peer.recv_message()).await.unwrap().into_request().unwrap();
 	drop(request);
 	let dropped = capture.starting_with("received request dropped without a response");

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use common::raw::stream_frame;
 use common::{within, within_for};
 use peerwire::{Config, Peer, StreamTransport};
 use tokio::io::{AsyncRead, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf};
@@ -38,17 +39,6 @@ impl AsyncRead for ByTask {
 	}
 }
 
-/// A stream frame (little endian) with `body`, of message type `message_type`.
-fn frame(message_type: u32, body: &[u8]) -> Vec<u8> {
-	let mut frame = Vec::new();
-	frame.extend_from_slice(&(12 + body.len() as u32).to_le_bytes());
-	frame.extend_from_slice(&message_type.to_le_bytes());
-	frame.extend_from_slice(&0u32.to_le_bytes());
-	frame.extend_from_slice(&7u32.to_le_bytes());
-	frame.extend_from_slice(body);
-	frame
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_handle_reads_a_steady_flow_itself() {
 	const MESSAGES: usize = 20_000;
@@ -62,7 +52,7 @@ async fn the_read_handle_reads_a_steady_flow_itself() {
 	let (_remote_read, mut remote_write) = tokio::io::split(remote);
 	let mut bytes = Vec::new();
 	for i in 0..MESSAGES {
-		bytes.extend_from_slice(&frame(4, &(i as u64).to_le_bytes()));
+		bytes.extend_from_slice(&stream_frame(4, 0, 7, &(i as u64).to_le_bytes()));
 	}
 	remote_write.write_all(&bytes).await.unwrap();
 
@@ -92,7 +82,7 @@ async fn unread_stream_messages_do_not_hide_the_remote_closing() {
 	let peer = Peer::spawn(StreamTransport::new(read, write, &config), &config);
 	let (_remote_read, mut remote_write) = tokio::io::split(remote);
 	for i in 0..3u8 {
-		remote_write.write_all(&frame(4, &[i])).await.unwrap();
+		remote_write.write_all(&stream_frame(4, 0, 7, &[i])).await.unwrap();
 	}
 	// Nobody takes them, and no request is open: reading is left to the read handle, for a
 	// while. The remote's close behind them is noticed all the same.
@@ -111,10 +101,10 @@ async fn a_malformed_frame_behind_unread_stream_messages_ends_the_connection() {
 	let (peer, handle) = Peer::new(StreamTransport::new(read, write, &config), &config);
 	let run = tokio::spawn(peer.run());
 	let (_remote_read, mut remote_write) = tokio::io::split(remote);
-	remote_write.write_all(&frame(4, b"fine")).await.unwrap();
+	remote_write.write_all(&stream_frame(4, 0, 7, b"fine")).await.unwrap();
 	tokio::time::sleep(Duration::from_millis(20)).await;
 	// An unknown message type, while the good message waits unread.
-	remote_write.write_all(&frame(9, b"bad")).await.unwrap();
+	remote_write.write_all(&stream_frame(9, 0, 7, b"bad")).await.unwrap();
 	let result = within_for(Duration::from_secs(2), run).await.unwrap();
 	let error = result.expect_err("the connection must end with the protocol violation");
 	assert!(error.protocol_violation().is_some(), "{error}");

@@ -22,6 +22,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::cli::Background;
+use common::raw::stream_frame;
 use peerwire::{Bytes, Config, Endian, MessageType, TcpListener, TcpPeer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -234,11 +235,11 @@ async fn raw_writes(listener: &mut TcpListener) -> Vec<Shown> {
 	stream.set_nodelay(true).unwrap();
 	let (mut server, _) = accepted.unwrap();
 
-	let split_header = frame(4, 0, 20, b"split in the header");
-	let split_body = frame(0, 40, 21, b"split in the body");
-	let mut batch = frame(2, 40, 22, b"batched 1");
-	batch.extend(frame(4, 0, 23, b"batched 2"));
-	batch.extend(frame(4, 0, 24, &[0, 1, 2, 0xff, 0xfe]));
+	let split_header = stream_frame(4, 0, 20, b"split in the header");
+	let split_body = stream_frame(0, 40, 21, b"split in the body");
+	let mut batch = stream_frame(2, 40, 22, b"batched 1");
+	batch.extend(stream_frame(4, 0, 23, b"batched 2"));
+	batch.extend(stream_frame(4, 0, 24, &[0, 1, 2, 0xff, 0xfe]));
 	let pause = Duration::from_millis(100);
 	stream.write_all(&split_header[..3]).await.unwrap();
 	tokio::time::sleep(pause).await;
@@ -262,7 +263,7 @@ async fn raw_writes(listener: &mut TcpListener) -> Vec<Shown> {
 	request.send_response(0, "done").await.unwrap();
 	let mut response = [0; 20];
 	within(stream.read_exact(&mut response)).await.unwrap();
-	assert_eq!(response.to_vec(), frame(1, 40, 0, b"done"));
+	assert_eq!(response.to_vec(), stream_frame(1, 40, 0, b"done"));
 
 	let shown = |to_server, message_type, request_id, service_id, preview: &str, body_len| Shown {
 		to_server,
@@ -282,16 +283,6 @@ async fn raw_writes(listener: &mut TcpListener) -> Vec<Shown> {
 		Shown { preview: Preview::Hex("000102fffe".into()), ..shown(true, 4, 0, 24, "", 5) },
 		shown(false, 1, 40, 0, "done", 4),
 	]
-}
-
-/// A little-endian frame, built by hand as PROTOCOL.md lays it out.
-fn frame(message_type: u32, request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
-	let mut frame = u32::try_from(12 + body.len()).unwrap().to_le_bytes().to_vec();
-	frame.extend(message_type.to_le_bytes());
-	frame.extend(request_id.to_le_bytes());
-	frame.extend(service_id.to_le_bytes());
-	frame.extend(body);
-	frame
 }
 
 /// Data that is not peerwire, on two connections: HTTP, and a plausible length followed by an

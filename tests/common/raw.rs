@@ -72,6 +72,17 @@ pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
 	u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
 }
 
+/// A whole stream-transport frame, little endian, built by hand as PROTOCOL.md lays it out: length
+/// prefix, header, body.
+pub fn stream_frame(message_type: u32, request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
+	let mut frame = u32::try_from(12 + body.len()).unwrap().to_le_bytes().to_vec();
+	frame.extend_from_slice(&message_type.to_le_bytes());
+	frame.extend_from_slice(&request_id.to_le_bytes());
+	frame.extend_from_slice(&service_id.to_le_bytes());
+	frame.extend_from_slice(body);
+	frame
+}
+
 /// Header and body of a request, little endian, without the stream length prefix.
 pub fn request_datagram(request_id: u32, service_id: i32, body: &[u8]) -> Vec<u8> {
 	let mut data = Vec::with_capacity(12 + body.len());
