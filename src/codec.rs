@@ -67,6 +67,7 @@ pub fn decode_header(bytes: &[u8; HEADER_LEN], endian: Endian) -> Result<Message
 }
 
 /// Encode a 12-byte header.
+#[inline]
 pub fn encode_header(header: &MessageHeader, endian: Endian) -> [u8; HEADER_LEN] {
 	let mut out = [0; HEADER_LEN];
 	out[0..4].copy_from_slice(&endian.write_u32(header.message_type.to_u32()));
@@ -185,17 +186,25 @@ impl StreamCodec {
 	/// The 16 bytes in front of a body of `body_len` bytes: frame length and header.
 	///
 	/// Fails if the body exceeds the write limit.
+	#[inline]
 	pub fn encode_prefix(&self, header: &MessageHeader, body_len: usize) -> Result<[u8; 16], Error> {
-		if body_len > self.max_body_len_write {
-			return Err(Error::body_too_large(body_len, self.max_body_len_write));
-		}
 		// The limit is configurable up to usize::MAX, the wire field is a u32.
-		let length = u32::try_from(body_len + HEADER_LEN)
-			.map_err(|_| Error::body_too_large(body_len, u32::MAX as usize - HEADER_LEN))?;
+		let length = match u32::try_from(body_len + HEADER_LEN) {
+			Ok(length) if body_len <= self.max_body_len_write => length,
+			_ => return Err(self.too_large(body_len)),
+		};
 		let mut out = [0; 16];
 		out[..4].copy_from_slice(&self.endian.write_u32(length));
 		out[4..].copy_from_slice(&encode_header(header, self.endian));
 		Ok(out)
+	}
+
+	/// The error for a body of `body_len` bytes that [`encode_prefix`](Self::encode_prefix)
+	/// refuses; out of line, so that the encoding inlines small.
+	#[cold]
+	#[inline(never)]
+	fn too_large(&self, body_len: usize) -> Error {
+		Error::body_too_large(body_len, self.max_body_len_write.min(u32::MAX as usize - HEADER_LEN))
 	}
 
 	/// Append one whole frame to `dst`.

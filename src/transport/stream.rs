@@ -265,16 +265,19 @@ impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> 
 	type Body = Bytes;
 
 	fn start_send(&mut self, message: Message<Bytes>) -> Result<(), Error> {
-		let prefix = self.codec.encode_prefix(&message.header, message.body.len())?;
-		self.staging.extend_from_slice(&prefix);
-		if message.body.len() <= COPY_THRESHOLD {
+		let len = message.body.len();
+		let prefix = self.codec.encode_prefix(&message.header, len)?;
+		if len <= COPY_THRESHOLD {
+			self.staging.reserve(prefix.len() + len);
+			self.staging.extend_from_slice(&prefix);
 			self.staging.extend_from_slice(&message.body);
 		} else {
+			self.staging.extend_from_slice(&prefix);
 			// Keep the wire order: what is staged goes before the body, which is not copied.
 			self.chunks.push_back(self.staging.split().freeze());
-			self.chunks.push_back(message.body.clone());
+			self.chunks.push_back(message.body);
 		}
-		self.queued += prefix.len() + message.body.len();
+		self.queued += prefix.len() + len;
 		Ok(())
 	}
 
