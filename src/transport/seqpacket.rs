@@ -416,11 +416,12 @@ pub struct UnixSeqpacketReader {
 	landing_touched: bool,
 	/// For each slot, room for one descriptor more than the limit.
 	control: RecvControl,
-	/// How many datagrams the next call asks for: twice as many as the last call if it found all
-	/// it asked for (more may be waiting), and after the socket ran dry, as many as came since it
-	/// last did (the size of the last burst). Asking for more than is queued makes the kernel try
-	/// (and fail) once more inside the call, which a connection that has one datagram waiting per
-	/// wakeup (a round trip) would otherwise pay on every message.
+	/// How many datagrams the next call asks for (at least two, if there are slots for them):
+	/// twice as many as the last call if it found all it asked for (more may be waiting), and
+	/// after the socket ran dry, as many as came since it last did (the size of the last burst).
+	/// A call that finds fewer than it asked for has seen the socket run dry, and the reader then
+	/// waits for the socket's next readiness: a connection with one datagram waiting per wakeup
+	/// (a round trip) makes one system call per datagram, not a second one that finds nothing.
 	batch_len: usize,
 	/// Datagrams received since the socket last ran dry.
 	burst: usize,
@@ -531,7 +532,8 @@ impl UnixSeqpacketReader {
 					.take()
 					.unwrap_or_else(|| [IoSliceMut::new(rest.next().unwrap_or_default()), IoSliceMut::new(&mut [])])
 			});
-			let asked = (*batch_len).clamp(1, control.slots());
+			// At least two: one more than is queued tells that the socket ran dry.
+			let asked = (*batch_len).max(2).min(control.slots());
 			let result = guard
 				.try_io(|inner| batch::recv_datagrams(inner.get_ref().as_fd(), &mut slots[..asked], control, received));
 			match result {
@@ -539,6 +541,14 @@ impl UnixSeqpacketReader {
 					*burst += taken;
 					if taken == asked {
 						*batch_len = asked * 2;
+					} else {
+						// The kernel found no more inside the call: the socket was dry then. Wait
+						// for its next readiness event rather than ask again and be told
+						// `EAGAIN` (a system call per wakeup). tokio does the same after a short
+						// read of a stream; it keeps the closed state, and an event that came
+						// after the readiness this call used is not cleared.
+						guard.clear_ready();
+						*batch_len = std::mem::take(burst);
 					}
 					return Poll::Ready(Ok(()));
 				},
@@ -1030,13 +1040,14 @@ mod tests {
 			}
 			assert!(poll_fn(|cx| Poll::Ready(reader.poll_read_message(cx))).await.is_pending());
 		}
-		// One at a time, as in a round trip: after each, one is asked for.
+		// One at a time, as in a round trip: after each, the burst was one (two are asked for,
+		// so that the call sees the socket run dry).
 		for _ in 0..3 {
 			send(1).await;
 			drain(&mut reader, 1).await;
 			assert_eq!(reader.batch_len, 1);
 		}
-		// A burst of 15: 1, 2, 4, 8 are asked for and found, then 16, and the socket is dry.
+		// A burst of 15: 2, 4 and 8 are asked for and found, then 16, of which one is there.
 		send(15).await;
 		drain(&mut reader, 15).await;
 		assert_eq!(reader.batch_len, 15);
@@ -1044,6 +1055,37 @@ mod tests {
 		send(15).await;
 		read(&mut reader).await.unwrap().unwrap();
 		assert_eq!(reader.ready.len(), 14);
+	}
+
+	/// A call that finds fewer datagrams than it asked for leaves the reader waiting for the
+	/// socket's next readiness event rather than asking again: what comes later, and the
+	/// remote's close, still wake it.
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn a_reader_that_saw_the_socket_run_dry_is_woken_by_what_comes_next() {
+		let config = config(1000, 1);
+		let (a, b) = UnixSeqpacketTransport::pair(&config).unwrap();
+		let (_, mut writer) = a.split();
+		let (mut reader, _) = b.split();
+		let reading = tokio::spawn(async move {
+			let mut ids = Vec::new();
+			while let Some(message) = read(&mut reader).await.unwrap() {
+				ids.push(message.header.request_id);
+			}
+			ids
+		});
+		for i in 0..20 {
+			// One at a time, each after the reader has seen the socket dry and waits.
+			tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+			writer.start_send(Message::stream(i, 0, UnixBody::from("x"))).unwrap();
+			poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		}
+		tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+		drop(writer);
+		let ids = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+			.await
+			.expect("the reader missed a datagram or the close")
+			.unwrap();
+		assert_eq!(ids, (0..20).collect::<Vec<_>>());
 	}
 
 	#[tokio::test]
