@@ -744,6 +744,18 @@ fn listen_stats_for_people() {
 	assert_eq!(summary, "listener_stats accepted=1 refused_by_admission=0 refused_by_limit=0 open=0");
 }
 
+/// A bare `--stats` before the address takes the default interval; clap used to read the
+/// address as the interval and refuse the command line.
+#[test]
+fn a_bare_stats_may_come_before_the_address() {
+	let listener = Background::spawn(&["listen", "--stats", "tcp://127.0.0.1:0", "--echo"]);
+	let first = listener.line();
+	let address = first.strip_prefix("listening address=").unwrap_or_else(|| panic!("{first}")).to_string();
+	let output = run(&["call", &address, "7", "hi"], b"");
+	assert!(output.status.success(), "{}", stderr(&output));
+	assert_eq!(String::from_utf8_lossy(&output.stdout), "response id=0 service=0 len=2 \"hi\"\n");
+}
+
 #[test]
 fn tap_stats_count_both_directions() {
 	let (_server, upstream) = Background::listening(&["listen", "tcp://127.0.0.1:0", "--echo", "--json"]);

@@ -326,7 +326,7 @@ struct ListenArgs {
 	/// Print a summary of the counters every INTERVAL (default 10s; 500ms, 2s, 1m; plain
 	/// numbers are seconds): the listener's, and each open connection's messages and body
 	/// bytes in and out by type, open requests, automatic replies, stray messages, protocol errors
-	/// and time blocked. Give it after the address, or as --stats=INTERVAL.
+	/// and time blocked. `--stats 2s` or `--stats=2s` for another interval.
 	#[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = stats::DEFAULT_INTERVAL, value_parser = body::parse_duration)]
 	stats: Option<Duration>,
 }
@@ -345,13 +345,36 @@ struct TapArgs {
 
 	/// Print a summary of the counters every INTERVAL (default 10s; 500ms, 2s, 1m; plain
 	/// numbers are seconds): per open connection and in total, the messages and body bytes
-	/// decoded each way by type, the malformed frames and the bytes forwarded. Give it after the address, or as --stats=INTERVAL.
+	/// decoded each way by type, the malformed frames and the bytes forwarded. `--stats 2s` or
+	/// `--stats=2s` for another interval.
 	#[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = stats::DEFAULT_INTERVAL, value_parser = body::parse_duration)]
 	stats: Option<Duration>,
 }
 
+/// The command line with a bare `--stats` (no interval) spelled `--stats=10s` when the word
+/// after it is not an interval. clap gives an option with an optional value the next word
+/// whatever it is, so `peerwire listen --stats tcp://127.0.0.1:1337` would read the address as
+/// the interval and fail. Words after `--` are left as they are.
+fn bare_stats_made_explicit(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+	let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+	let end = args.iter().position(|arg| arg == "--").unwrap_or(args.len());
+	for i in 0..end {
+		if args[i] != "--stats" {
+			continue;
+		}
+		let interval_follows = args[..end]
+			.get(i + 1)
+			.and_then(|next| next.to_str())
+			.is_some_and(|next| body::parse_duration(next).is_ok());
+		if !interval_follows {
+			args[i] = format!("--stats={}", stats::DEFAULT_INTERVAL).into();
+		}
+	}
+	args
+}
+
 fn main() -> ExitCode {
-	let cli = Cli::parse();
+	let cli = Cli::parse_from(bare_stats_made_explicit(std::env::args_os()));
 	let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
 		Ok(runtime) => runtime,
 		Err(error) => return Failure::io("cannot start the async runtime", &error).report(),
@@ -369,5 +392,48 @@ fn main() -> ExitCode {
 	match result {
 		Ok(()) => ExitCode::SUCCESS,
 		Err(failure) => failure.report(),
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	fn made_explicit(args: &[&str]) -> Vec<String> {
+		bare_stats_made_explicit(args.iter().map(std::ffi::OsString::from))
+			.into_iter()
+			.map(|arg| arg.into_string().unwrap())
+			.collect()
+	}
+
+	#[test]
+	fn a_bare_stats_before_the_address_takes_the_default_interval() {
+		assert_eq!(
+			made_explicit(&["peerwire", "listen", "--stats", "tcp://127.0.0.1:1337", "--echo"]),
+			["peerwire", "listen", "--stats=10s", "tcp://127.0.0.1:1337", "--echo"]
+		);
+		assert_eq!(
+			made_explicit(&["peerwire", "listen", "unix:///tmp/s", "--stats"]),
+			["peerwire", "listen", "unix:///tmp/s", "--stats=10s"]
+		);
+		assert_eq!(made_explicit(&["peerwire", "tap", "--stats", "--json", "a", "b"])[2], "--stats=10s");
+	}
+
+	#[test]
+	fn an_interval_after_stats_and_words_after_a_double_dash_are_kept() {
+		let kept = ["peerwire", "listen", "tcp://127.0.0.1:1337", "--stats", "2s", "--stats=500ms"];
+		assert_eq!(made_explicit(&kept), kept);
+		let after_dash = ["peerwire", "call", "tcp://127.0.0.1:1337", "7", "--", "--stats"];
+		assert_eq!(made_explicit(&after_dash), after_dash);
+	}
+
+	#[test]
+	fn clap_parses_a_bare_stats_before_the_address() {
+		let cli = Cli::try_parse_from(bare_stats_made_explicit(
+			["peerwire", "listen", "--stats", "tcp://127.0.0.1:1337"].map(std::ffi::OsString::from),
+		))
+		.unwrap();
+		let Command::Listen(listen) = cli.command else { panic!("not listen") };
+		assert_eq!(listen.stats, Some(Duration::from_secs(10)));
 	}
 }
