@@ -1,6 +1,6 @@
 """Type stubs of peerwire, the asyncio binding of the Rust peerwire library."""
 
-from typing import Any, Awaitable, Iterable, Literal, Optional, Protocol, Union, final
+from typing import Any, Awaitable, Iterable, Literal, Optional, Protocol, Sequence, Union, final
 
 __all__ = [
 	"BodyTooLarge",
@@ -251,8 +251,19 @@ class Listener:
 def connect(url: str, config: Optional[Config] = None) -> Awaitable[Peer]:
 	"""Connect to tcp://HOST:PORT, unix:///PATH or seqpacket:///PATH."""
 
-def listen(url: str, config: Optional[Config] = None) -> Awaitable[Listener]:
-	"""Listen on tcp://HOST:PORT (port 0 for any), unix:///PATH or seqpacket:///PATH."""
+def listen(
+	url: str,
+	config: Optional[Config] = None,
+	*,
+	allow_uids: Optional[Sequence[int]] = None,
+	allow_gids: Optional[Sequence[int]] = None,
+	allow_ips: Optional[Sequence[str]] = None,
+) -> Awaitable[Listener]:
+	"""Listen on tcp://HOST:PORT (port 0 for any), unix:///PATH or seqpacket:///PATH.
+
+	allow_uids, allow_gids (Unix sockets: the client's user and primary group) and allow_ips
+	(TCP): admit only clients matching any list given; others are closed unread.
+	"""
 
 def call(
 	url: str,

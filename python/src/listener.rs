@@ -295,19 +295,66 @@ impl<'py> IntoPyObject<'py> for NewListener {
 	}
 }
 
-async fn bind(address: Address, config: peerwire::Config) -> Result<NewListener, peerwire::Error> {
+/// Who a listener admits: the `allow_*` arguments of `listen`.
+type Check = Arc<dyn Fn(&ConnectionInfo) -> bool + Send + Sync>;
+
+/// The admission check of `listen`'s `allow_uids`, `allow_gids` and `allow_ips`: a client
+/// matching any list given is admitted (as the CLI's `--allow-*`). `None` if none is given.
+fn admission_check(
+	allow_uids: Option<Vec<u32>>,
+	allow_gids: Option<Vec<u32>>,
+	allow_ips: Option<Vec<String>>,
+) -> PyResult<Option<Check>> {
+	let mut checks: Vec<Check> = Vec::new();
+	if let Some(uids) = allow_uids {
+		checks.push(Arc::new(peerwire::admission::uids(uids)));
+	}
+	if let Some(gids) = allow_gids {
+		checks.push(Arc::new(peerwire::admission::gids(gids)));
+	}
+	if let Some(ips) = allow_ips {
+		let ips = ips
+			.iter()
+			.map(|ip| {
+				ip.parse::<std::net::IpAddr>()
+					.map_err(|_| PyValueError::new_err(format!("{ip:?} is not an IP address")))
+			})
+			.collect::<PyResult<Vec<_>>>()?;
+		checks.push(Arc::new(peerwire::admission::ip_addresses(ips)));
+	}
+	if checks.is_empty() {
+		return Ok(None);
+	}
+	Ok(Some(Arc::new(move |info: &ConnectionInfo| checks.iter().any(|check| check(info)))))
+}
+
+async fn bind(
+	address: Address,
+	config: peerwire::Config,
+	check: Option<Check>,
+) -> Result<NewListener, peerwire::Error> {
+	// A refused client is closed before anything is read from it, and logged at `warn`.
+	macro_rules! admitting {
+		($listener:expr) => {{
+			let mut listener = $listener;
+			if let Some(check) = check {
+				listener.set_admission(move |info| check(info));
+			}
+			listener
+		}};
+	}
 	Ok(match address {
 		Address::Tcp(host_port) => {
-			let listener = TcpListener::bind(host_port.as_str(), &config).await?;
+			let listener = admitting!(TcpListener::bind(host_port.as_str(), &config).await?);
 			let url = format!("tcp://{}", listener.local_addr()?);
 			NewListener { inner: ListenerH::Tcp(listener), url }
 		},
 		Address::Unix(path) => {
-			let listener = UnixStreamListener::bind(&path, &config).await?;
+			let listener = admitting!(UnixStreamListener::bind(&path, &config).await?);
 			NewListener { inner: ListenerH::Unix(listener), url: format!("unix://{}", path.display()) }
 		},
 		Address::Seqpacket(path) => {
-			let listener = UnixSeqpacketListener::bind(&path, &config).await?;
+			let listener = admitting!(UnixSeqpacketListener::bind(&path, &config).await?);
 			NewListener { inner: ListenerH::Seq(listener), url: format!("seqpacket://{}", path.display()) }
 		},
 	})
@@ -315,12 +362,25 @@ async fn bind(address: Address, config: peerwire::Config) -> Result<NewListener,
 
 /// Listen on `url` (`tcp://HOST:PORT`, port 0 for any; `unix:///PATH`; `seqpacket:///PATH`);
 /// returns a `Listener`. A stale Unix socket file is replaced; a live one is not.
+///
+/// `allow_uids`, `allow_gids` (Unix sockets: the client process's user and primary group, as
+/// the kernel saw them at connect) and `allow_ips` (TCP): admit only clients matching any list
+/// given; the others are closed before anything is read from them. `ValueError` for an IP
+/// address that does not parse.
 #[pyfunction]
-#[pyo3(signature = (url, config = None))]
-pub fn listen<'py>(py: Python<'py>, url: &str, config: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+#[pyo3(signature = (url, config = None, *, allow_uids = None, allow_gids = None, allow_ips = None))]
+pub fn listen<'py>(
+	py: Python<'py>,
+	url: &str,
+	config: Option<&Bound<'py, PyAny>>,
+	allow_uids: Option<Vec<u32>>,
+	allow_gids: Option<Vec<u32>>,
+	allow_ips: Option<Vec<String>>,
+) -> PyResult<Bound<'py, PyAny>> {
 	let address = Address::parse(url)?;
 	let config = config_from(config)?;
-	future(py, None, async move { bind(address, config).await.map_err(to_py) })
+	let check = admission_check(allow_uids, allow_gids, allow_ips)?;
+	future(py, None, async move { bind(address, config, check).await.map_err(to_py) })
 }
 
 /// `Ok(None)` once the listener is closed.
