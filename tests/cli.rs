@@ -748,9 +748,7 @@ fn listen_stats_for_people() {
 /// address as the interval and refuse the command line.
 #[test]
 fn a_bare_stats_may_come_before_the_address() {
-	let listener = Background::spawn(&["listen", "--stats", "tcp://127.0.0.1:0", "--echo"]);
-	let first = listener.line();
-	let address = first.strip_prefix("listening address=").unwrap_or_else(|| panic!("{first}")).to_string();
+	let (_listener, address) = Background::listening(&["listen", "--stats", "tcp://127.0.0.1:0", "--echo", "--json"]);
 	let output = run(&["call", &address, "7", "hi"], b"");
 	assert!(output.status.success(), "{}", stderr(&output));
 	assert_eq!(String::from_utf8_lossy(&output.stdout), "response id=0 service=0 len=2 \"hi\"\n");

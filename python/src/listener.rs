@@ -328,33 +328,35 @@ fn admission_check(
 	Ok(Some(Arc::new(move |info: &ConnectionInfo| checks.iter().any(|check| check(info)))))
 }
 
+/// `listener` with `check` as its admission check, if there is one: a refused client is closed
+/// before anything is read from it, and logged at `warn`.
+fn admitting<A: peerwire::Acceptor>(
+	mut listener: peerwire::Listener<A>,
+	check: Option<Check>,
+) -> peerwire::Listener<A> {
+	if let Some(check) = check {
+		listener.set_admission(move |info| check(info));
+	}
+	listener
+}
+
 async fn bind(
 	address: Address,
 	config: peerwire::Config,
 	check: Option<Check>,
 ) -> Result<NewListener, peerwire::Error> {
-	// A refused client is closed before anything is read from it, and logged at `warn`.
-	macro_rules! admitting {
-		($listener:expr) => {{
-			let mut listener = $listener;
-			if let Some(check) = check {
-				listener.set_admission(move |info| check(info));
-			}
-			listener
-		}};
-	}
 	Ok(match address {
 		Address::Tcp(host_port) => {
-			let listener = admitting!(TcpListener::bind(host_port.as_str(), &config).await?);
+			let listener = admitting(TcpListener::bind(host_port.as_str(), &config).await?, check);
 			let url = format!("tcp://{}", listener.local_addr()?);
 			NewListener { inner: ListenerH::Tcp(listener), url }
 		},
 		Address::Unix(path) => {
-			let listener = admitting!(UnixStreamListener::bind(&path, &config).await?);
+			let listener = admitting(UnixStreamListener::bind(&path, &config).await?, check);
 			NewListener { inner: ListenerH::Unix(listener), url: format!("unix://{}", path.display()) }
 		},
 		Address::Seqpacket(path) => {
-			let listener = admitting!(UnixSeqpacketListener::bind(&path, &config).await?);
+			let listener = admitting(UnixSeqpacketListener::bind(&path, &config).await?, check);
 			NewListener { inner: ListenerH::Seq(listener), url: format!("seqpacket://{}", path.display()) }
 		},
 	})
