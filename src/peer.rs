@@ -107,12 +107,16 @@ impl std::task::Wake for ReadWake {
 }
 
 impl ReadWake {
-	/// The peer task is polled with `waker`: keep it for the transport's wake-ups.
-	fn set_task(&self, waker: &Waker) {
+	/// The peer task is polled with `waker`: keep it for the transport's wake-ups. Returns
+	/// whether it differs from the last one.
+	fn set_task(&self, waker: &Waker) -> bool {
 		let mut task = self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 		match &*task {
-			Some(old) if old.will_wake(waker) => {},
-			_ => *task = Some(waker.clone()),
+			Some(old) if old.will_wake(waker) => false,
+			_ => {
+				*task = Some(waker.clone());
+				true
+			},
 		}
 	}
 
@@ -636,8 +640,10 @@ impl<T: Transport> Peer<T> {
 		// trip that was 6 of the 10 reader polls, and in a flow of stream messages sent, one in
 		// every poll, each a look at the socket's readiness under tokio's lock, about 400
 		// instructions).
-		self.shared.read_wake.set_task(cx.waker());
-		if self.shared.read_wake.take_woken() {
+		// Polled with another waker (another executor, or an event loop that took the connection
+		// over): the reader's registration may belong to the old one, so look again.
+		let new_waker = self.shared.read_wake.set_task(cx.waker());
+		if self.shared.read_wake.take_woken() || new_waker {
 			// Kept until the reader is polled: this poll may not read (the read handle holds the
 			// read side, reading is left to it, the inbox waits for room).
 			self.reader_parked = false;
@@ -1105,6 +1111,75 @@ mod tests {
 			self.polls.fetch_add(1, Ordering::Relaxed);
 			self.inner.poll_read_message(cx)
 		}
+	}
+
+	/// A reader whose registration wakes nobody, as one with an event loop that has closed.
+	struct Forgetful {
+		inner: MemoryTransport<Bytes>,
+		polls: Arc<AtomicUsize>,
+	}
+
+	struct ForgetfulReader {
+		inner: MemoryReader<Bytes>,
+		polls: Arc<AtomicUsize>,
+	}
+
+	impl Transport for Forgetful {
+		type Body = Bytes;
+		type Reader = ForgetfulReader;
+		type Writer = MemoryWriter<Bytes>;
+
+		fn info(&self) -> ConnectionInfo {
+			ConnectionInfo::default()
+		}
+
+		fn split(self) -> (ForgetfulReader, MemoryWriter<Bytes>) {
+			let (inner, writer) = self.inner.split();
+			(ForgetfulReader { inner, polls: self.polls }, writer)
+		}
+	}
+
+	impl TransportRead for ForgetfulReader {
+		type Body = Bytes;
+
+		fn poll_read_message(&mut self, _: &mut Context<'_>) -> Poll<Result<Option<Message<Bytes>>, Error>> {
+			self.polls.fetch_add(1, Ordering::Relaxed);
+			self.inner.poll_read_message(&mut Context::from_waker(Waker::noop()))
+		}
+	}
+
+	struct Nothing;
+
+	impl std::task::Wake for Nothing {
+		fn wake(self: Arc<Self>) {}
+	}
+
+	/// The peer task polls its reader only once the reader woke it, unless it is polled with
+	/// another waker: then the reader's registration may belong to the executor (or event loop)
+	/// it left, and it looks again.
+	#[tokio::test]
+	async fn a_peer_polled_with_another_waker_looks_at_its_reader_again() {
+		let config = Config::default();
+		let (ours, theirs) = MemoryTransport::<Bytes>::pair(&config);
+		let polls = Arc::new(AtomicUsize::new(0));
+		let (peer, handle) = Peer::new(Forgetful { inner: ours, polls: polls.clone() }, &config);
+		let (_, mut remote) = theirs.split();
+		let mut run = Box::pin(peer.run());
+		let first = Waker::from(Arc::new(Nothing));
+		assert!(run.as_mut().poll(&mut Context::from_waker(&first)).is_pending());
+		let looked = polls.load(Ordering::Relaxed);
+		assert!(looked > 0);
+
+		remote.start_send(Message::stream(0, 1, Bytes::from_static(b"hello"))).unwrap();
+		assert!(remote.poll_flush(&mut Context::from_waker(Waker::noop())).is_ready());
+		// Same waker, and the reader woke nobody: no look.
+		assert!(run.as_mut().poll(&mut Context::from_waker(&first)).is_pending());
+		assert_eq!(polls.load(Ordering::Relaxed), looked);
+		// Another waker: a look, which finds the message.
+		let second = Waker::from(Arc::new(Nothing));
+		assert!(run.as_mut().poll(&mut Context::from_waker(&second)).is_pending());
+		assert!(polls.load(Ordering::Relaxed) > looked);
+		assert_eq!(handle.stats().received.messages.stream, 1);
 	}
 
 	/// A `Peer` (and so its `run` future) can be held across threads, as before the flush

@@ -162,7 +162,13 @@ impl Rehome {
 			let watch = Watch::new(py, event_loop, bridge)?;
 			// The new loop has reported nothing yet: read to find out.
 			inner.drained.store(false, Ordering::Release);
-			let old = std::mem::replace(&mut *lock(&inner.watch), watch);
+			let mut old = std::mem::replace(&mut *lock(&inner.watch), watch);
+			// Whoever waited on the old loop waits on a loop that reports nothing any more: wake
+			// them, so that they read (or write) again and register with the new one. A peer task
+			// polls its reader only once the reader's waker was woken.
+			for waker in [old.reader.take(), old.writer.take()].into_iter().flatten() {
+				waker.wake();
+			}
 			drop(old);
 		}
 		Ok(())
