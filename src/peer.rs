@@ -1078,15 +1078,18 @@ mod tests {
 	use super::*;
 	use crate::transport::memory::{MemoryReader, MemoryTransport, MemoryWriter};
 
-	/// The in-memory transport, counting the looks at its reader.
+	/// The in-memory transport, counting the looks at its reader. A `forgetful` reader's
+	/// registration wakes nobody, as one with an event loop that has closed.
 	struct Counting {
 		inner: MemoryTransport<Bytes>,
 		polls: Arc<AtomicUsize>,
+		forgetful: bool,
 	}
 
 	struct CountingReader {
 		inner: MemoryReader<Bytes>,
 		polls: Arc<AtomicUsize>,
+		forgetful: bool,
 	}
 
 	impl Transport for Counting {
@@ -1100,7 +1103,7 @@ mod tests {
 
 		fn split(self) -> (CountingReader, MemoryWriter<Bytes>) {
 			let (inner, writer) = self.inner.split();
-			(CountingReader { inner, polls: self.polls }, writer)
+			(CountingReader { inner, polls: self.polls, forgetful: self.forgetful }, writer)
 		}
 	}
 
@@ -1109,42 +1112,10 @@ mod tests {
 
 		fn poll_read_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message<Bytes>>, Error>> {
 			self.polls.fetch_add(1, Ordering::Relaxed);
+			if self.forgetful {
+				return self.inner.poll_read_message(&mut Context::from_waker(Waker::noop()));
+			}
 			self.inner.poll_read_message(cx)
-		}
-	}
-
-	/// A reader whose registration wakes nobody, as one with an event loop that has closed.
-	struct Forgetful {
-		inner: MemoryTransport<Bytes>,
-		polls: Arc<AtomicUsize>,
-	}
-
-	struct ForgetfulReader {
-		inner: MemoryReader<Bytes>,
-		polls: Arc<AtomicUsize>,
-	}
-
-	impl Transport for Forgetful {
-		type Body = Bytes;
-		type Reader = ForgetfulReader;
-		type Writer = MemoryWriter<Bytes>;
-
-		fn info(&self) -> ConnectionInfo {
-			ConnectionInfo::default()
-		}
-
-		fn split(self) -> (ForgetfulReader, MemoryWriter<Bytes>) {
-			let (inner, writer) = self.inner.split();
-			(ForgetfulReader { inner, polls: self.polls }, writer)
-		}
-	}
-
-	impl TransportRead for ForgetfulReader {
-		type Body = Bytes;
-
-		fn poll_read_message(&mut self, _: &mut Context<'_>) -> Poll<Result<Option<Message<Bytes>>, Error>> {
-			self.polls.fetch_add(1, Ordering::Relaxed);
-			self.inner.poll_read_message(&mut Context::from_waker(Waker::noop()))
 		}
 	}
 
@@ -1162,7 +1133,7 @@ mod tests {
 		let config = Config::default();
 		let (ours, theirs) = MemoryTransport::<Bytes>::pair(&config);
 		let polls = Arc::new(AtomicUsize::new(0));
-		let (peer, handle) = Peer::new(Forgetful { inner: ours, polls: polls.clone() }, &config);
+		let (peer, handle) = Peer::new(Counting { inner: ours, polls: polls.clone(), forgetful: true }, &config);
 		let (_, mut remote) = theirs.split();
 		let mut run = Box::pin(peer.run());
 		let first = Waker::from(Arc::new(Nothing));
@@ -1237,8 +1208,8 @@ mod tests {
 		let config = Config::default();
 		let (a, b) = MemoryTransport::pair(&config);
 		let (client_polls, server_polls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-		let client = Peer::spawn(Counting { inner: a, polls: client_polls.clone() }, &config);
-		let mut server = Peer::spawn(Counting { inner: b, polls: server_polls.clone() }, &config);
+		let client = Peer::spawn(Counting { inner: a, polls: client_polls.clone(), forgetful: false }, &config);
+		let mut server = Peer::spawn(Counting { inner: b, polls: server_polls.clone(), forgetful: false }, &config);
 		tokio::spawn(async move {
 			while let Ok(message) = server.recv_message().await {
 				if let Some((request, body)) = message.into_request() {
