@@ -107,17 +107,9 @@ impl std::task::Wake for ReadWake {
 }
 
 impl ReadWake {
-	/// The peer task is polled with `waker`: keep it for the transport's wake-ups. Returns
-	/// whether it differs from the last one.
-	fn set_task(&self, waker: &Waker) -> bool {
-		let mut task = self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-		match &*task {
-			Some(old) if old.will_wake(waker) => false,
-			_ => {
-				*task = Some(waker.clone());
-				true
-			},
-		}
+	/// The peer task is polled with a new `waker`: keep it for the transport's wake-ups.
+	fn set_task(&self, waker: &Waker) {
+		*self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(waker.clone());
 	}
 
 	/// Whether the reader may have something since the peer task last looked (and look now).
@@ -420,6 +412,9 @@ pub struct Peer<T: Transport> {
 	seen_read_by_handles: u64,
 	/// The reader returned `Pending` when this task last polled it (see [`ReadWake`]).
 	reader_parked: bool,
+	/// The waker of this task's last poll, as `ReadWake` holds it (compared here, without its
+	/// lock).
+	polled_with: Option<Waker>,
 	/// Stream messages wait for the read handle and no request is open: reading is left to
 	/// the read handle (as of the last round; see `Connection::may_leave_reading`).
 	leave_reading: bool,
@@ -524,6 +519,7 @@ impl<T: Transport> Peer<T> {
 			shared,
 			seen_read_by_handles: 0,
 			reader_parked: false,
+			polled_with: None,
 			leave_reading: false,
 			reader_takes: 0,
 			leave_seen_takes: 0,
@@ -642,7 +638,11 @@ impl<T: Transport> Peer<T> {
 		// instructions).
 		// Polled with another waker (another executor, or an event loop that took the connection
 		// over): the reader's registration may belong to the old one, so look again.
-		let new_waker = self.shared.read_wake.set_task(cx.waker());
+		let new_waker = !self.polled_with.as_ref().is_some_and(|last| last.will_wake(cx.waker()));
+		if new_waker {
+			self.shared.read_wake.set_task(cx.waker());
+			self.polled_with = Some(cx.waker().clone());
+		}
 		if self.shared.read_wake.take_woken() || new_waker {
 			// Kept until the reader is polled: this poll may not read (the read handle holds the
 			// read side, reading is left to it, the inbox waits for room).
