@@ -306,13 +306,28 @@ impl<B: Body> Shared<B> {
 /// than one write each can carry: written as they come, every few messages cost a system call
 /// on each side and a wake-up of the receiver. So while everything given to the transport since
 /// its last flush is stream messages, few bytes of them
-/// ([`TransportWrite::may_coalesce`]), the peer does not flush at once: it lets every other task
-/// ready on its worker thread run first (a deferred wake-up, as `tokio::task::yield_now` makes),
-/// and flushes when it is polled again and nothing more has come, or enough has, or it has held
-/// them [`HOLDS_AT_MOST`] times or for [`HOLD_AT_MOST`] (the clock is read at every fourth
-/// hold). A lone stream message waits for one turn of the worker's queue; a sender that sends
-/// on every turn, at most 16 of its turns or about 1 ms; requests, responses, updates and
-/// closing are never held.
+/// ([`TransportWrite::may_coalesce`]), the peer does not flush at once.
+///
+/// - The first hold lets every other task ready on its worker thread run first (a deferred
+///   wake-up, as `tokio::task::yield_now` makes). If nothing more has come when the peer is
+///   polled again, it flushes: a lone stream message, or a burst sent in one turn, waits for one
+///   turn of the worker's queue.
+/// - If more came, the sender is sending on turn after turn, and its next message wakes the peer
+///   (a wake-up from the running sender, which keeps the peer on the sender's worker). The peer
+///   flushes when [`HOLDS_AT_MOST`] such looks found more, when the transport holds enough, or
+///   at a deadline of [`HOLD_AT_MOST`] after the first hold (the runtime's timer rounds it up to
+///   its next millisecond tick), which is also when the tail of such a run goes out if nothing
+///   else flushes it first.
+///
+/// A hold is a deferred wake-up only once per flush, not at every turn of a steady sender. With
+/// one at every turn, the sender's own deferred wake-up (its yield) and the peer's meet when the
+/// worker wakes deferred tasks: one of them lands in the worker's run queue, which the other
+/// worker steals from, and the sender, the peer and the receiver migrate between the cores all
+/// the time (BENCHMARKS.md, the eighth and ninth passes).
+///
+/// Requests, responses, updates, closing, [`PeerWriteHandle::flush`](crate::PeerWriteHandle::flush)
+/// and a sender waiting for room in the write budget are never held: each wakes the peer, which
+/// then flushes at once.
 struct Coalesce {
 	/// Everything given to the transport since its last flush is a stream message.
 	stream_only: bool,
@@ -320,10 +335,15 @@ struct Coalesce {
 	flushing: bool,
 	/// Messages given to the transport since its last flush.
 	given: u64,
-	/// `given` when the peer last held back: if nothing more came by the next look, flush.
+	/// `given` when the peer last held back: if nothing more came by the next look, flush (but
+	/// see `looked_twice`).
 	held_at: Option<u64>,
+	/// The first hold's look found nothing more and held for a second turn. On tokio's
+	/// current-thread scheduler the first look comes before the sender's next turn (every such
+	/// look found nothing, and a steady sender cost a write per turn): the second comes after it.
+	looked_twice: bool,
 	/// When the peer first held back what it holds now, and how many times since.
-	since: Option<std::time::Instant>,
+	since: Option<Instant>,
 	holds: u32,
 }
 
@@ -335,7 +355,7 @@ const HOLD_AT_MOST: Duration = Duration::from_millis(1);
 
 impl Coalesce {
 	fn new() -> Self {
-		Self { stream_only: true, flushing: false, given: 0, held_at: None, since: None, holds: 0 }
+		Self { stream_only: true, flushing: false, given: 0, held_at: None, looked_twice: false, since: None, holds: 0 }
 	}
 
 	/// A message is given to the transport.
@@ -347,18 +367,40 @@ impl Coalesce {
 	}
 
 	/// Whether to hold back the flush once more: stream messages only, more given since the last
-	/// look, not held [`HOLDS_AT_MOST`] times or for [`HOLD_AT_MOST`] already, and (`ordinary`)
-	/// nothing else that wants the flush now.
+	/// look (or this is the first hold's look, once), not held [`HOLDS_AT_MOST`] times or for
+	/// [`HOLD_AT_MOST`] already, and (`ordinary`) nothing else that wants the flush now.
 	fn should_hold(&self, ordinary: bool) -> bool {
 		ordinary
 			&& self.stream_only
 			&& !self.flushing
 			&& self.given > 0
-			&& self.held_at != Some(self.given)
+			&& (self.more_came() || (self.holds == 1 && !self.looked_twice))
 			&& self.holds < HOLDS_AT_MOST
 			// The clock is read at every fourth look only (a read costs about as much as the
 			// rest of the look).
 			&& (self.holds % 4 != 0 || self.since.is_none_or(|since| since.elapsed() < HOLD_AT_MOST))
+	}
+
+	/// More was given since the last hold.
+	fn more_came(&self) -> bool {
+		self.held_at != Some(self.given)
+	}
+
+	/// Whether the next hold waits for the sender's next message (or the deadline) instead of a
+	/// turn of the worker's queue: this run held already, and more came since.
+	fn waits_for_sender(&self) -> bool {
+		self.holds > 0 && self.more_came()
+	}
+
+	/// When a hold that waits for the sender ends anyway: [`HOLD_AT_MOST`] after the first hold.
+	fn deadline(&self) -> Option<Instant> {
+		self.since.map(|since| since + HOLD_AT_MOST)
+	}
+
+	/// Hold back until the sender's next message (the caller has the state wake this task then).
+	fn hold_for_sender(&mut self) {
+		self.held_at = Some(self.given);
+		self.holds += 1;
 	}
 
 	/// Hold back: have this task polled again once the other tasks ready on its worker ran.
@@ -369,9 +411,12 @@ impl Coalesce {
 	/// executor, `block_in_place`) the task is woken at once and looks again right away, which
 	/// ends the hold unless more came meanwhile.
 	fn hold(&mut self, cx: &mut Context<'_>) {
+		if self.holds > 0 && !self.more_came() {
+			self.looked_twice = true;
+		}
 		self.held_at = Some(self.given);
 		self.holds += 1;
-		self.since.get_or_insert_with(std::time::Instant::now);
+		self.since.get_or_insert_with(Instant::now);
 		// Never ready on its first poll: it only registers the wake-up.
 		let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
 	}
@@ -382,6 +427,7 @@ impl Coalesce {
 		self.flushing = false;
 		self.given = 0;
 		self.held_at = None;
+		self.looked_twice = false;
 		self.since = None;
 		self.holds = 0;
 	}
@@ -441,6 +487,10 @@ pub struct Peer<T: Transport> {
 	flushed: Option<Flushed>,
 	/// Small stream messages held back from the flush while more keep coming.
 	coalesce: Coalesce,
+	/// The deadline of a hold that waits for the sender (`Coalesce::deadline`), and whether it is
+	/// set for the present run. Kept between runs, to reset rather than allocate again.
+	hold_deadline: Option<Pin<Box<Sleep>>>,
+	hold_deadline_set: bool,
 	/// A handle waits for the flush or for room (a copy of the state's flags): do not hold back.
 	flush_wanted: bool,
 	// Copies of the state's flags from the last round.
@@ -532,6 +582,8 @@ impl<T: Transport> Peer<T> {
 			written_auto: 0,
 			flushed: None,
 			coalesce: Coalesce::new(),
+			hold_deadline: None,
+			hold_deadline_set: false,
 			flush_wanted: false,
 			closing: false,
 			remote_done: false,
@@ -826,10 +878,26 @@ impl<T: Transport> Peer<T> {
 			if self.writer.has_queued() {
 				let ordinary =
 					!self.closing && !self.remote_done && !self.flush_wanted && self.links > 0 && self.batch.is_empty();
-				if self.coalesce.should_hold(ordinary && self.writer.may_coalesce()) {
+				let mut hold = self.coalesce.should_hold(ordinary && self.writer.may_coalesce());
+				if hold && self.coalesce.waits_for_sender() {
+					if self.poll_hold_deadline(cx).is_ready() {
+						hold = false;
+					} else {
+						self.coalesce.hold_for_sender();
+						// Woken by the sender's next message, unless it came meanwhile.
+						let mut state = self.shared.state();
+						if state.has_outgoing() {
+							progress = true;
+						} else {
+							state.park_driver(cx.waker(), true);
+							held = true;
+						}
+					}
+				} else if hold {
 					self.coalesce.hold(cx);
 					held = true;
-				} else {
+				}
+				if !hold {
 					self.coalesce.flushing = true;
 					if let Poll::Ready(result) = self.writer.poll_flush(cx) {
 						result?;
@@ -955,8 +1023,26 @@ impl<T: Transport> Peer<T> {
 		false
 	}
 
+	/// The deadline of a hold that waits for the sender, set when the run's first such hold
+	/// polls it.
+	fn poll_hold_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+		let Some(deadline) = self.coalesce.deadline() else { return Poll::Ready(()) };
+		let timer = match &mut self.hold_deadline {
+			Some(timer) => {
+				if !self.hold_deadline_set {
+					timer.as_mut().reset(deadline);
+				}
+				timer
+			},
+			None => self.hold_deadline.insert(Box::pin(tokio::time::sleep_until(deadline))),
+		};
+		self.hold_deadline_set = true;
+		timer.as_mut().poll(cx)
+	}
+
 	/// Everything given to the transport so far is written: tell the state in the next round.
 	fn note_flushed(&mut self) {
+		self.hold_deadline_set = false;
 		self.coalesce.flushed();
 		let flushed = self.flushed.get_or_insert_with(Flushed::default);
 		flushed.cost += std::mem::take(&mut self.written_cost);

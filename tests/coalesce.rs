@@ -1,10 +1,11 @@
 //! Small stream messages sent in a burst leave in few writes, and a lone one is not held back;
 //! stream messages the read handle took ahead keep the connection from idling.
 //!
-//! The peer holds back the flush of stream messages while more keep coming (until the other
-//! tasks ready on its worker have run, for at most 16 looks or 1 ms), so a burst costs a write per many
-//! messages instead of a write per turn of the sender. These tests count the writes that reach
-//! the byte stream.
+//! The peer holds back the flush of stream messages while more keep coming (first until the other
+//! tasks ready on its worker have run; then, while the sender sends on turn after turn, until its
+//! next message; for at most 16 looks or 1 ms), so a burst costs a write per many messages
+//! instead of a write per turn of the sender. These tests count the writes that reach the byte
+//! stream, and time holds on the runtime's paused clock.
 
 mod common;
 
@@ -205,6 +206,90 @@ fn a_steady_slow_sender_is_not_held_until_its_messages_pile_up() {
 		// Held until the end, the first message would come after the whole 200 ms of sending.
 		assert!(latency < Duration::from_millis(100), "{name}: the first message came after {latency:?}");
 	}
+}
+
+/// Send 16 stream messages a turn for `turns` turns, yielding in between, as a steady sender
+/// does: after the first turns the peer holds for the sender's next message, not for a turn.
+async fn send_turns(sender: &Sender, turns: u32) {
+	for turn in 0..turns {
+		for i in 0..16 {
+			sender.send_stream(7, Bytes::copy_from_slice(&(turn * 16 + i).to_le_bytes())).await.unwrap();
+		}
+		tokio::task::yield_now().await;
+	}
+}
+
+async fn recv_in_order(receiver: &mut PeerHandle<Bytes>, count: u32) {
+	for n in 0..count {
+		assert_eq!(recv_stream(receiver).await, Bytes::copy_from_slice(&n.to_le_bytes()));
+	}
+}
+
+/// A steady sender that stops without flushing (here it then sleeps for a minute, keeping its
+/// handle) has its last messages written at the hold's deadline, 1 ms after the hold began
+/// (rounded up to the timer's next millisecond), not when it next does something. Paused
+/// clock: the time is virtual, and moves only to the next timer when every task waits.
+#[tokio::test(start_paused = true)]
+async fn the_tail_of_a_steady_sender_goes_out_at_the_holds_deadline() {
+	let (sender, mut receiver, writes) = connected();
+	let started = tokio::time::Instant::now();
+	let sending = tokio::spawn(async move {
+		send_turns(&sender, 70).await;
+		tokio::time::sleep(Duration::from_secs(60)).await;
+		drop(sender);
+	});
+	recv_in_order(&mut receiver, 70 * 16).await;
+	let waited = started.elapsed();
+	eprintln!("waited {waited:?}, {} writes", writes.load(Ordering::Relaxed));
+	assert!(waited <= Duration::from_millis(3), "the last messages came after {waited:?}");
+	assert!(writes.load(Ordering::Relaxed) <= 16, "{} writes for 70 turns", writes.load(Ordering::Relaxed));
+	sending.abort();
+}
+
+/// `flush` wakes a peer that holds stream messages for the sender's next one: it returns without
+/// waiting for the hold's deadline (no virtual time passes), and everything is written.
+#[tokio::test(start_paused = true)]
+async fn a_flush_ends_a_hold_at_once() {
+	let (sender, mut receiver, _) = connected();
+	let started = tokio::time::Instant::now();
+	send_turns(&sender, 8).await;
+	sender.flush().await.unwrap();
+	assert_eq!(started.elapsed(), Duration::ZERO, "the flush waited for the hold's deadline");
+	assert_eq!(sender.stats().sent.messages.stream, 8 * 16);
+	recv_in_order(&mut receiver, 8 * 16).await;
+	assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+/// A sender that runs out of room in the write budget wakes a peer that holds for its next
+/// message: the held messages are flushed at once to make room, not at the hold's deadline (no
+/// virtual time passes in 512 messages, one a turn, through a budget of a few).
+#[tokio::test(start_paused = true)]
+async fn a_sender_out_of_room_ends_a_hold_at_once() {
+	let config = Config::default().with_max_buffered_outgoing(1024);
+	let (a, b) = tokio::io::duplex(1 << 20);
+	let (a_read, a_write) = tokio::io::split(a);
+	let (b_read, b_write) = tokio::io::split(b);
+	let sender = Peer::spawn(StreamTransport::new(a_read, a_write, &config), &config);
+	let mut receiver = Peer::spawn(StreamTransport::new(b_read, b_write, &config), &config);
+	let started = tokio::time::Instant::now();
+	let sending = tokio::spawn(async move {
+		for n in 0..512u32 {
+			let mut body = vec![0; 64];
+			body[..4].copy_from_slice(&n.to_le_bytes());
+			sender.send_stream(7, Bytes::from(body)).await.unwrap();
+			tokio::task::yield_now().await;
+		}
+		// The tail would wait for the hold's deadline (see above).
+		sender.flush().await.unwrap();
+		sender
+	});
+	for n in 0..512u32 {
+		assert_eq!(recv_stream(&mut receiver).await[..4], n.to_le_bytes());
+	}
+	let sender = sending.await.unwrap();
+	assert_eq!(started.elapsed(), Duration::ZERO, "a send waited for the hold's deadline");
+	assert!(sender.stats().send_blocked > Duration::ZERO, "the budget never ran out: the test tests nothing");
+	drop(sender);
 }
 
 /// Stream messages the read handle took ahead of the one it returned, not yet read by the

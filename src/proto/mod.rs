@@ -598,6 +598,7 @@ impl<B: Body> Connection<B> {
 			Some(cost)
 		} else {
 			self.room_wanted = true;
+			self.wake_driver();
 			None
 		}
 	}
@@ -771,6 +772,7 @@ impl<B: Body> Connection<B> {
 			Poll::Ready(Err(self.closed_error()))
 		} else {
 			self.flush_wanted = true;
+			self.wake_driver();
 			Poll::Pending
 		}
 	}
@@ -1156,6 +1158,11 @@ impl<B: Body> Connection<B> {
 	/// An error response the connection sends on its own.
 	fn auto_reply(&mut self, request_id: u32, text: &str) {
 		self.enqueue(Message::error_response(request_id, text), 0, false);
+	}
+
+	/// Whether messages wait in the outgoing queue.
+	pub fn has_outgoing(&self) -> bool {
+		!self.outgoing.is_empty()
 	}
 
 	/// Move what is queued for writing into `batch` (empty), and say whether there was any.
