@@ -311,13 +311,14 @@ impl<B: Body> Shared<B> {
 /// - The first hold lets every other task ready on its worker thread run first (a deferred
 ///   wake-up, as `tokio::task::yield_now` makes). If nothing more has come when the peer is
 ///   polled again, it flushes: a lone stream message, or a burst sent in one turn, waits for one
-///   turn of the worker's queue.
+///   turn of the worker's queue (two on a current-thread runtime; see `Coalesce::look_twice`).
 /// - If more came, the sender is sending on turn after turn, and its next message wakes the peer
 ///   (a wake-up from the running sender, which keeps the peer on the sender's worker). The peer
 ///   flushes when [`HOLDS_AT_MOST`] such looks found more, when the transport holds enough, or
 ///   at a deadline of [`HOLD_AT_MOST`] after the first hold (the runtime's timer rounds it up to
 ///   its next millisecond tick), which is also when the tail of such a run goes out if nothing
-///   else flushes it first.
+///   else flushes it first. A round that has more to read holds for a turn instead, so that
+///   reading goes on.
 ///
 /// A hold is a deferred wake-up only once per flush, not at every turn of a steady sender. With
 /// one at every turn, the sender's own deferred wake-up (its yield) and the peer's meet when the
@@ -338,9 +339,12 @@ struct Coalesce {
 	/// `given` when the peer last held back: if nothing more came by the next look, flush (but
 	/// see `looked_twice`).
 	held_at: Option<u64>,
-	/// The first hold's look found nothing more and held for a second turn. On tokio's
-	/// current-thread scheduler the first look comes before the sender's next turn (every such
-	/// look found nothing, and a steady sender cost a write per turn): the second comes after it.
+	/// On a current-thread runtime, a first hold whose look found nothing more holds for a
+	/// second turn (`look_twice`), and did (`looked_twice`). That scheduler runs the peer's
+	/// deferred look before the sender's next turn (every such look found nothing, and a steady
+	/// sender cost a write per turn): the second look comes after it. A multi-thread worker runs
+	/// the sender first.
+	look_twice: bool,
 	looked_twice: bool,
 	/// When the peer first held back what it holds now, and how many times since.
 	since: Option<Instant>,
@@ -355,7 +359,16 @@ const HOLD_AT_MOST: Duration = Duration::from_millis(1);
 
 impl Coalesce {
 	fn new() -> Self {
-		Self { stream_only: true, flushing: false, given: 0, held_at: None, looked_twice: false, since: None, holds: 0 }
+		Self {
+			stream_only: true,
+			flushing: false,
+			given: 0,
+			held_at: None,
+			look_twice: false,
+			looked_twice: false,
+			since: None,
+			holds: 0,
+		}
 	}
 
 	/// A message is given to the transport.
@@ -367,14 +380,14 @@ impl Coalesce {
 	}
 
 	/// Whether to hold back the flush once more: stream messages only, more given since the last
-	/// look (or this is the first hold's look, once), not held [`HOLDS_AT_MOST`] times or for
+	/// look (or, on a current-thread runtime, this is the first hold's look), not held [`HOLDS_AT_MOST`] times or for
 	/// [`HOLD_AT_MOST`] already, and (`ordinary`) nothing else that wants the flush now.
 	fn should_hold(&self, ordinary: bool) -> bool {
 		ordinary
 			&& self.stream_only
 			&& !self.flushing
 			&& self.given > 0
-			&& (self.more_came() || (self.holds == 1 && !self.looked_twice))
+			&& (self.more_came() || (self.look_twice && self.holds == 1 && !self.looked_twice))
 			&& self.holds < HOLDS_AT_MOST
 			// The clock is read at every fourth look only (a read costs about as much as the
 			// rest of the look).
@@ -409,7 +422,8 @@ impl Coalesce {
 	/// back. Inside a tokio worker the wake-up is deferred until the worker has run what else is
 	/// ready (or at its periodic maintenance); outside one (a runtime merely entered, another
 	/// executor, `block_in_place`) the task is woken at once and looks again right away, which
-	/// ends the hold unless more came meanwhile.
+	/// ends the hold unless more came meanwhile (or a current-thread runtime's second look is
+	/// due).
 	fn hold(&mut self, cx: &mut Context<'_>) {
 		if self.holds > 0 && !self.more_came() {
 			self.looked_twice = true;
@@ -694,6 +708,8 @@ impl<T: Transport> Peer<T> {
 		if new_waker {
 			self.shared.read_wake.set_task(cx.waker());
 			self.polled_with = Some(cx.waker().clone());
+			self.coalesce.look_twice = tokio::runtime::Handle::try_current()
+				.is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
 		}
 		if self.shared.read_wake.take_woken() || new_waker {
 			// Kept until the reader is polled: this poll may not read (the read handle holds the
@@ -728,6 +744,9 @@ impl<T: Transport> Peer<T> {
 			// Messages were read this round: another round reads on, unless the reader is
 			// registered for the remote's next bytes already.
 			let mut read_any = false;
+			// Reading has more to do in another round, and the reader is not registered for the
+			// remote's next bytes: a hold must not park this task on the sender alone.
+			let mut read_on = false;
 			if let Some(side) = side.as_deref_mut().filter(|_| may_read && !reader_parked) {
 				let before = side.inbox.len();
 				let stopped = self.shared.read_batch(side);
@@ -747,7 +766,10 @@ impl<T: Transport> Peer<T> {
 					}
 				}
 				match stopped {
-					Stopped::Eof => progress = true,
+					Stopped::Eof => {
+						progress = true;
+						read_on = true;
+					},
 					Stopped::Pending => {
 						waiting_for_remote = true;
 						reader_parked = true;
@@ -779,6 +801,7 @@ impl<T: Transport> Peer<T> {
 						// Handed over: read again (which also registers for the remote's bytes),
 						// unless the reader is registered already.
 						progress = true;
+						read_on = true;
 					}
 					if side.eof && !self.remote_done && side.inbox.is_empty() {
 						tracing::debug!(
@@ -807,6 +830,7 @@ impl<T: Transport> Peer<T> {
 				if self.auto_replies_full && !auto_replies_full {
 					// Reading may resume: another round, which polls the reader.
 					progress = true;
+					read_on = true;
 				}
 				self.auto_replies_full = auto_replies_full;
 				self.reader_takes = state.reader_takes();
@@ -814,6 +838,7 @@ impl<T: Transport> Peer<T> {
 				if self.leave_reading && !leave_reading {
 					// Reading is this task's again: another round, which polls the reader.
 					progress = true;
+					read_on = true;
 				}
 				self.leave_reading = leave_reading;
 				if !leave_reading {
@@ -873,13 +898,16 @@ impl<T: Transport> Peer<T> {
 				// another round, even if the flush below has to wait.
 				progress = true;
 			}
-			// Held back: polled again once the other tasks ready on this worker have run.
+			// Held back: polled again after a turn of the worker's queue or, for a steady sender,
+			// at its next message.
 			let mut held = false;
 			if self.writer.has_queued() {
 				let ordinary =
 					!self.closing && !self.remote_done && !self.flush_wanted && self.links > 0 && self.batch.is_empty();
 				let mut hold = self.coalesce.should_hold(ordinary && self.writer.may_coalesce());
-				if hold && self.coalesce.waits_for_sender() {
+				// Reading goes on in another round: hold for a turn, as the first hold does, so
+				// that the round comes.
+				if hold && self.coalesce.waits_for_sender() && !read_on {
 					if self.poll_hold_deadline(cx).is_ready() {
 						hold = false;
 					} else {
