@@ -449,9 +449,10 @@ impl<B: Body> PeerWriteHandle<B> {
 	///
 	/// For code that queues a burst of messages from outside the runtime, such as a binding to
 	/// another event loop: each message queued while the peer task sleeps otherwise wakes it,
-	/// which costs a cross-thread wake-up per message and lets it write them one by one. Nothing
-	/// queued under a hold is written before the guard is dropped, so drop it soon (at the end
-	/// of the burst); holds may overlap, and the last one dropped wakes.
+	/// which costs a cross-thread wake-up per message and lets it write them one by one. What is
+	/// queued under a hold may wait until the guard is dropped (the peer task writes it earlier
+	/// only if something else wakes it: the remote's bytes, a timer, a flush, a close), so drop
+	/// it soon (at the end of the burst); holds may overlap, and the last one dropped wakes.
 	pub fn hold_wakeups(&self) -> WakeupHold<B> {
 		WakeupHold::new(&self.link.shared)
 	}
