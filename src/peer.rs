@@ -351,9 +351,12 @@ struct Coalesce {
 	holds: u32,
 }
 
-/// The most looks a hold lasts while more keeps coming: enough for a busy sender's turns to fill
-/// a write, and a bound on the wait of a sender that brings one more message every turn.
-const HOLDS_AT_MOST: u32 = 16;
+/// The most looks a hold lasts while more keeps coming: enough for a busy sender's turns (16
+/// messages each in the benchmark) to fill most of a 64 KiB write, and a bound on the wait of a
+/// sender that brings one more message every turn (beside [`HOLD_AT_MOST`]). At 16, a write
+/// carried about 18 KiB of 64-byte messages, and 64-byte stream messages ran 5-15 % slower
+/// (BENCHMARKS.md, ninth pass).
+const HOLDS_AT_MOST: u32 = 64;
 /// The longest a hold lasts, for a sender whose turns are slow.
 const HOLD_AT_MOST: Duration = Duration::from_millis(1);
 
