@@ -337,15 +337,14 @@ struct Coalesce {
 	/// Messages given to the transport since its last flush.
 	given: u64,
 	/// `given` when the peer last held back: if nothing more came by the next look, flush (but
-	/// see `looked_twice`).
+	/// see `look_twice`).
 	held_at: Option<u64>,
 	/// On a current-thread runtime, a first hold whose look found nothing more holds for a
-	/// second turn (`look_twice`), and did (`looked_twice`). That scheduler runs the peer's
+	/// second turn (once: the second hold makes `holds` 2). That scheduler runs the peer's
 	/// deferred look before the sender's next turn (every such look found nothing, and a steady
 	/// sender cost a write per turn): the second look comes after it. A multi-thread worker runs
 	/// the sender first.
 	look_twice: bool,
-	looked_twice: bool,
 	/// When the peer first held back what it holds now, and how many times since.
 	since: Option<Instant>,
 	holds: u32,
@@ -362,16 +361,7 @@ const HOLD_AT_MOST: Duration = Duration::from_millis(1);
 
 impl Coalesce {
 	fn new() -> Self {
-		Self {
-			stream_only: true,
-			flushing: false,
-			given: 0,
-			held_at: None,
-			look_twice: false,
-			looked_twice: false,
-			since: None,
-			holds: 0,
-		}
+		Self { stream_only: true, flushing: false, given: 0, held_at: None, look_twice: false, since: None, holds: 0 }
 	}
 
 	/// A message is given to the transport.
@@ -390,7 +380,7 @@ impl Coalesce {
 			&& self.stream_only
 			&& !self.flushing
 			&& self.given > 0
-			&& (self.more_came() || (self.look_twice && self.holds == 1 && !self.looked_twice))
+			&& (self.more_came() || (self.look_twice && self.holds == 1))
 			&& self.holds < HOLDS_AT_MOST
 			// The clock is read at every fourth look only (a read costs about as much as the
 			// rest of the look).
@@ -428,9 +418,6 @@ impl Coalesce {
 	/// ends the hold unless more came meanwhile (or a current-thread runtime's second look is
 	/// due).
 	fn hold(&mut self, cx: &mut Context<'_>) {
-		if self.holds > 0 && !self.more_came() {
-			self.looked_twice = true;
-		}
 		self.held_at = Some(self.given);
 		self.holds += 1;
 		self.since.get_or_insert_with(Instant::now);
@@ -444,7 +431,6 @@ impl Coalesce {
 		self.flushing = false;
 		self.given = 0;
 		self.held_at = None;
-		self.looked_twice = false;
 		self.since = None;
 		self.holds = 0;
 	}
