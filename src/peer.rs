@@ -373,8 +373,9 @@ impl Coalesce {
 	}
 
 	/// Whether to hold back the flush once more: stream messages only, more given since the last
-	/// look (or, on a current-thread runtime, this is the first hold's look), not held [`HOLDS_AT_MOST`] times or for
-	/// [`HOLD_AT_MOST`] already, and (`ordinary`) nothing else that wants the flush now.
+	/// look (or, on a current-thread runtime, this is the first hold's look), not held
+	/// [`HOLDS_AT_MOST`] times or for [`HOLD_AT_MOST`] already, and (`ordinary`) nothing else
+	/// that wants the flush now.
 	fn should_hold(&self, ordinary: bool) -> bool {
 		ordinary
 			&& self.stream_only
