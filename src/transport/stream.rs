@@ -232,8 +232,14 @@ impl<W: AsyncWrite + Send + Unpin + 'static> StreamWriter<W> {
 
 	fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
 		while self.queued > 0 {
+			// One slice goes through `poll_write`, not a vectored write of one: tokio's sockets
+			// take a short `poll_write` as a full buffer and wait for room, but try a short
+			// vectored write again and fail (`EAGAIN`). The rest of a large body is one slice,
+			// so this saves a failed system call per socket buffer's worth of it.
 			let written = if self.chunks.is_empty() {
 				ready!(Pin::new(&mut self.inner).poll_write(cx, &self.staging))?
+			} else if self.chunks.len() == 1 && self.staging.is_empty() {
+				ready!(Pin::new(&mut self.inner).poll_write(cx, &self.chunks[0]))?
 			} else {
 				let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
 				let mut count = 0;
@@ -487,6 +493,116 @@ mod tests {
 			assert_eq!(codec.decode(&mut wire).unwrap().as_ref(), Some(message));
 		}
 		assert!(wire.is_empty());
+	}
+
+	/// A socket modelled on tokio's, with a send buffer of `CAPACITY` bytes that a reader drains.
+	/// Like tokio's `poll_write`, a short write clears the socket's readiness, so the next write
+	/// waits for room without a system call. Like tokio's `poll_write_vectored`, a short vectored
+	/// write does not, and the next write is made and fails (`EAGAIN`): `failed` counts those.
+	#[derive(Default)]
+	struct Modelled {
+		room: usize,
+		ready: bool,
+		waker: Option<std::task::Waker>,
+		wire: Vec<u8>,
+		failed: usize,
+	}
+
+	struct ModelSocket(std::sync::Arc<std::sync::Mutex<Modelled>>);
+
+	impl ModelSocket {
+		const CAPACITY: usize = 64 * 1024;
+
+		fn write(
+			&self,
+			cx: &mut Context<'_>,
+			bufs: &[IoSlice<'_>],
+			clears_on_short: bool,
+		) -> Poll<std::io::Result<usize>> {
+			let mut socket = self.0.lock().unwrap();
+			if socket.ready && socket.room == 0 {
+				socket.failed += 1;
+				socket.ready = false;
+			}
+			if !socket.ready {
+				socket.waker = Some(cx.waker().clone());
+				return Poll::Pending;
+			}
+			let total: usize = bufs.iter().map(|buf| buf.len()).sum();
+			let mut written = 0;
+			for buf in bufs {
+				let take = buf.len().min(socket.room);
+				socket.wire.extend_from_slice(&buf[..take]);
+				socket.room -= take;
+				written += take;
+			}
+			if written < total && clears_on_short {
+				socket.ready = false;
+			}
+			Poll::Ready(Ok(written))
+		}
+
+		/// What a reader does: take everything sent, and make the socket writable again.
+		fn drain(&self) -> Vec<u8> {
+			let mut socket = self.0.lock().unwrap();
+			socket.room = Self::CAPACITY;
+			socket.ready = true;
+			if let Some(waker) = socket.waker.take() {
+				waker.wake();
+			}
+			std::mem::take(&mut socket.wire)
+		}
+	}
+
+	impl AsyncWrite for ModelSocket {
+		fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+			self.write(cx, &[IoSlice::new(buf)], true)
+		}
+		fn poll_write_vectored(
+			self: Pin<&mut Self>,
+			cx: &mut Context<'_>,
+			bufs: &[IoSlice<'_>],
+		) -> Poll<std::io::Result<usize>> {
+			self.write(cx, bufs, false)
+		}
+		fn is_write_vectored(&self) -> bool {
+			true
+		}
+		fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+			Poll::Ready(Ok(()))
+		}
+		fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+			Poll::Ready(Ok(()))
+		}
+	}
+
+	#[tokio::test]
+	async fn the_rest_of_a_large_body_waits_for_room_without_failed_writes() {
+		let codec = StreamCodec::new(Default::default(), 4 << 20, 4 << 20);
+		let model = std::sync::Arc::new(std::sync::Mutex::new(Modelled::default()));
+		let socket = ModelSocket(model.clone());
+		socket.drain();
+		let mut writer = StreamWriter::new(socket, codec);
+		let message = Message::stream(7, 1, Bytes::from(vec![0xa5; 1 << 20]));
+		writer.start_send(message.clone()).unwrap();
+
+		let reader = ModelSocket(model.clone());
+		let drained = tokio::spawn(async move {
+			let mut wire = Vec::new();
+			while wire.len() < 16 + (1 << 20) {
+				tokio::task::yield_now().await;
+				wire.extend(reader.drain());
+			}
+			wire
+		});
+		poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+		let mut wire = BytesMut::from(&drained.await.unwrap()[..]);
+		assert_eq!(codec.decode(&mut wire).unwrap(), Some(message));
+
+		// 17 socket buffers' worth: only the write after the first, vectored one (prefix and
+		// body) may fail. Writing the rest as one-slice vectored writes failed 16 times.
+		let failed = model.lock().unwrap().failed;
+		assert!(failed <= 1, "{failed} failed writes");
 	}
 
 	#[tokio::test]
