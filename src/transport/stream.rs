@@ -133,6 +133,12 @@ impl<R: AsyncRead + Send + Unpin + 'static> StreamReader<R> {
 
 	/// Make room for the next read, sized for what the frame at the front still needs.
 	fn reserve(&mut self) -> Result<(), Error> {
+		if self.grown && self.buffer.is_empty() {
+			// Between frames, take back the whole allocation a large frame left (if its body has
+			// been dropped), so that the next one is read from its start: into the small tail left
+			// after the last frame, a large frame's head would be read and then copied.
+			let _ = self.buffer.try_reclaim(self.buffer.capacity() + 1);
+		}
 		let frame_len = self.codec.check_frame(&self.buffer)?.unwrap_or(0);
 		let needed = frame_len.saturating_sub(self.buffer.len());
 		let spare = self.buffer.capacity() - self.buffer.len();
@@ -636,6 +642,54 @@ mod tests {
 			assert_eq!(reader.buffer.capacity(), 0, "{len}: the reader still holds its allocation");
 			assert!(!reader.holds_spare_memory());
 		}
+	}
+
+	/// A reader that hands over as much as the caller has room for, and counts its reads.
+	struct Counted {
+		data: std::io::Cursor<Vec<u8>>,
+		reads: usize,
+	}
+
+	impl tokio::io::AsyncRead for Counted {
+		fn poll_read(
+			mut self: Pin<&mut Self>,
+			cx: &mut Context<'_>,
+			buf: &mut tokio::io::ReadBuf<'_>,
+		) -> Poll<std::io::Result<()>> {
+			self.reads += 1;
+			Pin::new(&mut self.data).poll_read(cx, buf)
+		}
+	}
+
+	#[tokio::test]
+	async fn a_large_frame_after_a_large_frame_is_read_into_the_whole_allocation() {
+		// Frames arrive one at a time, as echoes do: the buffer is empty between them.
+		let codec = StreamCodec::new(Default::default(), 8 << 20, 8 << 20);
+		let len = 4 << 20;
+		let frame = |i: u8| {
+			let mut wire = BytesMut::new();
+			codec.encode(&Message::stream(i.into(), 0, Bytes::from(vec![i; len])), &mut wire).unwrap();
+			std::io::Cursor::new(wire.to_vec())
+		};
+		let mut reader = StreamReader::new(Counted { data: frame(0), reads: 0 }, codec);
+		let first = poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().unwrap();
+		let start = first.body.as_ptr();
+		drop(first);
+		for i in 1..3 {
+			reader.inner = Counted { data: frame(i), reads: 0 };
+			let message = poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().unwrap();
+			assert!(message.body.iter().all(|&byte| byte == i), "frame {i} corrupted");
+			// One read, from the start of the allocation: read into the tail the last frame
+			// left, the head would take a read of its own and then be copied to the start.
+			assert_eq!(reader.inner.reads, 1, "frame {i} took more than one read");
+			assert_eq!(message.body.as_ptr(), start, "frame {i} was read elsewhere");
+		}
+		// A body still held keeps its bytes: the next frame goes to another allocation.
+		reader.inner = Counted { data: frame(3), reads: 0 };
+		let held = poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().unwrap();
+		reader.inner = Counted { data: frame(4), reads: 0 };
+		let next = poll_fn(|cx| reader.poll_read_message(cx)).await.unwrap().unwrap();
+		assert!(held.body.iter().all(|&byte| byte == 3) && next.body.iter().all(|&byte| byte == 4));
 	}
 
 	#[tokio::test]
