@@ -338,6 +338,18 @@ mod tests {
 	use super::*;
 	use std::future::poll_fn;
 
+	/// `poll_flush` and `poll_shutdown` of a test writer that holds nothing back.
+	macro_rules! nothing_to_flush {
+		() => {
+			fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+				Poll::Ready(Ok(()))
+			}
+			fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+				Poll::Ready(Ok(()))
+			}
+		};
+	}
+
 	/// A writer that takes at most `limit` bytes per call, to exercise partial writes.
 	struct Trickle {
 		written: Vec<u8>,
@@ -350,12 +362,7 @@ mod tests {
 			self.written.extend_from_slice(&buf[..n]);
 			Poll::Ready(Ok(n))
 		}
-		fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-			Poll::Ready(Ok(()))
-		}
-		fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-			Poll::Ready(Ok(()))
-		}
+		nothing_to_flush!();
 	}
 
 	#[tokio::test]
@@ -473,12 +480,7 @@ mod tests {
 		fn is_write_vectored(&self) -> bool {
 			true
 		}
-		fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-			Poll::Ready(Ok(()))
-		}
-		fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-			Poll::Ready(Ok(()))
-		}
+		nothing_to_flush!();
 	}
 
 	#[tokio::test]
@@ -574,12 +576,7 @@ mod tests {
 		fn is_write_vectored(&self) -> bool {
 			true
 		}
-		fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-			Poll::Ready(Ok(()))
-		}
-		fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-			Poll::Ready(Ok(()))
-		}
+		nothing_to_flush!();
 	}
 
 	#[tokio::test]
