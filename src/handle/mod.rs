@@ -392,10 +392,10 @@ impl<B: Body> PeerWriteHandle<B> {
 	///
 	/// Over a byte stream (TCP, Unix stream, TLS), small stream messages that keep coming are
 	/// gathered into fewer writes. A lone message, or a burst sent in one turn of the task, waits
-	/// for one turn of the runtime's queue (two on a current-thread runtime). The last messages of a task that sent on turn after
-	/// turn and then stopped wait at most about 2 ms (1 ms, rounded up to the timer's next
-	/// millisecond) unless a flush, a request, an update or a response sent after them takes
-	/// them along at once.
+	/// for one turn of the runtime's queue (two on a current-thread runtime). The last messages
+	/// of a task that sent on turn after turn and then stopped wait at most about 2 ms (1 ms,
+	/// rounded up to the timer's next millisecond) unless a flush, a request, an update or a
+	/// response sent after them takes them along at once.
 	pub fn send_stream(
 		&self,
 		service_id: i32,
