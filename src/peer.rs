@@ -44,6 +44,11 @@ const RELEASE_SPARE_AFTER: Duration = Duration::from_millis(100);
 const LEAVE_READING_FOR: Duration = Duration::from_millis(2);
 /// Rounds of work before the peer yields to the runtime even if more is ready.
 const ROUNDS_BEFORE_YIELD: usize = 32;
+/// A message at least this large (bytes of the outgoing budget) is more than a socket takes at
+/// its default buffer size (208 KiB on Linux): before it is written, the peer task yields once
+/// so that an idle worker thread wakes and watches the sockets while this one writes (see
+/// the field `Peer::yield_before_flush`).
+const YIELD_BEFORE_WRITING: usize = 256 * 1024;
 
 /// What the peer task and every handle of one connection share.
 pub(crate) struct Shared<B> {
@@ -491,6 +496,22 @@ pub struct Peer<T: Transport> {
 	flushed: Option<Flushed>,
 	/// Small stream messages held back from the flush while more keep coming.
 	coalesce: Coalesce,
+	/// The task runs on a runtime with other worker threads (as of the last new waker).
+	other_workers: bool,
+	/// A large message was given to the transport since the last flush, and the task has not
+	/// yielded for it yet.
+	///
+	/// A worker thread that finds nothing to do parks, and only one parked worker polls the I/O
+	/// driver; the others sleep until a worker has queued tasks to share. So when this task is
+	/// woken by the driver and writes a message of several MiB in one system call, often no
+	/// worker polls the driver meanwhile: the remote's peer task, on the other end of the
+	/// socket, is woken only once the write has returned, and reads the whole message then, as
+	/// a copy of memory that has left the cache. Over loopback TCP that made the 4 MiB echo
+	/// 0.71-1.13x raw tokio, whose receiver reads while its sender writes. A task that wakes
+	/// itself and returns `Pending` is queued at the back, and tokio wakes a sleeping worker for
+	/// it: that worker finds nothing to take, parks, and polls the driver while this one
+	/// writes (1.27-1.34x raw tokio, BENCHMARKS.md).
+	yield_before_flush: bool,
 	/// The deadline of a hold that waits for the sender (`Coalesce::deadline`), and whether it is
 	/// set for the present run. Kept between runs, to reset rather than allocate again.
 	hold_deadline: Option<Pin<Box<Sleep>>>,
@@ -586,6 +607,8 @@ impl<T: Transport> Peer<T> {
 			written_auto: 0,
 			flushed: None,
 			coalesce: Coalesce::new(),
+			other_workers: false,
+			yield_before_flush: false,
 			hold_deadline: None,
 			hold_deadline_set: false,
 			flush_wanted: false,
@@ -698,8 +721,9 @@ impl<T: Transport> Peer<T> {
 		if new_waker {
 			self.shared.read_wake.set_task(cx.waker());
 			self.polled_with = Some(cx.waker().clone());
-			self.coalesce.look_twice = tokio::runtime::Handle::try_current()
-				.is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+			let flavor = tokio::runtime::Handle::try_current().ok().map(|runtime| runtime.runtime_flavor());
+			self.coalesce.look_twice = flavor == Some(tokio::runtime::RuntimeFlavor::CurrentThread);
+			self.other_workers = flavor == Some(tokio::runtime::RuntimeFlavor::MultiThread);
 		}
 		if self.shared.read_wake.take_woken() || new_waker {
 			// Kept until the reader is polled: this poll may not read (the read handle holds the
@@ -878,6 +902,7 @@ impl<T: Transport> Peer<T> {
 					self.written_auto += 1;
 				}
 				self.written_cost += outgoing.cost;
+				self.yield_before_flush |= self.other_workers && outgoing.cost >= YIELD_BEFORE_WRITING;
 				self.coalesce.give(outgoing.message.header.message_type);
 				self.write(outgoing.message);
 				progress = true;
@@ -914,6 +939,12 @@ impl<T: Transport> Peer<T> {
 				} else if hold {
 					self.coalesce.hold(cx);
 					held = true;
+				}
+				if !hold && std::mem::take(&mut self.yield_before_flush) {
+					// Polled again at once, unless other tasks were queued first; the rounds'
+					// other work (timers, closing) is looked at then.
+					cx.waker().wake_by_ref();
+					return Poll::Pending;
 				}
 				if !hold {
 					self.coalesce.flushing = true;
@@ -1305,6 +1336,57 @@ mod tests {
 			"the reader still holds the buffer grown for the message, {:?} after it",
 			RELEASE_SPARE_AFTER * 4
 		);
+	}
+
+	/// Counts its wake-ups.
+	#[derive(Default)]
+	struct Wakes(AtomicUsize);
+
+	impl std::task::Wake for Wakes {
+		fn wake(self: Arc<Self>) {
+			self.0.fetch_add(1, Ordering::Relaxed);
+		}
+	}
+
+	/// Polls a peer task whose handle queued a stream message of `len` bytes. The result: how
+	/// many polls it took until the remote could read the message, and how often the task was
+	/// woken after the message was queued (by itself: nothing else happens meanwhile).
+	fn polls_until_written(len: usize) -> (usize, usize) {
+		let config = Config::default().with_max_body_len_write(len).with_max_body_len_read(len);
+		let (ours, theirs) = MemoryTransport::<Bytes>::pair(&config);
+		let (peer, handle) = Peer::new(ours, &config);
+		let (mut remote, _writer) = theirs.split();
+		let mut run = Box::pin(peer.run());
+		let wakes = Arc::new(Wakes::default());
+		let waker = Waker::from(wakes.clone());
+		let mut cx = Context::from_waker(&waker);
+		// The peer task looks at the reader once and sleeps.
+		assert!(run.as_mut().poll(&mut cx).is_pending());
+		let send = std::pin::pin!(handle.send_stream(1, Bytes::from(vec![7; len])));
+		assert!(matches!(send.poll(&mut cx), Poll::Ready(Ok(()))));
+		let before = wakes.0.load(Ordering::Relaxed);
+		for polls in 1..=4 {
+			assert!(run.as_mut().poll(&mut cx).is_pending());
+			if let Poll::Ready(message) = remote.poll_read_message(&mut Context::from_waker(Waker::noop())) {
+				assert_eq!(message.unwrap().unwrap().body.len(), len);
+				return (polls, wakes.0.load(Ordering::Relaxed) - before);
+			}
+		}
+		panic!("a {len}-byte message was not written in 4 polls");
+	}
+
+	/// On a runtime with other worker threads, the peer task yields once before it writes a
+	/// large message, so that another worker polls the I/O driver while it writes; a small
+	/// message, or any message on a current-thread runtime, is written at the first poll.
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn a_large_message_is_written_after_one_yield_when_other_workers_can_watch_the_sockets() {
+		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING), (2, 1));
+		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING - 1024), (1, 0));
+	}
+
+	#[tokio::test(flavor = "current_thread")]
+	async fn a_large_message_is_written_at_once_on_a_current_thread_runtime() {
+		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING), (1, 0));
 	}
 
 	#[tokio::test]
