@@ -46,8 +46,8 @@ const LEAVE_READING_FOR: Duration = Duration::from_millis(2);
 const ROUNDS_BEFORE_YIELD: usize = 32;
 /// A message at least this large (bytes of the outgoing budget) is more than a socket takes at
 /// its default buffer size (208 KiB on Linux): before it is written, the peer task yields once
-/// so that an idle worker thread wakes and watches the sockets while this one writes (see
-/// the field `Peer::yield_before_flush`).
+/// if the transport asks for it, so that an idle worker thread wakes and watches the sockets
+/// while this one writes (see the field `Peer::yield_before_flush`).
 const YIELD_BEFORE_WRITING: usize = 256 * 1024;
 
 /// What the peer task and every handle of one connection share.
@@ -496,8 +496,10 @@ pub struct Peer<T: Transport> {
 	flushed: Option<Flushed>,
 	/// Small stream messages held back from the flush while more keep coming.
 	coalesce: Coalesce,
-	/// The task runs on a runtime with other worker threads (as of the last new waker).
-	other_workers: bool,
+	/// The task runs on a runtime with other worker threads (as of the last new waker), and the
+	/// transport asks for a yield before a large write
+	/// ([`TransportWrite::yields_before_large_writes`]).
+	yields_before_large_writes: bool,
 	/// A large message was given to the transport since the last flush, and the task has not
 	/// yielded for it yet.
 	///
@@ -510,7 +512,9 @@ pub struct Peer<T: Transport> {
 	/// 0.71-1.13x raw tokio, whose receiver reads while its sender writes. A task that wakes
 	/// itself and returns `Pending` is queued at the back, and tokio wakes a sleeping worker for
 	/// it: that worker finds nothing to take, parks, and polls the driver while this one
-	/// writes (1.27-1.34x raw tokio, BENCHMARKS.md).
+	/// writes (1.27-1.34x raw tokio, BENCHMARKS.md). Over a Unix stream the same wake-up costs:
+	/// the message moves in turns of one socket buffer, which run fastest on one worker thread,
+	/// so that transport does not ask for it.
 	yield_before_flush: bool,
 	/// The deadline of a hold that waits for the sender (`Coalesce::deadline`), and whether it is
 	/// set for the present run. Kept between runs, to reset rather than allocate again.
@@ -536,10 +540,9 @@ pub struct Peer<T: Transport> {
 	idle_timeout: Option<Duration>,
 	idle_deadline: Option<Pin<Box<Sleep>>>,
 	last_activity: Instant,
-	/// While the transport holds spare memory: when to look again, and whether the connection
-	/// has been quiet since the last look.
+	/// While the transport holds spare memory: when to let it go, unless a message moves first
+	/// (see `Peer::poll_release_spare`).
 	release_deadline: Option<Pin<Box<Sleep>>>,
-	quiet_since_look: bool,
 	/// The connection's span: the task runs in it, and request spans are its children.
 	span: tracing::Span,
 	/// What this connection has published through the `metrics` facade, and when it publishes
@@ -607,7 +610,7 @@ impl<T: Transport> Peer<T> {
 			written_auto: 0,
 			flushed: None,
 			coalesce: Coalesce::new(),
-			other_workers: false,
+			yields_before_large_writes: false,
 			yield_before_flush: false,
 			hold_deadline: None,
 			hold_deadline_set: false,
@@ -628,7 +631,6 @@ impl<T: Transport> Peer<T> {
 			idle_deadline: None,
 			last_activity: Instant::now(),
 			release_deadline: None,
-			quiet_since_look: false,
 			span,
 			#[cfg(feature = "metrics")]
 			metrics: crate::metrics::Publisher::default(),
@@ -723,7 +725,8 @@ impl<T: Transport> Peer<T> {
 			self.polled_with = Some(cx.waker().clone());
 			let flavor = tokio::runtime::Handle::try_current().ok().map(|runtime| runtime.runtime_flavor());
 			self.coalesce.look_twice = flavor == Some(tokio::runtime::RuntimeFlavor::CurrentThread);
-			self.other_workers = flavor == Some(tokio::runtime::RuntimeFlavor::MultiThread);
+			self.yields_before_large_writes =
+				flavor == Some(tokio::runtime::RuntimeFlavor::MultiThread) && self.writer.yields_before_large_writes();
 		}
 		if self.shared.read_wake.take_woken() || new_waker {
 			// Kept until the reader is polled: this poll may not read (the read handle holds the
@@ -902,7 +905,7 @@ impl<T: Transport> Peer<T> {
 					self.written_auto += 1;
 				}
 				self.written_cost += outgoing.cost;
-				self.yield_before_flush |= self.other_workers && outgoing.cost >= YIELD_BEFORE_WRITING;
+				self.yield_before_flush |= self.yields_before_large_writes && outgoing.cost >= YIELD_BEFORE_WRITING;
 				self.coalesce.give(outgoing.message.header.message_type);
 				self.write(outgoing.message);
 				progress = true;
@@ -1004,15 +1007,14 @@ impl<T: Transport> Peer<T> {
 			if self.poll_idle(cx) {
 				progress = true;
 			}
-			if active {
-				self.quiet_since_look = false;
-			}
 			if !progress && !active {
 				self.poll_release_spare(cx, false);
 			} else if read_by_handles {
 				// The read handle read for this task, perhaps a large message: the release is
 				// timed from here, as it is after a round of this task's own reading.
 				self.poll_release_spare(cx, true);
+			} else if active {
+				self.put_off_release();
 			}
 
 			if !progress || held {
@@ -1099,9 +1101,18 @@ impl<T: Transport> Peer<T> {
 		flushed.total = self.taken_total;
 	}
 
-	/// Let the transport give back buffers grown for a large message once the connection has been
-	/// quiet for [`RELEASE_SPARE_AFTER`]. Costs nothing (no timer) while it holds none.
-	/// `active`: this round moved messages.
+	/// Let the transport give back buffers grown for a large message once no message has moved
+	/// for [`RELEASE_SPARE_AFTER`] (up to twice that). Costs nothing (no timer) while it holds
+	/// none. `active`: this round moved messages.
+	///
+	/// The timer is armed at a quiet round (or after the read handle read), and a round that
+	/// moves a message puts it off ([`put_off_release`](Self::put_off_release)), so it never
+	/// fires while messages keep moving. It used to fire every period and look whether the
+	/// connection had been quiet: a timer that fires in the same turn of the I/O driver as a
+	/// socket's readiness wakes two tasks at once, and tokio then wakes a second worker thread.
+	/// Over a Unix stream, the two ends of a 4 MiB echo went on taking turns across two threads
+	/// instead of one, at 0.84-0.96x raw tokio; with no timer firing they stay on one, at
+	/// 1.13-1.22x (BENCHMARKS.md).
 	fn poll_release_spare(&mut self, cx: &mut Context<'_>, active: bool) {
 		// The read side is busy while the read handle reads through it: it may hold spare memory
 		// (the timer stays armed, and the release looks again).
@@ -1110,24 +1121,29 @@ impl<T: Transport> Peer<T> {
 			self.release_deadline = None;
 			return;
 		}
-		if self.release_deadline.is_none() {
-			// Armed at a quiet moment (this round moved nothing), or after the read handle read.
-			self.quiet_since_look = !active;
+		if active {
+			self.put_off_release();
 		}
 		let deadline = self.release_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(RELEASE_SPARE_AFTER)));
-		while deadline.as_mut().poll(cx).is_ready() {
-			if self.quiet_since_look {
-				if let Ok(mut side) = self.shared.reading.try_lock() {
-					side.reader.release_spare_memory();
-					side.spare_told = false;
-				}
-				self.writer.release_spare_memory();
-				self.release_deadline = None;
-				return;
+		if deadline.as_mut().poll(cx).is_ready() {
+			if let Ok(mut side) = self.shared.reading.try_lock() {
+				side.reader.release_spare_memory();
+				side.spare_told = false;
 			}
-			// Busy since the last look: look again after another quiet period.
-			self.quiet_since_look = true;
-			deadline.as_mut().reset(Instant::now() + RELEASE_SPARE_AFTER);
+			self.writer.release_spare_memory();
+			self.release_deadline = None;
+		}
+	}
+
+	/// A message moved: keep the release timer, if armed, at least [`RELEASE_SPARE_AFTER`] away.
+	/// It is moved to twice that only when less is left, so a busy connection resets it about
+	/// once a period, not at every message (each reset takes the timer wheel's lock).
+	fn put_off_release(&mut self) {
+		if let Some(deadline) = &mut self.release_deadline {
+			let now = Instant::now();
+			if deadline.deadline() < now + RELEASE_SPARE_AFTER {
+				deadline.as_mut().reset(now + 2 * RELEASE_SPARE_AFTER);
+			}
 		}
 	}
 
@@ -1348,14 +1364,21 @@ mod tests {
 		}
 	}
 
-	/// Polls a peer task whose handle queued a stream message of `len` bytes. The result: how
-	/// many polls it took until the remote could read the message, and how often the task was
-	/// woken after the message was queued (by itself: nothing else happens meanwhile).
-	fn polls_until_written(len: usize) -> (usize, usize) {
+	/// Polls a peer task over a byte stream (yielding before large writes, as TCP does, if
+	/// `yields`) whose handle queued a stream message of `len` bytes. The result: how many polls
+	/// it took until the remote could read the message, and how often the task was woken after
+	/// the message was queued (by itself: nothing else happens meanwhile).
+	fn polls_until_written(len: usize, yields: bool) -> (usize, usize) {
 		let config = Config::default().with_max_body_len_write(len).with_max_body_len_read(len);
-		let (ours, theirs) = MemoryTransport::<Bytes>::pair(&config);
-		let (peer, handle) = Peer::new(ours, &config);
-		let (mut remote, _writer) = theirs.split();
+		let (ours, theirs) = tokio::io::duplex(2 * len);
+		let (read, write) = tokio::io::split(ours);
+		let mut transport = crate::StreamTransport::new(read, write, &config);
+		if yields {
+			transport = transport.yielding_before_large_writes();
+		}
+		let (peer, handle) = Peer::new(transport, &config);
+		let (read, write) = tokio::io::split(theirs);
+		let (mut remote, _writer) = crate::StreamTransport::new(read, write, &config).split();
 		let mut run = Box::pin(peer.run());
 		let wakes = Arc::new(Wakes::default());
 		let waker = Waker::from(wakes.clone());
@@ -1375,18 +1398,80 @@ mod tests {
 		panic!("a {len}-byte message was not written in 4 polls");
 	}
 
-	/// On a runtime with other worker threads, the peer task yields once before it writes a
-	/// large message, so that another worker polls the I/O driver while it writes; a small
-	/// message, or any message on a current-thread runtime, is written at the first poll.
+	/// On a runtime with other worker threads, over a transport that asks for it (TCP), the
+	/// peer task yields once before it writes a large message, so that another worker polls the
+	/// I/O driver while it writes; a small message is written at the first poll.
 	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 	async fn a_large_message_is_written_after_one_yield_when_other_workers_can_watch_the_sockets() {
-		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING), (2, 1));
-		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING - 1024), (1, 0));
+		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING, true), (2, 1));
+		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING - 1024, true), (1, 0));
+	}
+
+	/// A transport that does not ask for the yield (a Unix stream), or a runtime without other
+	/// workers: written at the first poll.
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn a_large_message_is_written_at_once_over_a_transport_that_keeps_to_one_worker() {
+		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING, false), (1, 0));
 	}
 
 	#[tokio::test(flavor = "current_thread")]
 	async fn a_large_message_is_written_at_once_on_a_current_thread_runtime() {
-		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING), (1, 0));
+		assert_eq!(polls_until_written(YIELD_BEFORE_WRITING, true), (1, 0));
+	}
+
+	/// The timer that lets go of a large message's buffer does not fire while messages keep
+	/// coming (a timer firing among the socket's events wakes a second worker thread), and the
+	/// buffer goes once they stop.
+	#[tokio::test(start_paused = true)]
+	async fn the_release_timer_stays_quiet_while_messages_keep_coming() {
+		use tokio::io::AsyncWriteExt;
+
+		const LEN: usize = 4 << 20;
+		let config = Config::default().with_max_body_len_read(LEN);
+		let (ours, mut theirs) = tokio::io::duplex(2 * LEN);
+		let (read, write) = tokio::io::split(ours);
+		let (peer, mut handle) = Peer::new(crate::StreamTransport::new(read, write, &config), &config);
+		let shared = peer.shared.clone();
+		let mut run = Box::pin(peer.run());
+		let wakes = Arc::new(Wakes::default());
+		let waker = Waker::from(wakes.clone());
+		let mut cx = Context::from_waker(&waker);
+		let codec = crate::codec::StreamCodec::new(config.endian, LEN, LEN);
+		let mut send = async |len: usize| {
+			let mut frame = bytes::BytesMut::new();
+			codec.encode(&Message::stream(0, 1, Bytes::from(vec![7; len])), &mut frame).unwrap();
+			theirs.write_all(&frame).await.unwrap();
+		};
+		// Polls the peer task, then takes what it read, as an application would.
+		let mut step = |handle: &mut PeerHandle<Bytes>| {
+			assert!(run.as_mut().poll(&mut cx).is_pending());
+			let mut taken = 0;
+			while let Poll::Ready(message) = std::pin::pin!(handle.recv_message()).poll(&mut cx) {
+				message.unwrap();
+				taken += 1;
+			}
+			assert!(run.as_mut().poll(&mut cx).is_pending());
+			taken
+		};
+		let holds = || shared.reading.lock().unwrap().reader.holds_spare_memory();
+
+		send(LEN).await;
+		assert_eq!(step(&mut handle), 1);
+		assert!(holds(), "the reader did not grow its buffer for the large message");
+		// A small message every 30 ms for a second, 10 periods of the timer.
+		for _ in 0..33 {
+			wakes.0.store(0, Ordering::Relaxed);
+			tokio::time::advance(Duration::from_millis(30)).await;
+			assert_eq!(wakes.0.load(Ordering::Relaxed), 0, "a timer woke the peer task while messages kept coming");
+			send(64).await;
+			assert_eq!(step(&mut handle), 1);
+		}
+		assert!(holds(), "the buffer was let go while messages kept coming");
+		// Quiet: let go within two periods.
+		tokio::time::advance(RELEASE_SPARE_AFTER * 2).await;
+		assert!(wakes.0.load(Ordering::Relaxed) > 0, "the release timer did not fire");
+		step(&mut handle);
+		assert!(!holds(), "the buffer was kept after the connection went quiet");
 	}
 
 	#[tokio::test]

@@ -138,6 +138,18 @@ pub trait TransportWrite: Send + Unpin + 'static {
 		false
 	}
 
+	/// Whether the peer task should yield to the runtime once before it writes a large message
+	/// (256 KiB or more), so that an idle worker thread polls the I/O driver while it writes.
+	///
+	/// Worth it where the kernel takes a large write in one system call and the reader, on the
+	/// same machine, can read while it is written: loopback TCP, whose send buffer grows to
+	/// MiBs. The default, `false`, suits a socket with a small fixed buffer (a Unix stream
+	/// socket's is 208 KiB): there a large message moves in many write and read turns, and
+	/// those are fastest with both ends on one worker thread, which the yield would undo.
+	fn yields_before_large_writes(&self) -> bool {
+		false
+	}
+
 	/// Write everything queued. An error is final.
 	fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;
 

@@ -85,6 +85,13 @@ where
 		Self { reader: StreamReader::new(read, codec), writer: StreamWriter::new(write, codec), info }
 	}
 
+	/// Have the peer task yield before it writes a large message: for a socket whose kernel
+	/// buffer takes MiBs at once (TCP). See [`TransportWrite::yields_before_large_writes`].
+	pub(crate) fn yielding_before_large_writes(mut self) -> Self {
+		self.writer.yields_before_large_writes = true;
+		self
+	}
+
 	/// The two halves and the connection info back, to drive the byte stream some other way
 	/// (the Python binding moves an accepted socket onto its event loop's thread).
 	///
@@ -212,11 +219,21 @@ pub struct StreamWriter<W> {
 	/// encrypted records that did not fit in the socket) must be flushed until it says done, so
 	/// the writer counts as having something queued until then.
 	unflushed: bool,
+	/// [`TransportWrite::yields_before_large_writes`]: set for TCP.
+	yields_before_large_writes: bool,
 }
 
 impl<W: AsyncWrite + Send + Unpin + 'static> StreamWriter<W> {
 	fn new(inner: W, codec: StreamCodec) -> Self {
-		Self { inner, codec, chunks: VecDeque::new(), staging: BytesMut::new(), queued: 0, unflushed: false }
+		Self {
+			inner,
+			codec,
+			chunks: VecDeque::new(),
+			staging: BytesMut::new(),
+			queued: 0,
+			unflushed: false,
+			yields_before_large_writes: false,
+		}
 	}
 
 	/// Drop `written` bytes from the front of the queue.
@@ -299,6 +316,10 @@ impl<W: AsyncWrite + Send + Unpin + 'static> TransportWrite for StreamWriter<W> 
 
 	fn has_queued(&self) -> bool {
 		self.queued > 0 || self.unflushed
+	}
+
+	fn yields_before_large_writes(&self) -> bool {
+		self.yields_before_large_writes
 	}
 
 	fn may_coalesce(&self) -> bool {

@@ -39,7 +39,9 @@ impl TcpTransport {
 			peer_certificate: None,
 		};
 		let (read, write) = stream.into_split();
-		Ok(Self::with_info(read, write, config, info))
+		// Loopback TCP takes a 4 MiB write in one call: a peer task on the other end should read
+		// while it is written.
+		Ok(Self::with_info(read, write, config, info).yielding_before_large_writes())
 	}
 }
 
@@ -71,5 +73,33 @@ impl Listener<tokio::net::TcpListener> {
 	/// The local address, for example to learn the port after binding port 0.
 	pub fn local_addr(&self) -> Result<std::net::SocketAddr, Error> {
 		Ok(self.get_ref().local_addr()?)
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use crate::transport::{Transport, TransportWrite};
+
+	/// Both ends of a TCP connection ask the peer task to yield before a large write (both the
+	/// connecting and the accepting constructor); a Unix stream does not.
+	#[tokio::test]
+	async fn tcp_asks_for_a_yield_before_large_writes_and_a_unix_stream_does_not() {
+		let config = Config::default();
+		let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+		let connecting = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+		let (accepted, address) = listener.accept().await.unwrap();
+		for transport in [
+			TcpTransport::from_socket(connecting, &config).unwrap(),
+			TcpTransport::from_tcp_with_address(accepted, address, &config).unwrap(),
+		] {
+			assert!(transport.split().1.yields_before_large_writes());
+		}
+		#[cfg(feature = "unix-stream")]
+		{
+			let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+			let transport = crate::transport::unix_stream::UnixStreamTransport::from_socket(a, &config).unwrap();
+			assert!(!transport.split().1.yields_before_large_writes());
+		}
 	}
 }
