@@ -1111,8 +1111,8 @@ impl<T: Transport> Peer<T> {
 	/// connection had been quiet: a timer that fires in the same turn of the I/O driver as a
 	/// socket's readiness wakes two tasks at once, and tokio then wakes a second worker thread.
 	/// Over a Unix stream, the two ends of a 4 MiB echo went on taking turns across two threads
-	/// instead of one, at 0.84-0.96x raw tokio; with no timer firing they stay on one, at
-	/// 1.13-1.22x (BENCHMARKS.md).
+	/// instead of one, at 0.84-0.96x raw tokio; with no timer firing they stay on one, as raw
+	/// tokio's do, and are level with it (BENCHMARKS.md).
 	fn poll_release_spare(&mut self, cx: &mut Context<'_>, active: bool) {
 		// The read side is busy while the read handle reads through it: it may hold spare memory
 		// (the timer stays armed, and the release looks again).
