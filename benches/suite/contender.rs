@@ -182,6 +182,14 @@ fn on_fresh_runtime<T: Send + 'static>(
 			Ok(Ok(result)) => result,
 		}
 	});
+	// How the run used the workers, on the progress output (stderr): raw tokio's echoes keep
+	// both ends on one worker (about 1.1 s / 0.0 s), and a run that wakes the second worker for
+	// every turn shows as two busy ones.
+	let metrics = runtime.metrics();
+	let busy: Vec<String> = (0..metrics.num_workers())
+		.map(|worker| format!("{:.2} s", metrics.worker_total_busy_duration(worker).as_secs_f64()))
+		.collect();
+	eprintln!("  workers busy: {}", busy.join(" / "));
 	// Drops whatever is left (a contender's tasks after a failure) and closes its sockets.
 	runtime.shutdown_timeout(Duration::from_secs(1));
 	result
