@@ -117,5 +117,35 @@ def peer_tracking():
         ("sent_clone_writer", 0), ("sent_drop", 0), ("drop_peer_read",), ("remote_closes",), config=(0x00, 0x00)))
 
 
+# stream_reader: flags, reads, keep mask, release mask (u64 LE each), chunk count and u16 chunk
+# sizes, then opcodes building the wire. See the target.
+def stream_reader():
+    def head(flags, reads=0, keep=0, release=0, chunks=()):
+        data = bytes([flags, reads]) + struct.pack("<QQ", keep, release) + bytes([len(chunks)])
+        return data + b"".join(struct.pack("<H", c) for c in chunks)
+
+    def small(length, fill=0x61, message_type=0):
+        return bytes([0, message_type, 7, 3, length, fill])
+
+    def large(length, fill=0x62):
+        return bytes([2, 0, 9, 1]) + struct.pack("<I", length) + bytes([fill])
+
+    def prefix(value):
+        return bytes([4]) + struct.pack("<I", value)
+
+    limit_16m, limit_1m, limit_4k = 7 << 2, 5 << 2, 2 << 2
+    ones = (1 << 64) - 1
+    kib256 = (2048 << 1) | 1  # an odd size: (2048 << 7) bytes per read
+    write("stream_reader", "two-large-released", head(limit_16m, release=ones)
+          + large(300_000, 0xAA) + large(2 << 20, 0x55) + small(11))
+    write("stream_reader", "large-kept-chunked", head(limit_16m, keep=ones, chunks=(8000, kib256))
+          + large(1 << 20) + large(500_000) + small(5))
+    write("stream_reader", "lying-prefix", head(limit_16m) + small(3) + prefix((16 << 20) - 1))
+    write("stream_reader", "over-limit", head(limit_4k) + small(3) + large(100_000))
+    write("stream_reader", "pending-big-endian", head(1 | limit_1m, reads=1, chunks=(2, 3))
+          + small(1) + small(200) + large(200_000) + small(0, message_type=0xE9))
+
+
 decoders()
 peer_tracking()
+stream_reader()

@@ -1,0 +1,264 @@
+//! The read half of a byte-stream transport (`StreamTransport`'s reader) over a hostile remote:
+//! frames of any declared length up to 16 MiB, bytes that are not frames, lying length prefixes,
+//! delivered in chunks of any size, with the application keeping or dropping bodies and the peer
+//! letting go of spare buffers between frames.
+//!
+//! `stream_decoder` covers the codec on a buffer it is handed; this target covers what the
+//! reader adds around it: how it sizes its reads from the length prefix the remote sent, grows
+//! and takes back its buffer for large frames, and reports the end of the stream.
+//!
+//! Input layout (read with `arbitrary::Unstructured`): a flags byte (byte order in bits 0-1, the
+//! read limit in bits 2-4), a byte for how read calls behave, two 8-byte masks (which bodies the
+//! application keeps, after which messages the peer releases spare memory), a count and that
+//! many chunk sizes, then the wire, built by opcodes: 0-1 a small frame (any type byte, id and
+//! service, a body of up to 255 bytes), 2 a large frame (a body of up to 4 MiB), 3 raw bytes from
+//! the input, 4 a length prefix with any value.
+//!
+//! Checked, beyond "no panic":
+//! - the reader returns the messages, and then the error or the end, that decoding the whole
+//!   wire at once gives (a cut frame at the end is `TruncatedFrame` with the bytes buffered);
+//! - memory stays within a bound set by what was received, not by what a prefix claims: at most
+//!   4 times the bytes delivered plus 4 MiB live at any time;
+//! - between frames, letting go of spare memory leaves none held.
+
+#![no_main]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use arbitrary::{Result, Unstructured};
+use bytes::{Bytes, BytesMut};
+use libfuzzer_sys::fuzz_target;
+use peerwire::codec::{Endian, LENGTH_PREFIX_LEN, StreamCodec};
+use peerwire::transport::{Transport, TransportRead};
+use peerwire::{Config, Error, ErrorKind, Message, ProtocolViolation, StreamTransport};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Counts the bytes allocated and not yet freed, and the most there have been.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters only observe.
+unsafe impl GlobalAlloc for Counting {
+	unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+		// SAFETY: the caller's contract for `alloc`, passed on.
+		let pointer = unsafe { System.alloc(layout) };
+		if !pointer.is_null() {
+			let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+			PEAK.fetch_max(live, Ordering::Relaxed);
+		}
+		pointer
+	}
+
+	unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+		// SAFETY: the caller's contract for `dealloc`, passed on.
+		unsafe { System.dealloc(pointer, layout) };
+		LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+	}
+
+	unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+		// SAFETY: the caller's contract for `realloc`, passed on.
+		let new = unsafe { System.realloc(pointer, layout, new_size) };
+		if !new.is_null() {
+			LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+			let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
+			PEAK.fetch_max(live, Ordering::Relaxed);
+		}
+		new
+	}
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const LIMITS: [usize; 8] = [0, 16, 4096, 70_000, 200_000, 1 << 20, 3 << 20, 16 << 20];
+const MAX_LARGE_BODY: u32 = 4 << 20;
+/// Memory the reader may hold beyond 4 bytes per byte received: its read-ahead (1 MiB), grown
+/// by `Vec`'s doubling.
+const SLACK: usize = 4 << 20;
+
+/// The remote's side of the stream: the wire, handed out in chunks of the given sizes.
+struct Remote {
+	wire: Vec<u8>,
+	/// How far the reader has read, shared with the harness.
+	delivered: Arc<AtomicUsize>,
+	chunks: Vec<usize>,
+	next_chunk: usize,
+	/// 0: never `Pending`; n: every (n + 1)th read returns `Pending` (and wakes at once).
+	pending_every: usize,
+	reads: usize,
+}
+
+impl AsyncRead for Remote {
+	fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+		let this = &mut *self;
+		this.reads += 1;
+		if this.pending_every != 0 && this.reads % (this.pending_every + 1) == 0 {
+			cx.waker().wake_by_ref();
+			return Poll::Pending;
+		}
+		let chunk = this.chunks.get(this.next_chunk % this.chunks.len().max(1)).copied().unwrap_or(usize::MAX);
+		this.next_chunk += 1;
+		let position = this.delivered.load(Ordering::Relaxed);
+		let len = chunk.max(1).min(buf.remaining()).min(this.wire.len() - position);
+		buf.put_slice(&this.wire[position..position + len]);
+		this.delivered.store(position + len, Ordering::Relaxed);
+		Poll::Ready(Ok(()))
+	}
+}
+
+/// The reader never writes; the transport needs a write half all the same.
+struct NoWrite;
+
+impl AsyncWrite for NoWrite {
+	fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+		Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+	}
+
+	fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+		Poll::Ready(Ok(()))
+	}
+
+	fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+		Poll::Ready(Ok(()))
+	}
+}
+
+/// How a reading ended: its error's kind and violation, or `None` for a clean end.
+type End = Option<(ErrorKind, Option<ProtocolViolation>)>;
+
+fn error_key(error: &Error) -> (ErrorKind, Option<ProtocolViolation>) {
+	(error.kind(), error.protocol_violation().cloned())
+}
+
+/// The wire the opcodes describe.
+fn build_wire(input: &mut Unstructured<'_>, endian: Endian) -> Result<Vec<u8>> {
+	let mut wire = Vec::new();
+	let any_length = StreamCodec::new(endian, usize::MAX, usize::MAX);
+	for _ in 0..32 {
+		if input.is_empty() {
+			break;
+		}
+		match input.arbitrary::<u8>()? % 5 {
+			op @ (0..=2) => {
+				let message_type = input.arbitrary::<u8>()?;
+				let request_id = u32::from(input.arbitrary::<u8>()?);
+				let service_id = i32::from(input.arbitrary::<i8>()?);
+				let len = match op {
+					2 => input.arbitrary::<u32>()? % MAX_LARGE_BODY,
+					_ => u32::from(input.arbitrary::<u8>()?),
+				};
+				let fill = input.arbitrary::<u8>()?;
+				let message = Message::request(request_id, service_id, Bytes::from(vec![fill; len as usize]));
+				let mut encoded = BytesMut::new();
+				any_length.encode(&message, &mut encoded).expect("any length encodes");
+				// One frame in eight gets a type from 0 to 31 in the low byte of its type field:
+				// some valid, most unknown, which is the remote's to send.
+				if message_type & 0xe0 == 0xe0 {
+					let low = match endian.write_u32(1) {
+						[1, ..] => LENGTH_PREFIX_LEN,
+						_ => LENGTH_PREFIX_LEN + 3,
+					};
+					encoded[low] = message_type & 0x1f;
+				}
+				wire.extend_from_slice(&encoded);
+			},
+			3 => {
+				let len = usize::from(input.arbitrary::<u8>()?);
+				wire.extend_from_slice(input.bytes(len.min(input.len()))?);
+			},
+			_ => wire.extend_from_slice(&endian.write_u32(input.arbitrary::<u32>()?)),
+		}
+	}
+	Ok(wire)
+}
+
+/// The messages and the end that decoding the whole wire at once gives.
+fn decode_whole(wire: &[u8], endian: Endian, limit: usize) -> (Vec<Message<Bytes>>, End) {
+	let codec = StreamCodec::new(endian, limit, usize::MAX);
+	let mut whole = BytesMut::from(wire);
+	let mut messages = Vec::new();
+	loop {
+		match codec.decode(&mut whole) {
+			Ok(Some(message)) => messages.push(message),
+			Ok(None) if whole.is_empty() => return (messages, None),
+			Ok(None) => {
+				let truncated = Error::from(ProtocolViolation::TruncatedFrame { buffered: whole.len() });
+				return (messages, Some(error_key(&truncated)));
+			},
+			Err(error) => return (messages, Some(error_key(&error))),
+		}
+	}
+}
+
+fn run(data: &[u8]) -> Result<()> {
+	let mut input = Unstructured::new(data);
+	let flags = input.arbitrary::<u8>()?;
+	let reads = input.arbitrary::<u8>()?;
+	let keep_mask = input.arbitrary::<u64>()?;
+	let release_mask = input.arbitrary::<u64>()?;
+	let chunk_count = usize::from(input.arbitrary::<u8>()? % 8);
+	let mut chunks = Vec::with_capacity(chunk_count);
+	for _ in 0..chunk_count {
+		// Small reads, and reads of up to 4 MiB.
+		let raw = usize::from(input.arbitrary::<u16>()?);
+		chunks.push(if raw & 1 == 0 { raw >> 1 } else { (raw >> 1) << 7 });
+	}
+	let endian = [Endian::Little, Endian::Big, Endian::Native, Endian::Little][usize::from(flags & 3)];
+	let limit = LIMITS[usize::from((flags >> 2) & 7)];
+	let wire = build_wire(&mut input, endian)?;
+	let (expected, expected_end) = decode_whole(&wire, endian, limit);
+
+	let config = Config::default().with_endian(endian).with_max_body_len_read(limit);
+	let delivered = Arc::new(AtomicUsize::new(0));
+	let remote = Remote {
+		wire,
+		delivered: delivered.clone(),
+		chunks,
+		next_chunk: 0,
+		pending_every: usize::from(reads % 4),
+		reads: 0,
+	};
+	let (mut reader, _writer) = StreamTransport::new(remote, NoWrite, &config).split();
+	let baseline = LIVE.load(Ordering::Relaxed);
+	PEAK.store(baseline, Ordering::Relaxed);
+	let mut cx = Context::from_waker(Waker::noop());
+	let mut received = 0;
+	let mut kept = Vec::new();
+	let end = loop {
+		let poll = reader.poll_read_message(&mut cx);
+		let delivered = delivered.load(Ordering::Relaxed);
+		let peak = PEAK.load(Ordering::Relaxed).saturating_sub(baseline);
+		assert!(peak <= 4 * delivered + SLACK, "{peak} bytes live after {delivered} bytes delivered");
+		match poll {
+			Poll::Pending => continue,
+			Poll::Ready(Ok(Some(message))) => {
+				assert_eq!(Some(&message), expected.get(received), "message {received} differs");
+				let index = received % 64;
+				received += 1;
+				if keep_mask & (1 << index) != 0 {
+					kept.push(message.body);
+				}
+				if release_mask & (1 << index) != 0 && !reader.mid_frame() {
+					reader.release_spare_memory();
+					assert!(!reader.holds_spare_memory(), "spare memory held after letting go of it between frames");
+				}
+			},
+			Poll::Ready(Ok(None)) => break None,
+			Poll::Ready(Err(error)) => break Some(error_key(&error)),
+		}
+	};
+	assert_eq!(received, expected.len(), "the reader returned fewer messages than the wire holds");
+	assert_eq!(end, expected_end, "the reader ended otherwise than decoding the whole wire");
+	Ok(())
+}
+
+fuzz_target!(|data: &[u8]| {
+	let _ = run(data);
+});
