@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use peerwire::codec::{Endian, LENGTH_PREFIX_LEN, StreamCodec};
 use peerwire::transport::{Transport, TransportRead};
-use peerwire::{Config, Error, ErrorKind, Message, ProtocolViolation, StreamTransport};
+use peerwire::{Config, Error, ErrorKind, Message, MessageHeader, MessageType, ProtocolViolation, StreamTransport};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Counts the bytes allocated and not yet freed, and the most there have been.
@@ -79,6 +79,8 @@ static ALLOCATOR: Counting = Counting;
 
 const LIMITS: [usize; 8] = [0, 16, 4096, 70_000, 200_000, 1 << 20, 3 << 20, 16 << 20];
 const MAX_LARGE_BODY: u32 = 4 << 20;
+/// Large bodies stop growing the wire past this.
+const MAX_WIRE: usize = 6 << 20;
 /// Memory the reader may hold beyond 4 bytes per byte received: its read-ahead (1 MiB), grown
 /// by `Vec`'s doubling.
 const SLACK: usize = 4 << 20;
@@ -154,10 +156,11 @@ fn build_wire(input: &mut Unstructured<'_>, endian: Endian) -> Result<Vec<u8>> {
 					2 => input.arbitrary::<u32>()? % MAX_LARGE_BODY,
 					_ => u32::from(input.arbitrary::<u8>()?),
 				};
+				// Large bodies only while the wire is under its cap (a few inputs a second otherwise).
+				let len = (len as usize).min(MAX_WIRE.saturating_sub(wire.len()));
 				let fill = input.arbitrary::<u8>()?;
-				let message = Message::request(request_id, service_id, Bytes::from(vec![fill; len as usize]));
-				let mut encoded = BytesMut::new();
-				any_length.encode(&message, &mut encoded).expect("any length encodes");
+				let header = MessageHeader::new(MessageType::Request, request_id, service_id);
+				let mut prefix = any_length.encode_prefix(&header, len).expect("any length encodes");
 				// One frame in eight gets a type from 0 to 31 in the low byte of its type field:
 				// some valid, most unknown, which is the remote's to send.
 				if message_type & 0xe0 == 0xe0 {
@@ -165,9 +168,10 @@ fn build_wire(input: &mut Unstructured<'_>, endian: Endian) -> Result<Vec<u8>> {
 						[1, ..] => LENGTH_PREFIX_LEN,
 						_ => LENGTH_PREFIX_LEN + 3,
 					};
-					encoded[low] = message_type & 0x1f;
+					prefix[low] = message_type & 0x1f;
 				}
-				wire.extend_from_slice(&encoded);
+				wire.extend_from_slice(&prefix);
+				wire.resize(wire.len() + len, fill);
 			},
 			3 => {
 				let len = usize::from(input.arbitrary::<u8>()?);
