@@ -1,7 +1,7 @@
 //! The read half of a byte-stream transport (`StreamTransport`'s reader) over a hostile remote:
 //! frames of any declared length up to 16 MiB, bytes that are not frames, lying length prefixes,
-//! delivered in chunks of any size (at least 1/2048 of the wire), with the application keeping or dropping bodies and the peer
-//! letting go of spare buffers between frames.
+//! delivered in chunks of any size (at least 1/2048 of the wire), with the application keeping
+//! or dropping bodies and the peer letting go of spare buffers between frames.
 //!
 //! `stream_decoder` covers the codec on a buffer it is handed; this target covers what the
 //! reader adds around it: how it sizes its reads from the length prefix the remote sent, grows
