@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the seed corpus: one valid frame per message type, in both byte orders.
+"""Write the seed corpus of every target (for the decoders, one valid frame per message type in both byte orders).
 
 Run from anywhere: `python3 fuzz/make_corpus.py`. Files are named `seed-*` (the only corpus files
 kept in git; what libFuzzer adds while running is ignored). The layouts are described at the top
@@ -128,14 +128,15 @@ def stream_reader():
         return bytes([0, message_type, 7, 3, length, fill])
 
     def large(length, fill=0x62):
-        return bytes([2, 0, 9, 1]) + struct.pack("<I", length) + bytes([fill])
+        # A size class s (the body is u32 % 2^s bytes), then the u32.
+        return bytes([2, 0, 9, 1, length.bit_length()]) + struct.pack("<I", length) + bytes([fill])
 
     def prefix(value):
         return bytes([4]) + struct.pack("<I", value)
 
     limit_16m, limit_1m, limit_4k = 7 << 2, 5 << 2, 2 << 2
     ones = (1 << 64) - 1
-    kib256 = (2048 << 1) | 1  # an odd size: (2048 << 7) bytes per read
+    kib256 = (2048 << 1) | 1  # odd: (2048 << 7) bytes per read; even n: n / 2 bytes
     write("stream_reader", "two-large-released", head(limit_16m, release=ones)
           + large(300_000, 0xAA) + large(2 << 20, 0x55) + small(11))
     write("stream_reader", "large-kept-chunked", head(limit_16m, keep=ones, chunks=(8000, kib256))

@@ -1,25 +1,32 @@
 //! The read half of a byte-stream transport (`StreamTransport`'s reader) over a hostile remote:
-//! frames of any declared length up to 16 MiB, bytes that are not frames, lying length prefixes,
-//! delivered in chunks of any size (at least 1/2048 of the wire), with the application keeping
-//! or dropping bodies and the peer letting go of spare buffers between frames.
+//! frames with bodies of 0 bytes to 4 MiB, bytes that are not frames, length prefixes with any
+//! value, read limits up to 16 MiB, delivered in chunks of any size (at least 1/2048 of the
+//! wire), with the application keeping or dropping bodies and the peer letting go of spare
+//! buffers between frames.
 //!
 //! `stream_decoder` covers the codec on a buffer it is handed; this target covers what the
 //! reader adds around it: how it sizes its reads from the length prefix the remote sent, grows
 //! and takes back its buffer for large frames, and reports the end of the stream.
 //!
 //! Input layout (read with `arbitrary::Unstructured`): a flags byte (byte order in bits 0-1, the
-//! read limit in bits 2-4), a byte for how read calls behave, two 8-byte masks (which bodies the
-//! application keeps, after which messages the peer releases spare memory), a count and that
-//! many chunk sizes, then the wire, built by opcodes: 0-1 a small frame (any type byte, id and
-//! service, a body of up to 255 bytes), 2 a large frame (a body of up to 4 MiB), 3 raw bytes from
-//! the input, 4 a length prefix with any value.
+//! read limit in bits 2-4), a byte whose value mod 4 says how often a read returns `Pending`
+//! first, two 8-byte masks (which bodies the application keeps, after which messages the peer
+//! releases spare memory), a count and that many chunk sizes (u16: even n is n / 2 bytes, odd n
+//! is (n / 2) * 128 bytes; none: reads as large as the buffer's room), then the wire, built by
+//! up to 32 opcodes: 0-1 a small frame (a body of up to 255 bytes), 2 a large frame (a size
+//! class byte s, then a body of `u32 % 2^s` bytes, s up to 22: up to 4 MiB, cut so that the
+//! wire stays within 6 MiB), 3 raw bytes from the input, 4 a length prefix with any value. A
+//! frame is a request unless its type byte has its top three bits set; then its type is the
+//! byte's low five bits (0-31: some valid, most unknown).
 //!
 //! Checked, beyond "no panic":
 //! - the reader returns the messages, and then the error or the end, that decoding the whole
 //!   wire at once gives (a cut frame at the end is `TruncatedFrame` with the bytes buffered);
 //! - memory stays within a bound set by what was received, not by what a prefix claims: at most
-//!   4 times the bytes delivered plus 4 MiB live at any time;
-//! - between frames, letting go of spare memory leaves none held.
+//!   4 times the bytes delivered plus 4 MiB live, checked before every read (right after the
+//!   reader sized its buffer for it) and after every call;
+//! - between frames, letting go of spare memory frees it: with no body kept, nothing of the
+//!   reader's stays allocated.
 
 #![no_main]
 
@@ -44,11 +51,30 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: every call is forwarded to `System` unchanged; the counters only observe.
+/// Memory live when the reader under test was made: what the bound is measured from.
+static BASELINE: AtomicUsize = AtomicUsize::new(0);
+
+/// The bound on the reader's memory after `delivered` bytes.
+fn check_bound(delivered: usize) {
+	let peak = PEAK.load(Ordering::Relaxed).saturating_sub(BASELINE.load(Ordering::Relaxed));
+	assert!(peak <= 4 * delivered + SLACK, "{peak} bytes live after {delivered} bytes delivered");
+}
+
+// SAFETY: every call is forwarded to the same method of `System`; the counters only observe.
 unsafe impl GlobalAlloc for Counting {
 	unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
 		// SAFETY: the caller's contract for `alloc`, passed on.
 		let pointer = unsafe { System.alloc(layout) };
+		if !pointer.is_null() {
+			let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+			PEAK.fetch_max(live, Ordering::Relaxed);
+		}
+		pointer
+	}
+
+	unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+		// SAFETY: the caller's contract for `alloc_zeroed`, passed on.
+		let pointer = unsafe { System.alloc_zeroed(layout) };
 		if !pointer.is_null() {
 			let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
 			PEAK.fetch_max(live, Ordering::Relaxed);
@@ -108,6 +134,9 @@ impl AsyncRead for Remote {
 		let chunk = this.chunks.get(this.next_chunk % this.chunks.len().max(1)).copied().unwrap_or(usize::MAX);
 		this.next_chunk += 1;
 		let position = this.delivered.load(Ordering::Relaxed);
+		// The reader has just sized its buffer for this read: the moment a reservation made
+		// from a lying prefix would show, before the bytes that could excuse it arrive.
+		check_bound(position);
 		// At most about 2,000 reads per input: a few-byte chunk for every read of a 6 MiB wire
 		// would make an input take seconds.
 		let len = chunk.max(this.wire.len() / 2048).max(1).min(buf.remaining()).min(this.wire.len() - position);
@@ -155,7 +184,13 @@ fn build_wire(input: &mut Unstructured<'_>, endian: Endian) -> Result<Vec<u8>> {
 				let request_id = u32::from(input.arbitrary::<u8>()?);
 				let service_id = i32::from(input.arbitrary::<i8>()?);
 				let len = match op {
-					2 => input.arbitrary::<u32>()? % MAX_LARGE_BODY,
+					// Sizes spread over every power of two up to 4 MiB, so that the band where
+					// the reader's reservations and its `grown` flag change (1 KiB-128 KiB) is
+					// as likely as the largest frames.
+					2 => {
+						let class = u32::from(input.arbitrary::<u8>()?) % (MAX_LARGE_BODY.ilog2() + 1);
+						input.arbitrary::<u32>()? % (1 << class).max(2)
+					},
 					_ => u32::from(input.arbitrary::<u8>()?),
 				};
 				// Large bodies only while the wire is under its cap (a few inputs a second otherwise).
@@ -233,27 +268,35 @@ fn run(data: &[u8]) -> Result<()> {
 	};
 	let (mut reader, _writer) = StreamTransport::new(remote, NoWrite, &config).split();
 	let baseline = LIVE.load(Ordering::Relaxed);
+	BASELINE.store(baseline, Ordering::Relaxed);
 	PEAK.store(baseline, Ordering::Relaxed);
 	let mut cx = Context::from_waker(Waker::noop());
 	let mut received = 0;
 	let mut kept = Vec::new();
 	let end = loop {
 		let poll = reader.poll_read_message(&mut cx);
-		let delivered = delivered.load(Ordering::Relaxed);
-		let peak = PEAK.load(Ordering::Relaxed).saturating_sub(baseline);
-		assert!(peak <= 4 * delivered + SLACK, "{peak} bytes live after {delivered} bytes delivered");
+		check_bound(delivered.load(Ordering::Relaxed));
 		match poll {
 			Poll::Pending => continue,
 			Poll::Ready(Ok(Some(message))) => {
 				assert_eq!(Some(&message), expected.get(received), "message {received} differs");
 				let index = received % 64;
 				received += 1;
+				// The body is kept, or dropped now (before any release below looks at memory).
+				let body = message.body;
 				if keep_mask & (1 << index) != 0 {
-					kept.push(message.body);
+					kept.push(body);
+				} else {
+					drop(body);
 				}
 				if release_mask & (1 << index) != 0 && !reader.mid_frame() {
+					let held = reader.holds_spare_memory();
 					reader.release_spare_memory();
 					assert!(!reader.holds_spare_memory(), "spare memory held after letting go of it between frames");
+					// With no body kept, the allocation a large frame grew is freed, not just
+					// forgotten: nothing of the reader's is left (a few bytes of the harness may be).
+					let live = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
+					assert!(!held || !kept.is_empty() || live <= 4096, "{live} bytes still live after letting go");
 				}
 			},
 			Poll::Ready(Ok(None)) => break None,
