@@ -60,26 +60,25 @@ fn check_bound(delivered: usize) {
 	assert!(peak <= 4 * delivered + SLACK, "{peak} bytes live after {delivered} bytes delivered");
 }
 
+/// Count `size` more bytes live if `pointer` is an allocation (not null); returns `pointer`.
+fn counted(pointer: *mut u8, size: usize) -> *mut u8 {
+	if !pointer.is_null() {
+		let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+		PEAK.fetch_max(live, Ordering::Relaxed);
+	}
+	pointer
+}
+
 // SAFETY: every call is forwarded to the same method of `System`; the counters only observe.
 unsafe impl GlobalAlloc for Counting {
 	unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
 		// SAFETY: the caller's contract for `alloc`, passed on.
-		let pointer = unsafe { System.alloc(layout) };
-		if !pointer.is_null() {
-			let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-			PEAK.fetch_max(live, Ordering::Relaxed);
-		}
-		pointer
+		counted(unsafe { System.alloc(layout) }, layout.size())
 	}
 
 	unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
 		// SAFETY: the caller's contract for `alloc_zeroed`, passed on.
-		let pointer = unsafe { System.alloc_zeroed(layout) };
-		if !pointer.is_null() {
-			let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-			PEAK.fetch_max(live, Ordering::Relaxed);
-		}
-		pointer
+		counted(unsafe { System.alloc_zeroed(layout) }, layout.size())
 	}
 
 	unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
@@ -93,10 +92,8 @@ unsafe impl GlobalAlloc for Counting {
 		let new = unsafe { System.realloc(pointer, layout, new_size) };
 		if !new.is_null() {
 			LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-			let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
-			PEAK.fetch_max(live, Ordering::Relaxed);
 		}
-		new
+		counted(new, new_size)
 	}
 }
 
