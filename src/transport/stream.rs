@@ -87,6 +87,7 @@ where
 
 	/// Have the peer task yield before it writes a large message: for a socket whose kernel
 	/// buffer takes MiBs at once (TCP). See [`TransportWrite::yields_before_large_writes`].
+	#[cfg(any(feature = "tcp", test))]
 	pub(crate) fn yielding_before_large_writes(mut self) -> Self {
 		self.writer.yields_before_large_writes = true;
 		self
